@@ -1,0 +1,1 @@
+"""cmgl_dist.evaluate"""

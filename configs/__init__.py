@@ -1,0 +1,1 @@
+"""Named training configs (YAML), shipped as package data."""

@@ -1,0 +1,1 @@
+"""Fused Triton kernels (installed as cmgl_dist.kernels)."""

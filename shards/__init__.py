@@ -1,0 +1,1 @@
+"""IU-RR -> WebDataset shards: parse reports, label, render phantoms, pack, verify."""
