@@ -1,6 +1,8 @@
 # The two entry points of the README. Both create ./.venv and install cmgl into it on first use.
 #   make main   pack IU-RR (real reports + phantom images unless IMAGES=...), train, evaluate
 #   make test   the test suite (what CI runs)
+# Run pytest as `pytest`, not `python -m pytest`: the latter puts the repo root on sys.path,
+# where the folder kernels/ would shadow the PyPI package `kernels` that transformers probes for.
 PYTHON ?= python3
 VENV   ?= .venv
 STAMP  := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
@@ -18,4 +20,4 @@ main: $(STAMP)
 	$(VENV)/bin/cmgl main $(ARGS)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -44,6 +44,12 @@ class ModelConfig(_Section):
     freeze_text_layers: int = Field(0, ge=0, description="Freeze the embeddings and the first N transformer layers of the text encoder.")
     freeze_image: bool = Field(False, description="Freeze the image backbone (projection heads still train).")
 
+    @model_validator(mode="after")
+    def _check_pretrained(self):
+        if self.image_encoder == "tiny_cnn" and self.image_pretrained:
+            raise ValueError("model.image_encoder=tiny_cnn has no pretrained weights: set model.image_pretrained=false")
+        return self
+
 
 class LossConfig(_Section):
     gamma1: float = Field(4.0, gt=0, description="Sharpness of the attention over regions.")
@@ -91,6 +97,10 @@ class TrainConfig(_Section):
     keep_last: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     max_nonfinite: int = Field(5, ge=1, description="Stop after this many non-finite losses in a row.")
     tensorboard: bool = True
+    batches_per_epoch: Optional[int] = Field(
+        None, ge=1, description="Batches per rank in one pass of the loader (None: one pass over the shards). "
+                                "Needed when data.resample is true.")
+    export: bool = Field(True, description="Export the encoders to <run_dir>/export at the end of the run.")
 
 
 class EvalConfig(_Section):
@@ -127,6 +137,12 @@ class CMGLConfig(_Section):
                 f"schedule.warmup_steps={self.schedule.warmup_steps} must be < train.steps={self.train.steps}")
         if self.optimizer.name != "adamw" and self.zero.offload_optimizer:
             raise ValueError(f"optimizer.name={self.optimizer.name} cannot run with zero.offload_optimizer: use adamw")
+        if self.optimizer.name == "fused_lamb" and self.zero.stage != 0:
+            # LAMB's trust ratio needs each whole parameter; ZeRO hands the optimizer flat partitions.
+            raise ValueError(f"optimizer.name=fused_lamb needs zero.stage=0 (got {self.zero.stage}): "
+                             "set zero.stage=0 or optimizer.name=adamw")
+        if self.data.resample and self.train.batches_per_epoch is None:
+            raise ValueError("data.resample=true streams without end: set train.batches_per_epoch")
         return self
 
 

@@ -1,1 +1,4 @@
-"""cmgl_dist.model"""
+"""Image and text encoders with projection heads into one shared space (`build_model`)."""
+from cmgl_dist.model.cmgl_model import CMGLModel, build_model
+
+__all__ = ["CMGLModel", "build_model"]

@@ -1,0 +1,70 @@
+"""CMGLModel: image and text encoders with projection heads into one shared space of dimension D.
+
+Image (GLoRIA `ImageEncoder`): global = pooled last stage -> linear to D; regions = the
+stride-16 feature map -> 1x1 convolution (no bias) to D, flattened to [B, R, D].
+Text (GLoRIA `BertEncoder`): sentence and word features (see text_backbone.py) -> linear to D;
+word slots with no word are zero after the projection too. (GLoRIA projects only the image, to
+BERT's 768; separate heads let any text width meet any image width at `embed_dim`.)
+Features are not normalised here: the loss normalises where it takes cosines.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cmgl_dist.config import ModelConfig
+from cmgl_dist.model.image_backbones import IMAGE_BACKBONES
+from cmgl_dist.model.text_backbone import TextBackbone, freeze_text_layers, load_text_backbone
+
+
+class CMGLModel(nn.Module):
+    def __init__(self, image_backbone: nn.Module, text_backbone: TextBackbone, tokenizer, embed_dim: int,
+                 freeze_image: bool = False):
+        super().__init__()
+        self.image_backbone = image_backbone
+        self.text_backbone = text_backbone
+        self.tokenizer = tokenizer
+        self.embed_dim = embed_dim
+        self.freeze_image = freeze_image
+        if freeze_image:
+            image_backbone.requires_grad_(False)
+        self.image_global_head = nn.Linear(image_backbone.global_dim, embed_dim)
+        self.image_region_head = nn.Conv2d(image_backbone.region_dim, embed_dim, kernel_size=1, bias=False)
+        self.sentence_head = nn.Linear(text_backbone.hidden_dim, embed_dim)
+        self.word_head = nn.Linear(text_backbone.hidden_dim, embed_dim)
+
+    def train(self, mode: bool = True) -> "CMGLModel":
+        super().train(mode)
+        if self.freeze_image:
+            # A frozen backbone keeps its batch-norm statistics too.
+            self.image_backbone.eval()
+        return self
+
+    def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [B, 3, H, W] -> (global [B, D], regions [B, R, D])."""
+        pooled, region_map = self.image_backbone(images)
+        regions = self.image_region_head(region_map).flatten(2).transpose(1, 2)
+        return self.image_global_head(pooled), regions
+
+    def encode_text(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """batch with input_ids, attention_mask, word_ids, word_mask -> (sentence [B, D], words [B, W, D], word_mask [B, W])."""
+        word_mask = batch["word_mask"]
+        sentence, words = self.text_backbone(
+            batch["input_ids"], batch["attention_mask"], batch["word_ids"], word_mask.shape[1])
+        words = self.word_head(words) * word_mask.unsqueeze(-1).to(words.dtype)
+        return self.sentence_head(sentence), words, word_mask
+
+    def forward(self, batch: dict) -> dict:
+        img_global, regions = self.encode_image(batch["images"])
+        sentence, words, word_mask = self.encode_text(batch)
+        return {"img_global": img_global, "regions": regions, "sentence": sentence, "words": words,
+                "word_mask": word_mask}
+
+
+def build_model(model_cfg: ModelConfig) -> CMGLModel:
+    image_backbone = IMAGE_BACKBONES[model_cfg.image_encoder](pretrained=model_cfg.image_pretrained)
+    transformer, tokenizer = load_text_backbone(model_cfg.text_encoder)
+    freeze_text_layers(transformer, model_cfg.freeze_text_layers)
+    text_backbone = TextBackbone(transformer, model_cfg.text_last_layers)
+    return CMGLModel(image_backbone, text_backbone, tokenizer, model_cfg.embed_dim,
+                     freeze_image=model_cfg.freeze_image)

