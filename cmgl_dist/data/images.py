@@ -1,0 +1,104 @@
+"""PNG bytes -> a normalised [3, crop, crop] float tensor, following GLoRIA's image recipe.
+
+Longest side resized to `image_size` (aspect kept), zero-padded to a centred square, then a crop
+of `crop_size`: random for training (plus a small affine and brightness/contrast jitter when
+`augment`), centred for evaluation. GLoRIA's pretraining config uses the random crop alone; the
+affine and the jitter are the optional steps of its `build_transformation`, here on with
+`data.augment` and off without it (a centred crop then). The grey image is normalised with each
+ImageNet channel's statistics (GLoRIA: 0.5/0.5), which repeats the one channel to the three an
+ImageNet backbone expects.
+
+Every random choice is drawn from the `random.Random` passed in, which the caller seeds per
+sample; nothing here touches a global RNG, so a sample's view is reproducible on resume.
+"""
+from __future__ import annotations
+
+import io
+import math
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+# Small, anatomy-preserving perturbations (no flips: left/right matters in a chest X-ray).
+MAX_ROTATION_DEGREES = 10.0
+MAX_TRANSLATE_FRACTION = 0.0625
+SCALE_RANGE = (0.95, 1.05)
+JITTER_RANGE = (0.9, 1.1)  # brightness and contrast factors
+
+
+def verify_png(data: bytes) -> None:
+    """Cheap structural check (signature, chunk CRCs, no truncation) without inflating pixels."""
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format != "PNG":
+            raise ValueError(f"not a PNG image ({image.format})")
+        image.verify()
+
+
+def decode_grey(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("L")
+
+
+def square_resize(image: Image.Image, image_size: int) -> Image.Image:
+    """Grey S x S image: longest side to S (aspect kept), centred on a zero square."""
+    width, height = image.size
+    scale = image_size / max(width, height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    square = Image.new("L", (image_size, image_size), 0)
+    square.paste(image.resize((new_w, new_h), Image.BILINEAR), ((image_size - new_w) // 2, (image_size - new_h) // 2))
+    return square
+
+
+def train_view(square: Image.Image, crop_size: int, rng: random.Random, augment: bool) -> torch.Tensor:
+    """float [1, C, C] in [0, 1]: random crop, small affine, brightness/contrast jitter
+    (a centred crop when `augment` is off)."""
+    if not augment:
+        return eval_view(square, crop_size)
+    size = square.size[0]
+    left, top = rng.randint(0, size - crop_size), rng.randint(0, size - crop_size)
+    angle = rng.uniform(-MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES)
+    max_shift = MAX_TRANSLATE_FRACTION * crop_size
+    shift_x, shift_y = rng.uniform(-max_shift, max_shift), rng.uniform(-max_shift, max_shift)
+    scale = rng.uniform(*SCALE_RANGE)
+    view = affine_crop(square, crop_size, (left, top), angle, (shift_x, shift_y), scale)
+    view = _to_unit_tensor(view)
+    brightness, contrast = rng.uniform(*JITTER_RANGE), rng.uniform(*JITTER_RANGE)
+    view = view * brightness
+    mean = view.mean()
+    return ((view - mean) * contrast + mean).clamp_(0.0, 1.0)
+
+
+def affine_crop(square: Image.Image, crop_size: int, origin: tuple[int, int], angle_degrees: float,
+                shift: tuple[float, float], scale: float) -> Image.Image:
+    """The crop at `origin`, rotated, shifted and scaled about its centre, in one bilinear resampling.
+
+    PIL's AFFINE maps each output pixel to its source: origin + centre + R(-angle) / scale
+    applied to (output - centre - shift). Anything from outside the square is black.
+    """
+    angle = math.radians(angle_degrees)
+    a, b = math.cos(angle) / scale, math.sin(angle) / scale
+    d, e = -b, a
+    centre = crop_size / 2
+    out_x, out_y = centre + shift[0], centre + shift[1]
+    src_x, src_y = origin[0] + centre, origin[1] + centre
+    coefficients = (a, b, src_x - a * out_x - b * out_y, d, e, src_y - d * out_x - e * out_y)
+    return square.transform((crop_size, crop_size), Image.AFFINE, coefficients, resample=Image.BILINEAR, fillcolor=0)
+
+
+def eval_view(square: Image.Image, crop_size: int) -> torch.Tensor:
+    offset = (square.size[0] - crop_size) // 2
+    return _to_unit_tensor(square.crop((offset, offset, offset + crop_size, offset + crop_size)))
+
+
+def _to_unit_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
+
+
+def normalise_to_rgb(view: torch.Tensor) -> torch.Tensor:
+    """[1, C, C] in [0, 1] -> [3, C, C], each channel normalised with its ImageNet statistics."""
+    return (view - IMAGENET_MEAN) / IMAGENET_STD

@@ -1,0 +1,180 @@
+"""`make_loader`: shard URLs -> batches, the same number on every rank, resumable mid-epoch.
+
+Per (rank, DataLoader worker) the pipeline is open_clip's `get_wds_dataset` shape:
+shards split by rank and worker -> samples (a bad one is counted, logged and skipped) ->
+shuffle buffer -> decode + augment -> batch (+ tokenize) -> cut at this worker's share of the epoch.
+
+Training: every rank yields exactly `batches_per_epoch` batches (default
+floor(samples / (world_size * batch_size))). Each worker's stream repeats over its shards
+(reshuffled per pass), so no rank runs dry while another still has batches, and a collective never
+waits on a rank that has stopped.
+
+Exact resume: the DataLoader takes batch j from worker j % workers. Worker w therefore produces
+the epoch's batches w, w + workers, ... ("logical worker" w). A loader started at `start_batch=k`
+lets physical worker p play logical worker (p + k) % workers, which skips the samples of that
+worker's batches before k undecoded and then yields exactly what the uninterrupted run would have.
+All randomness is seeded from (seed, epoch, stream) or (seed, epoch, sample key, pass), so the
+batches from k on equal those of a fresh run, images and texts included. One caveat: a PNG whose
+chunks are intact but whose pixel data will not decode is found only after the skip point; a
+resumed run cannot know it was dropped earlier, so batches of that worker after it shift by one
+sample (counted and logged like any other skip).
+
+Evaluation (`train=False`): one ordered pass, centre crops, every sample exactly once across
+ranks and workers, the last batch of each worker may be short. Ranks may get different batch
+counts, so use it with world_size=1 or gather results without per-batch collectives. Its `len()`
+counts the manifest's samples, so skipped samples can make the pass shorter than `len()`.
+
+Skipped samples: each batch carries `skipped`, the samples its worker dropped since its previous
+batch (malformed, undecodable, unreadable shard data); their sum is the epoch's count (skips
+after a worker's last batch are logged but reach no batch).
+"""
+from __future__ import annotations
+
+import math
+from itertools import islice
+from typing import Iterator, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from cmgl_dist.config import DataConfig
+from cmgl_dist.data.samples import SkipCounter, to_example
+from cmgl_dist.data.shardlist import shard_sample_counts
+from cmgl_dist.data.streams import StreamSpec, records, stream_sample_counts
+from cmgl_dist.data.text import tokenize_texts
+
+
+def collate(examples: list[dict], tokenizer, max_length: int, skipped: int) -> dict:
+    texts = [e["text"] for e in examples]
+    return {
+        "images": torch.stack([e["image"] for e in examples]),
+        **tokenize_texts(tokenizer, texts, max_length),
+        "labels": torch.stack([e["labels"] for e in examples]),
+        "keys": [e["key"] for e in examples],
+        "texts": texts,
+        "skipped": skipped,
+    }
+
+
+class ShardBatches(IterableDataset):
+    """Batches of one rank; in a DataLoader each worker process yields its logical worker's share."""
+
+    def __init__(self, urls: Sequence[str], data_cfg: DataConfig, tokenizer, *, train: bool, batch_size: int,
+                 seed: int, rank: int, world_size: int, epoch: int, start_batch: int,
+                 batches_per_epoch: Optional[int]):
+        super().__init__()
+        self.urls = tuple(urls)
+        self.cfg = data_cfg
+        self.tokenizer = tokenizer
+        self.train = train
+        self.batch_size = batch_size
+        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, epoch
+        self.start_batch = start_batch
+        self.batches_per_epoch = batches_per_epoch
+        self.workers = max(1, data_cfg.workers)
+
+    def spec(self, logical_worker: int) -> StreamSpec:
+        return StreamSpec(
+            urls=self.urls, seed=self.seed, epoch=self.epoch,
+            stream=self.rank * self.workers + logical_worker, streams=self.world_size * self.workers,
+            repeat=self.train, shard_shuffle=self.cfg.shard_shuffle, resample=self.train and self.cfg.resample,
+            shuffle_buffer=self.cfg.shuffle_buffer if self.train else 0)
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        physical = info.id if info is not None else 0
+        if info is not None and info.num_workers != self.workers:
+            raise RuntimeError(f"DataLoader has {info.num_workers} workers, data.workers={self.cfg.workers}")
+        logical = (physical + self.start_batch) % self.workers
+        spec = self.spec(logical)
+        counter = SkipCounter()
+        items = records(spec, counter)
+        if not self.train:
+            yield from self._batches(items, counter, limit=None)
+            return
+        done = len(range(logical, self.start_batch, self.workers))
+        for _ in islice(items, done * self.batch_size):
+            pass  # already consumed by the interrupted run: skip undecoded
+        counter.take()  # those skips were reported in the batches before start_batch
+        share = len(range(logical, self.batches_per_epoch, self.workers))
+        yield from self._batches(items, counter, limit=share - done)
+
+    def _batches(self, items, counter: SkipCounter, limit: Optional[int]) -> Iterator[dict]:
+        if limit == 0:
+            return
+        emitted, pending = 0, []
+        for record in items:
+            example = to_example(record, self.cfg, train=self.train, seed=self.seed, epoch=self.epoch,
+                                 counter=counter)
+            if example is None:
+                continue
+            pending.append(example)
+            if len(pending) == self.batch_size:
+                yield collate(pending, self.tokenizer, self.cfg.max_length, counter.take())
+                pending, emitted = [], emitted + 1
+                if emitted == limit:
+                    return
+        if pending:  # only evaluation streams end
+            yield collate(pending, self.tokenizer, self.cfg.max_length, counter.take())
+
+
+class ShardLoader:
+    """Iterable of batch dicts; `len()` is the number of batches it yields (from `start_batch` on)."""
+
+    def __init__(self, dataset: ShardBatches, num_batches: Optional[int]):
+        self.dataset = dataset
+        self.num_batches = num_batches
+        self.batches_per_epoch = num_batches + dataset.start_batch if num_batches is not None else None
+        self._loader = DataLoader(
+            dataset, batch_size=None, num_workers=dataset.cfg.workers,
+            pin_memory=torch.cuda.is_available(), persistent_workers=False)
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self._loader)
+
+    def __len__(self) -> int:
+        if self.num_batches is None:
+            raise TypeError("batch count unknown: the shards have no manifest.json with sample counts")
+        return self.num_batches
+
+
+def make_loader(urls: Sequence[str], data_cfg: DataConfig, tokenizer, *, train: bool, batch_size: int, seed: int,
+                rank: int = 0, world_size: int = 1, epoch: int = 0, start_batch: int = 0,
+                batches_per_epoch: Optional[int] = None, num_samples: Optional[int] = None) -> ShardLoader:
+    """One epoch of `rank`'s batches (see the module docstring); build a new loader per epoch.
+
+    `num_samples` (the split's size) sets the default epoch length when the shards have no
+    manifest.json beside them. The loader's `len()` counts the batches it yields (those from
+    `start_batch` on); `batches_per_epoch` holds the whole epoch's count.
+    """
+    if not urls:
+        raise ValueError("make_loader needs at least one shard URL")
+    if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})")
+    shard_counts = shard_sample_counts(urls)
+    common = dict(train=train, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
+                  epoch=epoch, start_batch=start_batch)
+    if not train:
+        if start_batch or batches_per_epoch is not None:
+            raise ValueError("evaluation makes one full pass: start_batch and batches_per_epoch are for training")
+        dataset = ShardBatches(urls, data_cfg, tokenizer, batches_per_epoch=None, **common)
+        counts = stream_sample_counts(shard_counts, world_size * dataset.workers)
+        num_batches = None if counts is None else sum(
+            math.ceil(counts[dataset.spec(w).stream] / batch_size) for w in range(dataset.workers))
+        return ShardLoader(dataset, num_batches)
+
+    if batches_per_epoch is None:
+        if num_samples is None:
+            if shard_counts is None:
+                raise ValueError("cannot size the epoch: the shards have no manifest.json; "
+                                 "pass num_samples or batches_per_epoch")
+            num_samples = sum(shard_counts)
+        batches_per_epoch = num_samples // (world_size * batch_size)
+        if batches_per_epoch == 0:
+            raise ValueError(f"{num_samples} samples make no full batch of {batch_size} on each of "
+                             f"{world_size} rank(s): lower the batch size")
+    if batches_per_epoch < 1 or not 0 <= start_batch <= batches_per_epoch:
+        raise ValueError(f"need batches_per_epoch >= 1 and 0 <= start_batch <= batches_per_epoch "
+                         f"(got {batches_per_epoch}, {start_batch})")
+    dataset = ShardBatches(urls, data_cfg, tokenizer, batches_per_epoch=batches_per_epoch, **common)
+    return ShardLoader(dataset, batches_per_epoch - start_batch)

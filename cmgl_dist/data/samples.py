@@ -1,0 +1,125 @@
+"""One shard sample -> one training example, and the count of samples that could not be used.
+
+Two stages, split by cost. `parse` is cheap (JSON, label keys, PNG chunk CRCs, no pixel
+decoding) and runs before the resume skip, so a sample it rejects shifts the stream the same way
+in a fresh and in a resumed run. `to_example` decodes and augments, and runs only on samples that
+will be batched.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from cmgl_dist.data import images
+from cmgl_dist.data.seeds import seed_of
+from cmgl_dist.shards.schema import FRONTAL, LABEL_KEYS, LABELS, REPORT
+
+log = logging.getLogger(__name__)
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_WORD = re.compile(r"\w")
+
+
+class SkipCounter:
+    """Counts unusable samples by reason and logs them, rate-limited per reason.
+
+    `take()` returns the count since the last call; the loader puts it in each batch, so the
+    counts cross DataLoader worker processes inside the batches themselves. A tar that breaks
+    off counts once (reason `unreadable_shard_data`), whatever number of samples it held.
+    """
+
+    LOG_FIRST = 5
+
+    def __init__(self):
+        self.by_reason: dict[str, int] = {}
+        self._pending = 0
+
+    def skip(self, reason: str, key: str, error: BaseException | str) -> None:
+        n = self.by_reason.get(reason, 0) + 1
+        self.by_reason[reason] = n
+        self._pending += 1
+        if n <= self.LOG_FIRST or n & (n - 1) == 0:  # the first few, then at powers of two
+            log.warning("skipping sample %s (%s, %d so far in this worker): %s", key, reason, n, error)
+
+    def take(self) -> int:
+        pending, self._pending = self._pending, 0
+        return pending
+
+
+@dataclass(frozen=True)
+class Record:
+    """A sample that passed the cheap checks; `pass_index` counts the stream's passes over shards."""
+
+    key: str
+    frontal_png: bytes
+    report: dict
+    labels: tuple[float, ...]
+    pass_index: int
+
+
+def parse(sample: dict, pass_index: int, counter: SkipCounter) -> Optional[Record]:
+    key = sample.get("__key__", "?")
+    try:
+        missing = [m for m in (FRONTAL, REPORT, LABELS) if m not in sample]
+        if missing:
+            raise ValueError(f"missing member(s) {', '.join(missing)}")
+        report = json.loads(sample[REPORT])
+        labels_json = json.loads(sample[LABELS])
+        if not isinstance(report, dict) or not isinstance(labels_json, dict):
+            raise ValueError(f"{REPORT} and {LABELS} must hold JSON objects")
+        absent = [k for k in LABEL_KEYS if k not in labels_json]
+        if absent:
+            raise ValueError(f"{LABELS} lacks {', '.join(absent)}")
+        labels = tuple(float(labels_json[k]) for k in LABEL_KEYS)
+        if not report_sentences(report):
+            raise ValueError("no findings or impression text")
+        images.verify_png(sample[FRONTAL])
+    except Exception as e:  # noqa: BLE001 - any malformed member makes the sample unusable
+        counter.skip("malformed", key, e)
+        return None
+    return Record(key, sample[FRONTAL], report, labels, pass_index)
+
+
+def report_text(report: dict) -> str:
+    """Findings then impression, space-joined (the packer has already removed `XXXX` tokens)."""
+    parts = [str(report.get(section) or "").strip() for section in ("findings", "impression")]
+    return " ".join(p for p in parts if p)
+
+
+def report_sentences(report: dict) -> list[str]:
+    return [s for s in _SENTENCE_END.split(report_text(report)) if _WORD.search(s)]
+
+
+def choose_text(record: Record, text_mode: str, seed: int, epoch: int) -> str:
+    if text_mode == "report":
+        return report_text(record.report)
+    sentences = report_sentences(record.report)
+    rng = random.Random(seed_of("sentence", seed, epoch, record.key, record.pass_index))
+    return sentences[rng.randrange(len(sentences))]
+
+
+def to_example(record: Record, data_cfg, *, train: bool, seed: int, epoch: int,
+               counter: SkipCounter) -> Optional[dict]:
+    """Decode, crop/augment and pick the text; None (counted) if the PNG will not decode."""
+    try:
+        square = images.square_resize(images.decode_grey(record.frontal_png), data_cfg.image_size)
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for a broken image
+        counter.skip("undecodable_image", record.key, e)
+        return None
+    if train:
+        rng = random.Random(seed_of("augment", seed, epoch, record.key, record.pass_index))
+        view = images.train_view(square, data_cfg.crop_size, rng, data_cfg.augment)
+    else:
+        view = images.eval_view(square, data_cfg.crop_size)
+    return {
+        "key": record.key,
+        "image": images.normalise_to_rgb(view),
+        "text": choose_text(record, data_cfg.text_mode, seed, epoch),
+        "labels": torch.tensor(record.labels, dtype=torch.float32),
+    }

@@ -1,0 +1,138 @@
+"""Which samples each (rank, logical worker) reads, in which order: a pure function of the seed.
+
+A *stream* is one (rank, logical worker) pair, `stream = rank * workers + worker`, of
+`streams = world_size * workers`. Its samples are determined by (urls, seed, epoch, stream) alone,
+never by process ids, clocks or a global RNG, which is what makes a resumed epoch replay the
+same batches.
+
+Splitting:
+- At least as many shards as streams: each pass over the data shuffles the shard list (the same
+  permutation on every stream) and stream s reads shards s, s + streams, ...
+- Fewer shards than streams: every stream reads every shard and keeps the samples whose running
+  index within the pass is s modulo streams. Reading is duplicated `streams` times, decoding is
+  not; it keeps every (rank, worker) busy on a small pack.
+- Resampling: each stream draws shards with replacement from its own RNG (no split needed).
+
+Training streams repeat (pass after pass, reshuffled) so that every rank can fill the same
+number of batches; evaluation streams make one pass in order. When the shards do not divide
+evenly over the streams, a stream with fewer samples starts its next pass before the others end
+theirs, so an epoch repeats some samples and misses others: pack a multiple of
+world_size * workers shards (of equal size) for epochs that see every sample once.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import webdataset as wds
+
+from cmgl_dist.data.samples import Record, SkipCounter, parse
+from cmgl_dist.data.seeds import seed_of
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    urls: tuple[str, ...]
+    seed: int
+    epoch: int
+    stream: int
+    streams: int
+    repeat: bool  # training: cycle over the data; evaluation: one pass
+    shard_shuffle: bool
+    resample: bool
+    shuffle_buffer: int  # 0 or 1: no sample shuffle
+
+
+def read_shard(url: str, counter: SkipCounter) -> Iterator[dict]:
+    """Raw samples of one tar (local path, `pipe:` or remote URL, opened by webdataset)."""
+    def handler(error: Exception) -> bool:
+        counter.skip("unreadable_shard_data", url, error)
+        return True  # keep what is readable and continue with the next member or shard
+
+    yield from wds.tarfile_samples([{"url": url}], handler=handler)
+
+
+def _pass_order(spec: StreamSpec, pass_index: int) -> list[str]:
+    order = list(spec.urls)
+    if spec.repeat and spec.shard_shuffle:
+        random.Random(seed_of("shards", spec.seed, spec.epoch, pass_index)).shuffle(order)
+    return order
+
+
+def _one_pass(spec: StreamSpec, pass_index: int, counter: SkipCounter) -> Iterator[dict]:
+    order = _pass_order(spec, pass_index)
+    if len(order) >= spec.streams:
+        for url in order[spec.stream::spec.streams]:
+            yield from read_shard(url, counter)
+        return
+    index = 0
+    for url in order:
+        for sample in read_shard(url, counter):
+            if index % spec.streams == spec.stream:
+                yield sample
+            index += 1
+
+
+def records(spec: StreamSpec, counter: SkipCounter) -> Iterator[Record]:
+    """This stream's parsed samples, shuffled; malformed ones are counted and left out.
+
+    The shuffle buffer is drained at the end of every pass, so a pass yields each of the stream's
+    samples once (a training epoch no longer than one pass partitions the split across ranks).
+    Raises RuntimeError when a repeating stream finds no usable sample in a whole pass: it would
+    otherwise spin forever while the other ranks wait for it at the next collective.
+    """
+    if not spec.urls:
+        raise ValueError("no shard URLs given")
+    if spec.resample:
+        yield from _shuffled(_resampled_records(spec, counter), spec, "resampled")
+        return
+    for pass_index in itertools.count():
+        parsed = (parse(sample, pass_index, counter) for sample in _one_pass(spec, pass_index, counter))
+        usable = 0
+        for record in _shuffled((r for r in parsed if r is not None), spec, pass_index):
+            usable += 1
+            yield record
+        if not spec.repeat:
+            return
+        if usable == 0:
+            raise RuntimeError(
+                f"stream {spec.stream} of {spec.streams} found no usable sample in a full pass over "
+                f"{len(spec.urls)} shard(s): the shards are unreadable or hold fewer samples than "
+                "world_size * workers")
+
+
+def _resampled_records(spec: StreamSpec, counter: SkipCounter) -> Iterator[Record]:
+    rng = random.Random(seed_of("resample", spec.seed, spec.epoch, spec.stream))
+    fruitless_draws = 0
+    for draw in itertools.count():
+        url = rng.choice(spec.urls)
+        usable = 0
+        for sample in read_shard(url, counter):
+            record = parse(sample, draw, counter)
+            if record is not None:
+                usable += 1
+                yield record
+        fruitless_draws = 0 if usable else fruitless_draws + 1
+        if fruitless_draws > 4 * len(spec.urls):
+            raise RuntimeError(f"stream {spec.stream}: {fruitless_draws} shard draws in a row gave no usable "
+                               f"sample (last: {url}); the shards are unreadable")
+
+
+def _shuffled(items: Iterator[Record], spec: StreamSpec, part) -> Iterator[Record]:
+    """webdataset's shuffle buffer, filled before the first draw, with this stream's own RNG."""
+    if spec.shuffle_buffer <= 1:
+        return items
+    rng = random.Random(seed_of("samples", spec.seed, spec.epoch, spec.stream, part))
+    return wds.shuffle(spec.shuffle_buffer, initial=spec.shuffle_buffer, rng=rng)(items)
+
+
+def stream_sample_counts(shard_counts: Optional[Sequence[int]], streams: int) -> Optional[list[int]]:
+    """Samples each stream reads in one unshuffled pass (evaluation), if shard counts are known."""
+    if shard_counts is None:
+        return None
+    if len(shard_counts) >= streams:
+        return [sum(shard_counts[s::streams]) for s in range(streams)]
+    total = sum(shard_counts)
+    return [len(range(s, total, streams)) for s in range(streams)]
