@@ -1,0 +1,102 @@
+"""Packing throughput: a whole `cmgl pack` (phantom images by default), timed, as CSV rows.
+
+    python benchmarks/pack_throughput.py [--image-size 512 256] [--workers 2] [--limit N]
+    python benchmarks/pack_throughput.py --png-levels 0 1 3 6   # PNG encode time/size per zlib level
+
+Each run packs into a fresh temporary folder (so nothing is resumed), then runs `cmgl verify`
+on it; one row per (image size, workers) goes to benchmarks/results/pack_throughput.csv with
+images/s, seconds, bytes written and the verify time. `--png-levels` times encoding 200 phantoms
+per zlib level into benchmarks/results/png_compress_level.csv (how PNG_COMPRESS_LEVEL was chosen).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from cmgl_dist.benchmarking import append_rows
+from cmgl_dist.shards.download import default_reports, packaged_file
+from cmgl_dist.shards.images import PNG_COMPRESS_LEVEL
+from cmgl_dist.shards.pack import pack
+from cmgl_dist.shards.phantom import phantom_for_report
+from cmgl_dist.shards.reports import labels_from_mesh, read_reports
+from cmgl_dist.shards.verify import verify
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def time_pack(args, image_size: int, workers: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="pack_bench_") as out:
+        start = time.perf_counter()
+        manifest = pack(reports=args.reports, images=args.images, metadata=args.metadata, out=out,
+                        image_size=image_size, samples_per_shard=args.samples_per_shard, seed=0,
+                        workers=workers, limit=args.limit)
+        seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        problems = verify(out)
+        verify_seconds = time.perf_counter() - start
+    if problems:
+        raise SystemExit(f"verify failed: {problems[:5]}")
+    return {"images": args.images if args.images == "phantom" else "real", "image_size": image_size,
+            "workers": workers, "samples": manifest["samples_written"], "images_written": manifest["images_written"],
+            "seconds": round(seconds, 2), "images_per_s": round(manifest["images_written"] / seconds, 1),
+            "mbytes": round(sum(s["bytes"] for s in manifest["shards"]) / 1e6, 1),
+            "png_level": PNG_COMPRESS_LEVEL, "verify_seconds": round(verify_seconds, 2), "cpus": os.cpu_count()}
+
+
+def time_png_levels(reports, levels: list[int], image_size: int, count: int = 200) -> list[dict]:
+    parsed, _ = read_reports(reports)
+    images = [phantom_for_report(r.uid, labels_from_mesh(r.mesh_major), r.mesh_major, image_size, 0)[0]
+              for r in parsed[:count]]
+    rows = []
+    for level in levels:
+        start, size = time.perf_counter(), 0
+        for image in images:
+            out = io.BytesIO()
+            Image.fromarray(image).save(out, format="PNG", compress_level=level)
+            size += out.tell()
+        rows.append({"image_size": image_size, "png_level": level, "images": len(images),
+                     "ms_per_image": round((time.perf_counter() - start) / len(images) * 1e3, 2),
+                     "kbytes_per_image": round(size / len(images) / 1e3, 1)})
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reports", default=None, help="default: ../shared/data/iu-rr, else torchxrayvision's copy")
+    p.add_argument("--metadata", default=None)
+    p.add_argument("--images", default="phantom")
+    p.add_argument("--image-size", type=int, nargs="+", default=[512, 256])
+    p.add_argument("--workers", type=int, nargs="+", default=[2])
+    p.add_argument("--samples-per-shard", type=int, default=128)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--png-levels", type=int, nargs="*", help="time PNG levels instead of packing")
+    args = p.parse_args(argv)
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "iu-rr"
+    if args.reports is None:
+        args.reports = shared / "NLMCXR_reports.tgz" if (shared / "NLMCXR_reports.tgz").is_file() else default_reports()
+    if args.metadata is None:
+        csv = shared / "nlmcxr_dicom_metadata.csv.gz"
+        args.metadata = csv if csv.is_file() else packaged_file("nlmcxr_dicom_metadata.csv.gz")
+
+    if args.png_levels:
+        for size in args.image_size:
+            rows = time_png_levels(args.reports, args.png_levels, size)
+            append_rows(RESULTS / "png_compress_level.csv", rows)
+            for row in rows:
+                print(row)
+        return
+    for size in args.image_size:
+        for workers in args.workers:
+            row = time_pack(args, size, workers)
+            append_rows(RESULTS / "pack_throughput.csv", [row])
+            print(row)
+
+
+if __name__ == "__main__":
+    main()

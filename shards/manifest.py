@@ -1,0 +1,64 @@
+"""`DIR/manifest.json`: what a pack read, wrote and skipped, and every shard's sha256.
+
+Written last and atomically: a folder without it is not a finished pack.
+"""
+from __future__ import annotations
+
+import json
+import platform
+from collections import Counter
+from importlib import metadata
+from pathlib import Path
+
+from cmgl_dist.shards.schema import LABEL_KEYS, MANIFEST, SPLITS
+
+FORMAT_VERSION = 1
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("cmgl", "numpy", "pillow", "webdataset", "torchxrayvision"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def split_summary(records: list[dict]) -> dict:
+    """Per-split sample counts and per-label positives, from the shards' progress records."""
+    out = {}
+    for split in SPLITS:
+        samples = [s for r in records if r["split"] == split for s in r["samples"]]
+        out[split] = {"samples": len(samples),
+                      "positives": {k: sum(s["labels"][k] for s in samples) for k in LABEL_KEYS}}
+    return out
+
+
+def build_manifest(*, arguments: dict, reports_read: int, report_skips: list[dict], image_skips: list[dict],
+                   records: list[dict], image_source: str) -> dict:
+    records = sorted(records, key=lambda r: r["name"])
+    shard_skips = [s for r in records for s in r["skips"]]
+    image_skips = image_skips + [s for s in shard_skips if "image" in s]
+    report_skips = report_skips + [s for s in shard_skips if "image" not in s]
+    splits = split_summary(records)
+    return {
+        "format": FORMAT_VERSION,
+        "image_source": image_source,
+        "reports_read": reports_read,
+        "samples_written": sum(len(r["samples"]) for r in records),
+        "images_written": sum(r["images_written"] for r in records),
+        "splits": splits,
+        "positives": {k: sum(splits[s]["positives"][k] for s in SPLITS) for k in LABEL_KEYS},
+        "skipped_reports": report_skips,
+        "skipped_images": image_skips,
+        "skip_reasons": dict(sorted(Counter(s["reason"].split(":")[0] for s in report_skips + image_skips).items())),
+        "shards": [{"name": r["name"], "split": r["split"], "samples": len(r["samples"]),
+                    "sha256": r["sha256"], "bytes": r["bytes"]} for r in records],
+        "arguments": arguments,
+        "versions": package_versions(),
+    }
+
+
+def read_manifest(folder: str | Path) -> dict:
+    return json.loads((Path(folder) / MANIFEST).read_text())

@@ -1,0 +1,153 @@
+"""`cmgl pack`: IU-RR reports (+ real or phantom frontal images) -> WebDataset shards + manifest.
+
+    cmgl pack --reports NLMCXR_reports.tgz --images phantom \
+              --metadata nlmcxr_dicom_metadata.csv.gz --out data/iurr
+
+Steps: read reports -> pick images -> split -> plan shards (all deterministic) -> write shards
+in parallel (finished shards of an interrupted run are kept) -> manifest.json, written last.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import logging
+import multiprocessing
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cmgl_dist.shards.download import default_reports, packaged_file
+from cmgl_dist.shards.images import extract_archive, index_folder
+from cmgl_dist.shards.manifest import build_manifest
+from cmgl_dist.shards.metadata import read_view_positions
+from cmgl_dist.shards.plan import plan_samples, plan_shards
+from cmgl_dist.shards.reports import read_reports
+from cmgl_dist.shards.sample import PROGRESS_DIR, pack_shard
+from cmgl_dist.shards.schema import MANIFEST, SHARD_FILE
+from cmgl_dist.shards.writer import write_json_atomic
+
+log = logging.getLogger("cmgl.pack")
+
+
+class NothingUsable(RuntimeError):
+    """The inputs hold nothing that can be packed (the only case with a non-zero exit)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cmgl pack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reports", help="NLMCXR_reports.tgz or a folder of report XML (default: torchxrayvision's copy, else download)")
+    p.add_argument("--images", required=True, help="NLMCXR_png.tgz, a folder of PNG/JPEG named by image id, or 'phantom'")
+    p.add_argument("--metadata", help="DICOM metadata CSV (gzip accepted) for view positions "
+                   "(default: torchxrayvision's copy when installed; 'none' for the XML-order fallback)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--image-size", type=int, default=512, help="longest image side in pixels (aspect kept)")
+    p.add_argument("--samples-per-shard", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--limit", type=int, help="pack a stratified subset of this many reports (development, tests)")
+    return p
+
+
+def _image_paths(images: str, out: Path, wanted: set[str]) -> tuple[dict[str, str] | None, list]:
+    """image id -> file, None for phantom; plus skips from reading an archive."""
+    if images == "phantom":
+        return None, []
+    source = Path(images)
+    if source.is_dir():
+        return {k: str(v) for k, v in index_folder(source).items()}, []
+    if source.is_file() and tarfile.is_tarfile(source):
+        extracted = out / ".images"
+        log.info("extracting %d images from %s into %s", len(wanted), source, extracted)
+        skips = extract_archive(source, extracted, wanted)
+        return {k: str(v) for k, v in index_folder(extracted).items()}, [s.to_json() for s in skips]
+    raise NothingUsable(f"--images {images!r}: not 'phantom', a folder, or a tar archive")
+
+
+def _remove_stale(out: Path, planned: set[str]) -> None:
+    """Temp files of an interrupted run, and shards a previous, different plan left behind."""
+    progress = out / PROGRESS_DIR
+    for path in [*out.iterdir(), *(progress.iterdir() if progress.is_dir() else [])]:
+        shard = path.name.removesuffix(".json") if path.parent == progress else path.name
+        stale_shard = SHARD_FILE.match(shard) and shard not in planned
+        if path.is_file() and (stale_shard or path.name.endswith((".tmp", ".unrenamed"))):
+            log.info("removing stale %s", path.relative_to(out))
+            path.unlink()
+
+
+def pack(*, images: str, out: str | Path, reports: str | Path | None = None, metadata: str | Path | None = None,
+         image_size: int = 512, samples_per_shard: int = 128, seed: int = 0, workers: int = 2,
+         limit: int | None = None) -> dict:
+    """Pack and return the manifest. Raises NothingUsable when nothing could be packed."""
+    if image_size < 16 or samples_per_shard < 1 or workers < 1:
+        raise NothingUsable("--image-size must be >= 16, --samples-per-shard and --workers >= 1")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the end
+    reports = Path(reports) if reports else default_reports()
+    try:
+        parsed, xml_skips = read_reports(reports)
+    except (OSError, tarfile.TarError) as e:
+        raise NothingUsable(f"--reports {reports}: {e}") from None
+    if metadata is None:
+        metadata = packaged_file("nlmcxr_dicom_metadata.csv.gz")
+    elif str(metadata).lower() == "none":
+        metadata = None
+    views = {}
+    if metadata is None:
+        log.warning("no --metadata: choosing frontal images by the XML-order fallback")
+    else:
+        try:
+            views = read_view_positions(metadata)
+        except (OSError, ValueError, csv.Error) as e:
+            log.warning("--metadata %s unreadable (%s): choosing frontal images by the XML-order fallback", metadata, e)
+    wanted = {i for r in parsed for i in r.image_ids}
+    image_paths, archive_skips = _image_paths(images, out, wanted)
+    usable, report_skips, image_skips = plan_samples(parsed, views, image_paths)
+    if not usable:
+        raise NothingUsable(f"no report with text and a usable frontal image among {len(parsed)} read from {reports}")
+    tasks = plan_shards(usable, views, seed=seed, samples_per_shard=samples_per_shard, limit=limit,
+                        out_dir=str(out), image_size=image_size, images=images, image_paths=image_paths)
+    _remove_stale(out, {t.name for t in tasks})
+
+    started, records = time.perf_counter(), []
+    sizes = {t.name: len(t.samples) for t in tasks}
+    parallel = workers > 1 and len(tasks) > 1
+    pool = multiprocessing.get_context("forkserver").Pool(workers) if parallel else contextlib.nullcontext()
+    with tqdm(total=sum(sizes.values()), unit="sample", desc="pack", disable=None, file=sys.stderr) as bar, pool:
+        for record in (pool.imap_unordered(pack_shard, tasks) if parallel else map(pack_shard, tasks)):
+            records.append(record)
+            bar.update(sizes[record["name"]])
+    seconds = time.perf_counter() - started
+    arguments = {"reports": str(reports), "images": images, "metadata": str(metadata) if metadata else None,
+                 "image_size": image_size, "samples_per_shard": samples_per_shard, "seed": seed, "limit": limit}
+    manifest = build_manifest(arguments=arguments, reports_read=len(parsed),
+                              report_skips=[s.to_json() for s in xml_skips + report_skips],
+                              image_skips=archive_skips + [s.to_json() for s in image_skips],
+                              records=records, image_source="phantom" if images == "phantom" else "real")
+    if manifest["samples_written"] == 0:
+        raise NothingUsable("every planned sample was skipped; see the skip reasons above")
+    write_json_atomic(out / MANIFEST, manifest)
+    resumed = sum(r["resumed"] for r in records)
+    fresh_images = sum(r["images_written"] for r in records if not r["resumed"])
+    log.info("packed %d samples (%d images) into %d shards (%d already done) in %.1f s: %.1f images/s, %d workers",
+             manifest["samples_written"], manifest["images_written"], len(records), resumed, seconds,
+             fresh_images / max(seconds, 1e-9), workers)
+    return manifest
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        manifest = pack(images=args.images, out=args.out, reports=args.reports, metadata=args.metadata,
+                        image_size=args.image_size, samples_per_shard=args.samples_per_shard, seed=args.seed,
+                        workers=args.workers, limit=args.limit)
+    except NothingUsable as e:
+        log.error("%s", e)
+        return 1
+    log.info("skips: %s; wrote %s", manifest["skip_reasons"], Path(args.out) / MANIFEST)
+    return 0

@@ -1,0 +1,97 @@
+"""One shard's work, run in a worker process: render or load each sample's images, write the tar.
+
+A finished shard leaves a sidecar `.progress/<shard>.json` (its task fingerprint, sha256 and
+per-sample record), written before the shard is renamed into place: a shard counts as done
+only when both agree, so an interrupted pack resumes without redoing finished shards.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from PIL import Image
+
+from cmgl_dist.shards import schema
+from cmgl_dist.shards.images import ImageError, encode_png, load_image
+from cmgl_dist.shards.phantom import phantom_for_report
+from cmgl_dist.shards.plan import SampleSpec, ShardTask
+from cmgl_dist.shards.reports import Skip
+from cmgl_dist.shards.writer import json_bytes, npz_bytes, sha256_file, write_json_atomic, write_shard
+
+PROGRESS_DIR = ".progress"
+
+
+def _meta(spec: SampleSpec, frontal: str, lateral: str | None, source: str, size) -> dict:
+    report = spec.report
+    return {"uid": report.uid, "split": spec.split, "image_source": source,
+            "mesh_major": list(report.mesh_major), "mesh_automatic": list(report.mesh_automatic),
+            "image_ids": list(report.image_ids), "view_positions": spec.views, "view_rule": spec.view_rule,
+            "frontal_image": frontal, "lateral_image": lateral, "frontal_size": list(size)}
+
+
+def phantom_sample(spec: SampleSpec, size: int, seed: int) -> dict[str, bytes]:
+    image, masks, findings = phantom_for_report(spec.report.uid, spec.labels, spec.report.mesh_major, size, seed)
+    meta = _meta(spec, spec.frontal_candidates[0], None, "phantom", image.shape[::-1])
+    meta["phantom_findings"] = [asdict(f) for f in findings]
+    return {schema.FRONTAL: encode_png(Image.fromarray(image)), schema.MASKS: npz_bytes(masks),
+            schema.META: json_bytes(meta)}
+
+
+def real_sample(spec: SampleSpec, task: ShardTask, skips: list[Skip]) -> dict[str, bytes] | None:
+    """Members for one real-image sample; the first usable frontal candidate wins."""
+    uid = spec.report.uid
+    frontal = lateral = None
+    for image_id in spec.frontal_candidates:
+        try:
+            frontal = (image_id, load_image(task.image_paths[image_id], task.image_size))
+            break
+        except ImageError as e:
+            skips.append(Skip(uid, str(e), image_id))
+    if frontal is None:
+        skips.append(Skip(uid, "no usable frontal image"))
+        return None
+    if spec.lateral and spec.lateral != frontal[0]:
+        try:
+            lateral = (spec.lateral, load_image(task.image_paths[spec.lateral], task.image_size))
+        except ImageError as e:
+            skips.append(Skip(uid, str(e), spec.lateral))
+    members = {schema.FRONTAL: encode_png(frontal[1])}
+    if lateral is not None:
+        members[schema.LATERAL] = encode_png(lateral[1])
+    meta = _meta(spec, frontal[0], lateral[0] if lateral else None, "real", frontal[1].size)
+    members[schema.META] = json_bytes(meta)
+    return members
+
+
+def pack_shard(task: ShardTask) -> dict:
+    """Write one shard (unless already finished) and return its progress record."""
+    out = Path(task.out_dir)
+    shard, sidecar = out / task.name, out / PROGRESS_DIR / f"{task.name}.json"
+    fingerprint = task.fingerprint()
+    if shard.exists() and sidecar.exists():
+        record = json.loads(sidecar.read_text())
+        if record.get("fingerprint") == fingerprint and record.get("sha256") == sha256_file(shard):
+            return {**record, "resumed": True}
+    samples, skips, images, written = [], [], 0, []
+    for spec in task.samples:
+        if task.images == "phantom":
+            members = phantom_sample(spec, task.image_size, task.seed)
+        else:
+            members = real_sample(spec, task, skips)
+            if members is None:
+                continue
+        members[schema.REPORT] = json_bytes(spec.report.text_json())
+        members[schema.LABELS] = json_bytes(spec.labels)
+        images += sum(m in (schema.FRONTAL, schema.LATERAL) for m in members)
+        samples.append((spec.report.uid, members))
+        written.append({"uid": spec.report.uid, "labels": spec.labels})
+    sidecar.parent.mkdir(exist_ok=True)
+    tmp_shard = out / f".{task.name}.unrenamed"
+    sha256 = write_shard(tmp_shard, samples)
+    record = {"name": task.name, "split": task.split, "fingerprint": fingerprint, "sha256": sha256,
+              "bytes": tmp_shard.stat().st_size, "samples": written, "images_written": images,
+              "skips": [s.to_json() for s in skips]}
+    write_json_atomic(sidecar, record)
+    tmp_shard.replace(shard)
+    return {**record, "resumed": False}

@@ -1,0 +1,55 @@
+"""Shared fixtures: where the IU-RR files are, and one small packed shard folder per session.
+
+The IU-RR files come from `../shared/data/iu-rr/` beside the clone when present, else from the
+copies inside the installed `torchxrayvision` package.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cmgl_dist.shards.download import packaged_file
+
+SHARED_IURR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "iu-rr"
+
+SMALL_SHARDS_REPORTS = 300
+SMALL_SHARDS_IMAGE_SIZE = 128
+SMALL_SHARDS_PER_SHARD = 16
+
+
+def _shared_or_packaged(name: str) -> Path | None:
+    shared = SHARED_IURR / name
+    return shared if shared.is_file() else packaged_file(name)
+
+
+@pytest.fixture(scope="session")
+def iurr_dir() -> Path | None:
+    """The shared IU-RR folder (reports, metadata, samples/), or None when absent."""
+    return SHARED_IURR if SHARED_IURR.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def reports_tgz() -> Path:
+    path = _shared_or_packaged("NLMCXR_reports.tgz")
+    if path is None:
+        pytest.skip("no NLMCXR_reports.tgz: neither ../shared/data/iu-rr nor torchxrayvision")
+    return path
+
+
+@pytest.fixture(scope="session")
+def metadata_csv() -> Path | None:
+    return _shared_or_packaged("nlmcxr_dicom_metadata.csv.gz")
+
+
+@pytest.fixture(scope="session")
+def small_shards(tmp_path_factory, reports_tgz, metadata_csv) -> Path:
+    """A folder packed from 300 real reports (stratified: every split holds positives of all five
+    pathologies) with 128-pixel phantom images, 16 samples per shard, seed 0."""
+    from cmgl_dist.shards.pack import pack
+
+    out = tmp_path_factory.mktemp("small_shards")
+    pack(reports=reports_tgz, images="phantom", metadata=metadata_csv, out=out,
+         image_size=SMALL_SHARDS_IMAGE_SIZE, samples_per_shard=SMALL_SHARDS_PER_SHARD, seed=0,
+         workers=1, limit=SMALL_SHARDS_REPORTS)
+    return out
