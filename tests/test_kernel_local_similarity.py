@@ -1,0 +1,175 @@
+"""The fused local-similarity kernel against a float64 transcription of GLoRIA's per-pair loop
+and against `local_similarity_reference`: outputs and gradients, ragged and holed masks,
+T != I, fp32/bf16/fp16. Runs on CUDA when present, else in Triton's interpreter (tiny shapes)."""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated
+
+from cmgl_dist.kernels import local_attention_maps, local_similarity_triton  # noqa: E402
+from cmgl_dist.losses import local_similarity_reference  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
+# (T, I, W, R, D, word counts per text); a text with 1 word and one with all W words in each.
+# The interpreter's tiles are 16 words by 16 features: W = 20 spans two word blocks.
+SHAPES = [
+    (3, 2, 9, 13, 40, [1, 9, 5]),
+    (2, 4, 5, 49, 16, [5, 1]),
+    (3, 1, 20, 7, 16, [20, 1, 17]),
+]
+
+
+def pair_similarity(words, n_real, regions, gamma1, gamma2):
+    """GLoRIA's attention_fn + local_loss for one (text, image) pair, as written there."""
+    x = words[:n_real]                                          # [w, D]
+    attn = torch.softmax(regions @ x.T, dim=-1)                 # over words, per region [R, w]
+    attn = torch.softmax(gamma1 * attn.T, dim=-1)               # over regions, per word [w, R]
+    context = attn @ regions                                    # [w, D]
+    cos = (x * context).sum(-1) / (x.norm(dim=-1) * context.norm(dim=-1)).clamp(min=1e-8)
+    return torch.log(torch.exp(gamma2 * cos).sum())
+
+
+def transcribed_similarity(words, word_mask, regions, gamma1, gamma2):
+    """S [T, I] in float64 from the per-pair transcription; real words gathered to the front."""
+    rows = []
+    for t in range(words.shape[0]):
+        real = words[t][word_mask[t]]
+        rows.append(torch.stack([pair_similarity(real, real.shape[0], regions[i], gamma1, gamma2)
+                                 for i in range(regions.shape[0])]))
+    return torch.stack(rows)
+
+
+def make_inputs(T, I, W, R, D, counts, dtype, holes=False, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    words = torch.randn(T, W, D, generator=gen)
+    regions = torch.randn(I, R, D, generator=gen)
+    word_mask = torch.arange(W)[None, :] < torch.tensor(counts)[:, None]
+    if holes:  # real words need not be a prefix
+        word_mask = word_mask[:, torch.randperm(W, generator=gen)]
+    words = words.to(DEVICE, dtype)
+    regions = regions.to(DEVICE, dtype)
+    return words, word_mask.to(DEVICE), regions
+
+
+def poison_allocator():
+    """Fill freed memory with NaN so an output the kernel fails to write shows up."""
+    junk = torch.full((1 << 22,), float("nan"), device=DEVICE)
+    del junk
+
+
+def run_kernel(words, word_mask, regions, grad, gamma1, gamma2):
+    words = words.detach().requires_grad_(True)
+    regions = regions.detach().requires_grad_(True)
+    poison_allocator()
+    S = local_similarity_triton(words, word_mask, regions, gamma1, gamma2)
+    poison_allocator()
+    S.backward(grad)
+    return S.detach(), words.grad, regions.grad
+
+
+def expected(words, word_mask, regions, grad, gamma1, gamma2):
+    words = words.detach().double().cpu().requires_grad_(True)
+    regions = regions.detach().double().cpu().requires_grad_(True)
+    S = transcribed_similarity(words, word_mask.cpu(), regions, gamma1, gamma2)
+    S.backward(grad.double().cpu())
+    return S.detach(), words.grad, regions.grad
+
+
+def assert_close(actual, wanted, tol, what):
+    actual = actual.detach().double().cpu()
+    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
+    scale = wanted.abs().max().clamp(min=1e-6)
+    err = (actual - wanted).abs().max() / scale
+    assert err <= tol, f"{what}: max error {err:.2e} relative to max |value| > {tol:.0e}"
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])))
+def test_fp32_output_and_gradients_match_float64_transcription(shape):
+    T, I, W, R, D, counts = shape
+    words, word_mask, regions = make_inputs(T, I, W, R, D, counts, torch.float32)
+    grad = torch.randn(T, I, device=DEVICE)
+    S, g_words, g_regions = run_kernel(words, word_mask, regions, grad, 4.0, 5.0)
+    S_ref, g_words_ref, g_regions_ref = expected(words, word_mask, regions, grad, 4.0, 5.0)
+    assert S.dtype == torch.float32 and S.shape == (T, I)
+    assert_close(S, S_ref, TOLERANCE[torch.float32], "S")
+    assert_close(g_words, g_words_ref, TOLERANCE[torch.float32], "dL/dwords")
+    assert_close(g_regions, g_regions_ref, TOLERANCE[torch.float32], "dL/dregions")
+    assert (g_words[~word_mask] == 0).all(), "padded words received gradient"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_precision_within_tolerance(dtype):
+    T, I, W, R, D, counts = SHAPES[0]
+    words, word_mask, regions = make_inputs(T, I, W, R, D, counts, dtype, seed=1)
+    grad = torch.randn(T, I, device=DEVICE)
+    S, g_words, g_regions = run_kernel(words, word_mask, regions, grad, 4.0, 5.0)
+    S_ref, g_words_ref, g_regions_ref = expected(words, word_mask, regions, grad, 4.0, 5.0)
+    assert g_words.dtype == dtype and g_regions.dtype == dtype
+    assert_close(S, S_ref, TOLERANCE[dtype], "S")
+    assert_close(g_words, g_words_ref, TOLERANCE[dtype], "dL/dwords")
+    assert_close(g_regions, g_regions_ref, TOLERANCE[dtype], "dL/dregions")
+
+
+def test_padded_words_change_nothing_and_holes_are_masked():
+    T, I, W, R, D, counts = SHAPES[1]
+    words, word_mask, regions = make_inputs(T, I, W, R, D, counts, torch.float32, holes=True, seed=2)
+    grad = torch.randn(T, I, device=DEVICE)
+    S, g_words, g_regions = run_kernel(words, word_mask, regions, grad, 3.0, 7.0)
+    scrambled = words.clone()
+    scrambled[~word_mask] = 1e3 * torch.randn(int((~word_mask).sum()), D, device=DEVICE)
+    S2, g_words2, g_regions2 = run_kernel(scrambled, word_mask, regions, grad, 3.0, 7.0)
+    torch.testing.assert_close(S2, S, rtol=0, atol=0)
+    torch.testing.assert_close(g_regions2, g_regions, rtol=0, atol=0)
+    assert (g_words[~word_mask] == 0).all() and (g_words2[~word_mask] == 0).all()
+    S_ref, g_words_ref, _ = expected(words, word_mask, regions, grad, 3.0, 7.0)
+    assert_close(S, S_ref, TOLERANCE[torch.float32], "S with holes")
+    assert_close(g_words, g_words_ref, TOLERANCE[torch.float32], "dL/dwords with holes")
+
+
+def test_matches_chunked_reference():
+    T, I, W, R, D, counts = SHAPES[0]
+    words, word_mask, regions = make_inputs(T, I, W, R, D, counts, torch.float32, seed=3)
+    grad = torch.randn(T, I, device=DEVICE)
+    S, g_words, g_regions = run_kernel(words, word_mask, regions, grad, 4.0, 5.0)
+    w_ref = words.detach().clone().requires_grad_(True)
+    r_ref = regions.detach().clone().requires_grad_(True)
+    S_ref = local_similarity_reference(w_ref, word_mask, r_ref, 4.0, 5.0)
+    S_ref.backward(grad)
+    assert S_ref.dtype == S.dtype
+    assert_close(S, S_ref.detach().double().cpu(), TOLERANCE[torch.float32], "S vs reference")
+    assert_close(g_words, w_ref.grad.double().cpu(), TOLERANCE[torch.float32], "dL/dwords vs reference")
+    assert_close(g_regions, r_ref.grad.double().cpu(), TOLERANCE[torch.float32], "dL/dregions vs reference")
+
+
+def test_attention_maps_reproduce_the_kernel_similarity():
+    T, I, W, R, D, counts = SHAPES[0]
+    words, word_mask, regions = make_inputs(T, I, W, R, D, counts, torch.float32, seed=4)
+    pairs = torch.tensor([[0, 1], [1, 0], [2, 1]], device=DEVICE)
+    maps = local_attention_maps(words, word_mask, regions, pairs, gamma1=4.0)
+    assert maps.shape == (3, W, R)
+    S = local_similarity_triton(words, word_mask, regions, 4.0, 5.0)
+    for p, (t, i) in enumerate(pairs.tolist()):
+        real = word_mask[t]
+        assert (maps[p][~real] == 0).all()
+        torch.testing.assert_close(maps[p][real].sum(-1), torch.ones(int(real.sum()), device=DEVICE))
+        x = words[t][real].double()
+        context = maps[p][real].double() @ regions[i].double()
+        cos = (x * context).sum(-1) / (x.norm(dim=-1) * context.norm(dim=-1)).clamp(min=1e-8)
+        from_maps = torch.logsumexp(5.0 * cos, dim=0)
+        assert abs(from_maps.item() - S[t, i].item()) <= 1e-4 * max(1.0, abs(from_maps.item()))
+
+
+def test_bad_inputs_raise():
+    words, word_mask, regions = make_inputs(2, 2, 4, 7, 16, [4, 2], torch.float32)
+    with pytest.raises(ValueError, match="no words"):
+        local_similarity_triton(words, torch.zeros_like(word_mask), regions)
+    with pytest.raises(TypeError, match="share"):
+        local_similarity_triton(words, word_mask, regions.double())
+    with pytest.raises(ValueError, match="feature sizes"):
+        local_similarity_triton(words, word_mask, regions[..., :8])
+    with pytest.raises(ValueError, match="pairs"):
+        local_attention_maps(words, word_mask, regions, torch.zeros(3, dtype=torch.long))
