@@ -1,1 +1,18 @@
-"""cmgl_dist.losses"""
+"""Global and local contrastive losses (GLoRIA), with negatives gathered from every rank."""
+from .cmgl_loss import CMGLLoss
+from .contrastive import global_contrastive_loss, local_contrastive_loss, symmetric_cross_entropy
+from .distributed import gather_with_grad
+from .local_reference import check_local_inputs, local_similarity_reference
+from .similarity import local_similarity, resolve_backend
+
+__all__ = [
+    "CMGLLoss",
+    "check_local_inputs",
+    "gather_with_grad",
+    "global_contrastive_loss",
+    "local_contrastive_loss",
+    "local_similarity",
+    "local_similarity_reference",
+    "resolve_backend",
+    "symmetric_cross_entropy",
+]

@@ -1,0 +1,129 @@
+"""PyTorch reference of GLoRIA's local (word-region) similarity, chunked so memory stays bounded.
+
+For text t and image i (words w, regions r), as GLoRIA's public `local_loss`/`attention_fn`:
+
+    a[w, r]   = softmax over the text's real words of  word_w . region_r
+    b[w, r]   = softmax over regions of  gamma1 * a[w, r]
+    ctx_w     = sum_r b[w, r] region_r
+    S[t, i]   = log sum_{real w} exp(gamma2 * cos(word_w, ctx_w))
+
+Padded words (word_mask False) take no part in the softmax over words nor in the sum.
+The cosine is GLoRIA's: `(x . y) / max(|x| |y|, 1e-8)` (the eps clamps the product of the norms,
+not each norm as `torch.nn.functional.cosine_similarity` does).
+
+Memory: the pairs (texts x images) are processed in blocks whose [t, i, W, R] and [t, i, W, D]
+tensors fit a fixed element budget, so no [T, I, W, D] tensor ever exists. Chunking alone does not
+bound memory under autograd (every block's intermediates would be kept for backward), so a custom
+autograd function saves only the inputs and recomputes each block in backward.
+
+Half-precision inputs are computed in float32 (autocast off); S comes back in the compute dtype.
+"""
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+COSINE_EPS = 1e-8
+# Elements of one block's [t, i, W, 2R + D] working set; backward keeps ~3x this alive at once
+# (about 0.8 GB in float32 at the default).
+DEFAULT_BLOCK_ELEMENTS = 1 << 26
+
+
+def check_local_inputs(words: torch.Tensor, word_mask: torch.Tensor, regions: torch.Tensor) -> None:
+    """Shapes, dtypes and devices every local-similarity backend expects; raises ValueError."""
+    if words.dim() != 3 or regions.dim() != 3 or word_mask.dim() != 2:
+        raise ValueError(
+            f"expected words [T, W, D], word_mask [T, W], regions [I, R, D]; got words "
+            f"{tuple(words.shape)}, word_mask {tuple(word_mask.shape)}, regions {tuple(regions.shape)}")
+    if word_mask.shape != words.shape[:2]:
+        raise ValueError(f"word_mask {tuple(word_mask.shape)} does not match words {tuple(words.shape)}[:2]")
+    if words.shape[2] != regions.shape[2]:
+        raise ValueError(f"feature sizes differ: words D={words.shape[2]}, regions D={regions.shape[2]}")
+    if word_mask.dtype != torch.bool:
+        raise ValueError(f"word_mask must be bool, got {word_mask.dtype}")
+    if not (words.device == word_mask.device == regions.device):
+        raise ValueError(
+            f"tensors on different devices: words {words.device}, word_mask {word_mask.device}, "
+            f"regions {regions.device}")
+    if not words.is_floating_point() or not regions.is_floating_point():
+        raise ValueError(f"words and regions must be floating point, got {words.dtype}, {regions.dtype}")
+    empty = (~word_mask.any(dim=1)).nonzero().flatten()
+    if empty.numel():
+        raise ValueError(f"texts {empty.tolist()[:10]} have no words (word_mask all False); S would be -inf")
+
+
+def _block_similarity(words, word_mask, regions, gamma1: float, gamma2: float) -> torch.Tensor:
+    """S for every pair of a block of texts [t, W, D] and images [i, R, D] -> [t, i]."""
+    with torch.autocast(device_type=words.device.type, enabled=False):
+        logits = torch.einsum("twd,ird->tiwr", words, regions)
+        logits = logits.masked_fill(~word_mask[:, None, :, None], float("-inf"))
+        over_words = logits.softmax(dim=2)
+        over_regions = (gamma1 * over_words).softmax(dim=3)
+        context = torch.einsum("tiwr,ird->tiwd", over_regions, regions)
+        dot = torch.einsum("twd,tiwd->tiw", words, context)
+        norms = words.norm(dim=-1)[:, None, :] * context.norm(dim=-1)
+        cosine = dot / norms.clamp(min=COSINE_EPS)
+        return (gamma2 * cosine).masked_fill(~word_mask[:, None, :], float("-inf")).logsumexp(dim=2)
+
+
+def _blocks(words: torch.Tensor, regions: torch.Tensor, block_elements: int):
+    """(text slice, image slice) pairs covering [T, I], each within the element budget."""
+    n_texts, n_words, dim = words.shape
+    n_images, n_regions, _ = regions.shape
+    pairs = max(1, block_elements // (n_words * (2 * n_regions + dim)))
+    images_per_block = min(n_images, pairs)
+    texts_per_block = max(1, min(n_texts, pairs // images_per_block))
+    for t0 in range(0, n_texts, texts_per_block):
+        for i0 in range(0, n_images, images_per_block):
+            yield slice(t0, t0 + texts_per_block), slice(i0, i0 + images_per_block)
+
+
+class _ChunkedLocalSimilarity(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, words, word_mask, regions, gamma1, gamma2, block_elements):
+        ctx.save_for_backward(words, word_mask, regions)
+        ctx.hyper = (gamma1, gamma2, block_elements)
+        similarity = words.new_empty(words.shape[0], regions.shape[0])
+        for texts, images in _blocks(words, regions, block_elements):
+            similarity[texts, images] = _block_similarity(
+                words[texts], word_mask[texts], regions[images], gamma1, gamma2)
+        return similarity
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_similarity):
+        words, word_mask, regions = ctx.saved_tensors
+        gamma1, gamma2, block_elements = ctx.hyper
+        need_words, _, need_regions = ctx.needs_input_grad[:3]
+        grad_words = torch.zeros_like(words) if need_words else None
+        grad_regions = torch.zeros_like(regions) if need_regions else None
+        for texts, images in _blocks(words, regions, block_elements):
+            with torch.enable_grad():
+                block_words = words[texts].detach().requires_grad_(need_words)
+                block_regions = regions[images].detach().requires_grad_(need_regions)
+                block = _block_similarity(block_words, word_mask[texts], block_regions, gamma1, gamma2)
+                wanted = [x for x in (block_words, block_regions) if x.requires_grad]
+                grads = list(torch.autograd.grad(block, wanted, grad_similarity[texts, images]))
+            if need_words:
+                grad_words[texts] += grads.pop(0)
+            if need_regions:
+                grad_regions[images] += grads.pop(0)
+        return grad_words, None, grad_regions, None, None, None
+
+
+def local_similarity_reference(
+    words: torch.Tensor,
+    word_mask: torch.Tensor,
+    regions: torch.Tensor,
+    gamma1: float = 4.0,
+    gamma2: float = 5.0,
+    *,
+    block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+) -> torch.Tensor:
+    """S [T, I] from words [T, W, D], word_mask [T, W] (bool), regions [I, R, D]; see module doc."""
+    check_local_inputs(words, word_mask, regions)
+    if block_elements < 1:
+        raise ValueError(f"block_elements must be >= 1, got {block_elements}")
+    dtype = torch.promote_types(torch.promote_types(words.dtype, regions.dtype), torch.float32)
+    return _ChunkedLocalSimilarity.apply(
+        words.to(dtype), word_mask, regions.to(dtype), float(gamma1), float(gamma2), block_elements)
