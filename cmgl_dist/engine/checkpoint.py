@@ -1,0 +1,208 @@
+"""Atomic, resumable checkpoints: DeepSpeed's state plus ours (step, data position, RNG, config).
+
+Layout under `<run_dir>/checkpoints/`:
+
+    step_00000010/        DeepSpeed's files (model, optimizer partitions, lr scheduler)
+        client.json       TrainState and the resolved config (rank 0)
+        rank_00001.json   that rank's RNG states
+        COMPLETE          written last, after every rank finished
+    latest                the name of the newest complete checkpoint
+
+DeepSpeed's own `latest` file is disabled (save_latest=False): ours is replaced atomically
+(temp + os.replace) only after a barrier and the COMPLETE marker, so a save killed half-way
+leaves `latest` on the previous checkpoint. Client state is JSON, never pickled.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import random
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+LATEST = "latest"
+COMPLETE = "COMPLETE"
+_TAG = re.compile(r"^step_(\d{8})$")
+_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Where the run stands after `step` optimizer steps."""
+    step: int = 0
+    samples_seen: int = 0
+    data_epoch: int = 0
+    data_batch: int = 0           # batches of `data_epoch` each rank has consumed
+    nonfinite_skipped: int = 0    # micro batches dropped for a non-finite loss
+    samples_skipped: int = 0      # samples the loader dropped (unreadable), summed over ranks
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Checkpointer:
+    def __init__(self, root: str | os.PathLike, keep_last: int, rank: int):
+        self.root = Path(root)
+        self.keep_last = keep_last
+        self.rank = rank
+
+    # -- discovery --------------------------------------------------------------------------
+    def complete_tags(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if _TAG.match(p.name) and (p / COMPLETE).is_file())
+
+    def latest_tag(self) -> Optional[str]:
+        pointer = self.root / LATEST
+        if not pointer.is_file():
+            return None
+        tag = pointer.read_text().strip()
+        if not (self.root / tag / COMPLETE).is_file():
+            raise RuntimeError(f"{pointer} names {tag!r}, which is not a complete checkpoint")
+        return tag
+
+    def remove_partial(self) -> None:
+        """Rank 0 at start-up: drop tag folders a killed save left without COMPLETE."""
+        if self.rank != 0 or not self.root.is_dir():
+            return
+        for path in self.root.iterdir():
+            if _TAG.match(path.name) and not (path / COMPLETE).is_file():
+                shutil.rmtree(path)
+
+    # -- save ---------------------------------------------------------------------------------
+    def save(self, engine, state: TrainState, resolved_config: dict) -> str:
+        tag = tag_for(state.step)
+        self.root.mkdir(parents=True, exist_ok=True)
+        engine.save_checkpoint(str(self.root), tag=tag, save_latest=False)
+        folder = self.root / tag
+        write_atomic(folder / f"rank_{self.rank:05d}.json", json.dumps(capture_rng()))
+        if self.rank == 0:
+            client = {"state": dataclasses.asdict(state), "config": resolved_config}
+            write_atomic(folder / "client.json", json.dumps(client, indent=1))
+        dist.barrier()
+        if self.rank == 0:
+            write_atomic(folder / COMPLETE, f"{dist.get_world_size()}\n")
+            write_atomic(self.root / LATEST, tag + "\n")
+            self._prune(keep=tag)
+        dist.barrier()
+        return tag
+
+    def _prune(self, keep: str) -> None:
+        tags = self.complete_tags()
+        for tag in tags[:-self.keep_last]:
+            if tag != keep:
+                shutil.rmtree(self.root / tag)
+
+    # -- load ---------------------------------------------------------------------------------
+    def load(self, engine, tag: str) -> TrainState:
+        folder = self.root / tag
+        if not (folder / COMPLETE).is_file():
+            raise RuntimeError(f"{folder} is not a complete checkpoint (no {COMPLETE} marker)")
+        saved_world = int((folder / COMPLETE).read_text())
+        if saved_world != dist.get_world_size():
+            raise RuntimeError(
+                f"{folder} was written by {saved_world} ranks, this run has {dist.get_world_size()}: "
+                "exact resume needs the same world size (the data position is per rank)")
+        with weights_only_loads():
+            load_path, _ = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=True)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load {folder}")
+        client = json.loads((folder / "client.json").read_text())
+        restore_rng(json.loads((folder / f"rank_{self.rank:05d}.json").read_text()))
+        return TrainState(**client["state"])
+
+
+@contextmanager
+def weights_only_loads():
+    """Make DeepSpeed's checkpoint reads use torch's safe (weights_only) unpickler.
+
+    DeepSpeed calls torch.load(weights_only=False); torch's TORCH_FORCE_WEIGHTS_ONLY_LOAD switch
+    overrides that per call, and only the few DeepSpeed types its ZeRO files hold are allowed, so a
+    tampered checkpoint cannot run code. An unexpected type fails the load and names the type.
+    """
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    previous = os.environ.get(_FORCE_WEIGHTS_ONLY)
+    os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
+            yield
+    finally:
+        if previous is None:
+            del os.environ[_FORCE_WEIGHTS_ONLY]
+        else:
+            os.environ[_FORCE_WEIGHTS_ONLY] = previous
+
+
+def resolve_resume(resume: Optional[str], run_checkpoints: Path) -> Optional[tuple[Path, str]]:
+    """--resume value -> (checkpoints root, tag), or None for a fresh start.
+
+    'auto': the run dir's latest complete checkpoint, if any. A path: a checkpoints folder (its
+    `latest`) or one tag folder in it.
+    """
+    if resume in (None, "", "none"):
+        return None
+    if resume == "auto":
+        tag = Checkpointer(run_checkpoints, 1, 0).latest_tag()
+        return (run_checkpoints, tag) if tag else None
+    path = Path(resume)
+    if (path / COMPLETE).is_file() and _TAG.match(path.name):
+        return path.parent, path.name
+    if (path / LATEST).is_file():
+        return path, Checkpointer(path, 1, 0).latest_tag()
+    raise FileNotFoundError(f"--resume {resume}: neither a checkpoints folder with {LATEST} nor a complete "
+                            f"step_NNNNNNNN folder; use --resume auto to continue the run in train.run_dir")
+
+
+# -- RNG state as JSON ------------------------------------------------------------------------
+def _bytes(t: torch.Tensor) -> str:
+    return base64.b64encode(t.numpy().tobytes()).decode()
+
+
+def _tensor(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
+def capture_rng() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "torch": _bytes(torch.get_rng_state()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [_bytes(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_tensor(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_tensor(s) for s in state["cuda"]])

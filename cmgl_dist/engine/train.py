@@ -1,0 +1,178 @@
+"""`cmgl train`: train CMGL with DeepSpeed ZeRO from a config.
+
+    cmgl train --config debug --set data.shards=shards/iurr --set zero.stage=3
+    torchrun --nproc-per-node 2 -m cmgl_dist.cli train --config iurr_offline --resume auto
+
+Every check that can fail (config values and combinations, apex, precision on this machine, the
+shards, an existing run without --resume) runs before the process group and the model exist.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import yaml
+
+from cmgl_dist.config import CMGLConfig, ConfigError, load_config
+from cmgl_dist.engine.checkpoint import Checkpointer, TrainState, resolve_resume, write_atomic
+from cmgl_dist.engine.deepspeed_config import deepspeed_config
+from cmgl_dist.engine.distributed import launch_env
+from cmgl_dist.engine.optim import require_apex
+
+SHIPPED = "debug, iurr_offline, gloria_r50_bert"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="cmgl train", description="Train with DeepSpeed ZeRO from a config.")
+    p.add_argument("--config", required=True, help=f"a YAML file or a shipped config ({SHIPPED})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field, e.g. --set train.lr=1e-4 --set zero.stage=3 (repeatable)")
+    p.add_argument("--resume", default=None, metavar="auto|PATH",
+                   help="auto: continue from <train.run_dir>/checkpoints/latest when there is one; PATH: a "
+                        "checkpoints folder or one step_NNNNNNNN folder. Without it, a run dir that already "
+                        "holds checkpoints is refused.")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config, the DeepSpeed JSON and the world layout, then exit")
+    p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher's; env wins
+    return p.parse_args(argv)
+
+
+def preflight(cfg: CMGLConfig, resume: Optional[str]) -> list[str]:
+    """Checks that need the machine, not only the config. Returns the train shard URLs."""
+    from cmgl_dist.data.shardlist import shard_urls
+
+    require_apex(cfg.optimizer)
+    if cfg.train.precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.precision=fp16 needs CUDA (DeepSpeed's loss scaling runs on GPUs): "
+                          "set train.precision=fp32 on a CPU machine")
+    try:
+        urls = shard_urls(cfg.data.shards, "train")
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"data.shards={cfg.data.shards!r}: {err}; pack shards with `cmgl pack` "
+                          "and pass the folder with --set data.shards=DIR") from None
+    checkpoints = Path(cfg.train.run_dir) / "checkpoints"
+    if resume is None and Checkpointer(checkpoints, 1, 0).complete_tags():
+        raise ConfigError(f"train.run_dir={cfg.train.run_dir} already holds checkpoints: pass --resume auto "
+                          "to continue that run, or set another train.run_dir")
+    return urls
+
+
+def dry_run(cfg: CMGLConfig) -> None:
+    """Rank 0 prints the resolved config and the DeepSpeed JSON; every rank prints its place."""
+    layout = launch_env()
+    cuda = torch.cuda.is_available()
+    if layout["rank"] == 0:
+        print("# resolved config")
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        print("# DeepSpeed config")
+        print(json.dumps(deepspeed_config(cfg, world_size=layout["world_size"], cuda=cuda), indent=2))
+    world = {
+        **layout, "nodes": max(1, layout["world_size"] // max(1, layout["local_world_size"])),
+        "host": socket.gethostname(),
+        "master": f"{os.environ.get('MASTER_ADDR', '-')}:{os.environ.get('MASTER_PORT', '-')}",
+        "device": f"cuda:{layout['local_rank']}" if cuda else "cpu", "backend": "nccl" if cuda else "gloo",
+        "global_batch": cfg.train.micro_batch * cfg.train.grad_accum * layout["world_size"],
+    }
+    print("# world " + json.dumps(world), flush=True)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(cfg: CMGLConfig, urls: list[str], resume: Optional[str]) -> TrainState:
+    import deepspeed
+    import torch.distributed as dist
+
+    from cmgl_dist.data.loader import make_loader
+    from cmgl_dist.engine.distributed import init_distributed
+    from cmgl_dist.engine.export import export_model, full_fp32_state_dict
+    from cmgl_dist.engine.loop import Trainer, epoch_batches
+    from cmgl_dist.engine.optim import build_client_optimizer
+    from cmgl_dist.engine.schedule import lr_scheduler_factory
+    from cmgl_dist.engine.telemetry import Telemetry
+    from cmgl_dist.losses import CMGLLoss
+    from cmgl_dist.model import build_model
+
+    world = init_distributed()
+    run_dir = Path(cfg.train.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_all(cfg.train.seed)  # the same initial weights on every rank
+    model = build_model(cfg.model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    engine, *_ = deepspeed.initialize(
+        model=model, model_parameters=trainable,
+        optimizer=build_client_optimizer(cfg.optimizer, trainable),
+        lr_scheduler=lr_scheduler_factory(cfg.schedule, cfg.train.steps),
+        config=deepspeed_config(cfg, world_size=world.world_size, cuda=world.cuda))
+    seed_all(cfg.train.seed + world.rank)  # dropout differs between ranks
+
+    resolved = cfg.model_dump(mode="json")
+    checkpointer = Checkpointer(run_dir / "checkpoints", cfg.train.keep_last, world.rank)
+    checkpointer.remove_partial()
+    dist.barrier()
+    state = TrainState()
+    source = resolve_resume(resume, checkpointer.root)
+    if source is not None:
+        root, tag = source
+        state = Checkpointer(root, cfg.train.keep_last, world.rank).load(engine, tag)
+        if world.rank == 0:
+            print(f"resumed from {root / tag} at step {state.step}", flush=True)
+    if world.rank == 0:
+        write_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+
+    def epoch_loader(epoch: int, start_batch: int):
+        return make_loader(urls, cfg.data, model.tokenizer, train=True, batch_size=cfg.train.micro_batch,
+                           seed=cfg.train.seed, rank=world.rank, world_size=world.world_size, epoch=epoch,
+                           start_batch=start_batch, batches_per_epoch=cfg.train.batches_per_epoch)
+
+    telemetry = Telemetry(run_dir, rank=world.rank, start_step=state.step, total_steps=cfg.train.steps,
+                          tensorboard=cfg.train.tensorboard)
+    try:
+        trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss), checkpointer, telemetry, resolved)
+        engine.train()
+        state = trainer.run(epoch_batches(epoch_loader, state), state)
+        if cfg.train.export:
+            weights = full_fp32_state_dict(engine.module)
+            if world.rank == 0:
+                print(f"exported to {export_model(weights, cfg, run_dir / 'export')}", flush=True)
+            dist.barrier()
+    finally:
+        telemetry.close()
+    dist.destroy_process_group()
+    return state
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.dry_run:
+            dry_run(cfg)
+            return 0
+        urls = preflight(cfg, args.resume)
+    except ConfigError as err:
+        print(f"cmgl train: {err}", file=sys.stderr)
+        return 2
+    from cmgl_dist.engine.loop import NonFiniteLossError
+
+    try:
+        train(cfg, urls, args.resume)
+    except NonFiniteLossError as err:
+        print(f"cmgl train: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
