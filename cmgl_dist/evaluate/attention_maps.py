@@ -1,0 +1,100 @@
+"""GLoRIA-style figures: for a few test reports, each chosen word's attention over the X-ray.
+
+One PNG per report: the image, then one panel per word with its word->region attention
+(upsampled from the region grid) over the image. Finding words (those of the prompt
+vocabulary, e.g. 'effusion', 'cardiomegaly') are shown first, then the longest other words.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from cmgl_dist.data import make_loader, shard_urls  # noqa: E402
+from cmgl_dist.data.images import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from cmgl_dist.evaluate.localisation import attention_heatmap  # noqa: E402
+from cmgl_dist.evaluate.prompts import PROMPT_PARTS  # noqa: E402
+from cmgl_dist.evaluate.similarity import word_region_attention  # noqa: E402
+from cmgl_dist.shards.schema import PATHOLOGIES  # noqa: E402
+
+WORDS_PER_FIGURE = 5
+FINDING_WORDS = frozenset(w for parts in PROMPT_PARTS.values() for phrase in parts[1]
+                          for w in re.findall(r"\w+", phrase) if len(w) > 4)
+
+
+def pick_words(words: list[str], k: int = WORDS_PER_FIGURE) -> list[int]:
+    """Indices of up to k distinct words: finding words first, then the longest others."""
+    seen, ranked = set(), []
+    order = sorted(range(len(words)), key=lambda i: (words[i].lower() not in FINDING_WORDS, -len(words[i]), i))
+    for i in order:
+        if words[i].lower() not in seen:
+            seen.add(words[i].lower())
+            ranked.append(i)
+    return ranked[:k]
+
+
+def save_figure(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def draw_report(image: torch.Tensor, words: list[str], attention: torch.Tensor, title: str,
+                path: Path) -> None:
+    """image [3, C, C] normalised; attention [W, R] for the report's real words."""
+    grey = (image[0] * IMAGENET_STD[0, 0, 0] + IMAGENET_MEAN[0, 0, 0]).clamp(0, 1).cpu()
+    chosen = pick_words(words)
+    fig, axes = plt.subplots(1, 1 + len(chosen), figsize=(2.6 * (1 + len(chosen)), 3.0), squeeze=False)
+    axes[0, 0].imshow(grey, cmap="gray")
+    axes[0, 0].set_title(title, fontsize=8)
+    for ax, w in zip(axes[0, 1:], chosen):
+        heat = attention_heatmap(attention[w], grey.shape[-1])
+        ax.imshow(grey, cmap="gray")
+        ax.imshow(heat, cmap="jet", alpha=0.45)
+        ax.set_title(words[w], fontsize=10)
+    for ax in axes[0]:
+        ax.axis("off")
+    save_figure(fig, path)
+
+
+@torch.inference_mode()
+def write_attention_figures(export, settings, folder: Path) -> list[str]:
+    """PNGs for the first `settings.n_figures` test reports with a finding (others if too few)."""
+    model, cfg = export.model, export.cfg
+    device = next(model.parameters()).device
+    data_cfg = cfg.data.model_copy(update={"shards": settings.shards, "workers": 0})
+    loader = make_loader(shard_urls(settings.shards, settings.split), data_cfg, model.tokenizer, train=False,
+                         batch_size=settings.batch_size, seed=cfg.train.seed, rank=0, world_size=1)
+    batch = next(iter(loader))
+    labels = batch["labels"][:, :len(PATHOLOGIES)]
+    order = sorted(range(labels.shape[0]), key=lambda i: (-int(labels[i].sum() > 0), i))[:settings.n_figures]
+    pick = {k: _rows(v, order, labels.shape[0], device) for k, v in batch.items()}
+    _, regions = model.encode_image(pick["images"])
+    _, words, word_mask = model.encode_text(pick)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for j, key in enumerate(pick["keys"]):
+        real = words[j][word_mask[j]]
+        found = [p for p, y in zip(PATHOLOGIES, labels[order[j]]) if y > 0.5]
+        path = folder / f"{key}.png"
+        draw_report(pick["images"][j], pick["words"][j][:real.shape[0]],
+                    word_region_attention(real, regions[j], cfg.loss.gamma1).cpu(),
+                    f"{key}: {', '.join(found) or 'no finding'}", path)
+        paths.append(str(path))
+    return paths
+
+
+def _rows(value, order: list[int], batch_size: int, device: torch.device):
+    """The chosen samples of one batch entry (entries without a batch dimension pass through)."""
+    if torch.is_tensor(value) and value.dim() and value.shape[0] == batch_size:
+        return value[order].to(device)
+    if isinstance(value, list) and len(value) == batch_size:
+        return [value[i] for i in order]
+    return value

@@ -1,0 +1,196 @@
+"""One evaluation job = (export dir, task, fraction, seed) -> one result dict.
+
+A job is a pure function of its inputs and the shards: the sweep runs it as a Ray task, `cmgl
+evaluate` runs it in-process. Per-sample test scores (for ROC curves) go to
+`out_dir/scores/<job>.npz`; the result dict keeps only the metrics and the file name.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from cmgl_dist.shards.schema import PATHOLOGIES
+
+# Submission order: the first two jobs encode different splits (test, train), so on a small
+# machine the two feature caches fill in parallel instead of one job waiting on the other's lock.
+TASKS = ("zero_shot", "probe", "finetune", "zero_shot_negated", "retrieval", "localisation", "attention")
+# jobs of these tasks are repeated per (fraction, seed); the others run once per export
+FRACTION_TASKS = ("probe", "finetune")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What every job of one sweep shares."""
+    shards: str
+    out_dir: str
+    split: str = "test"
+    batch_size: int = 64
+    bootstrap: int = 1000
+    workers: int = 0
+    n_prompts: int = 20
+    n_figures: int = 4
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.out_dir) / "features"
+
+
+@dataclass(frozen=True)
+class Job:
+    export: str
+    task: str
+    fraction: Optional[float] = None
+    seed: int = 0
+
+    @property
+    def job_id(self) -> str:
+        frac = "" if self.fraction is None else f"@{self.fraction:g}"
+        digest = hashlib.sha1(str(Path(self.export).resolve()).encode()).hexdigest()[:8]
+        return f"{Path(self.export).name}-{digest}/{self.task}{frac}/seed{self.seed}"
+
+    @property
+    def setting(self) -> str:
+        """The row of the paper-shaped table this job fills."""
+        if self.task in FRACTION_TASKS:
+            return f"{'fine-tune' if self.task == 'finetune' else 'probe'} {self.fraction * 100:g}%"
+        if self.task == "zero_shot_negated":
+            return "zero-shot vs negation"
+        return self.task.replace("_", "-")
+
+
+def plan_jobs(exports: list[str], tasks: list[str], fractions: list[float], seeds: list[int]) -> list[Job]:
+    """checkpoints x tasks, times fractions x seeds for the probe and fine-tuning."""
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
+    jobs = []
+    for export in exports:
+        for task in tasks:
+            if task in FRACTION_TASKS:
+                jobs += [Job(export, task, float(f), s) for f in fractions for s in seeds]
+            else:
+                jobs.append(Job(export, task, None, 0))
+    return jobs
+
+
+def _save_scores(settings: EvalSettings, job: Job, **arrays) -> str:
+    folder = Path(settings.out_dir) / "scores"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = job.job_id.replace("/", "__") + ".npz"
+    tmp = folder / f".{name}.{os.getpid()}.tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, folder / name)
+    return str(Path("scores") / name)
+
+
+def _auc_result(settings: EvalSettings, job: Job, labels: np.ndarray, scores: np.ndarray, keys) -> dict:
+    from cmgl_dist.evaluate.metrics import bootstrap_aucs
+
+    aucs = bootstrap_aucs(labels, scores, PATHOLOGIES, n_boot=settings.bootstrap, seed=job.seed)
+    metrics = {k: (v.as_dict() if hasattr(v, "as_dict") else v) for k, v in aucs.items()}
+    scores_file = _save_scores(settings, job, labels=labels, scores=scores, keys=np.asarray(keys),
+                               classes=np.asarray(PATHOLOGIES))
+    return {"aucs": metrics, "n_test": int(labels.shape[0]), "scores_file": scores_file}
+
+
+def _finding_labels(feats) -> np.ndarray:
+    return feats.labels[:, :len(PATHOLOGIES)].numpy() > 0.5
+
+
+def run_zero_shot(job: Job, settings: EvalSettings, export) -> dict:
+    from cmgl_dist.evaluate.features import cached_features
+    from cmgl_dist.evaluate.prompts import NEGATIVE_PROMPTS, class_prompts
+    from cmgl_dist.evaluate.zero_shot import class_scores
+
+    feats = cached_features(export, settings.shards, settings.split, settings.cache_dir, with_text=True,
+                            batch_size=settings.batch_size, workers=settings.workers)
+    cfg = export.cfg
+    scores = class_scores(export.model, feats, class_prompts(settings.n_prompts, seed=job.seed),
+                          max_length=cfg.data.max_length, gamma1=cfg.loss.gamma1, gamma2=cfg.loss.gamma2,
+                          negatives=NEGATIVE_PROMPTS if job.task == "zero_shot_negated" else None)
+    return _auc_result(settings, job, _finding_labels(feats), scores, feats.keys)
+
+
+def run_probe(job: Job, settings: EvalSettings, export) -> dict:
+    from cmgl_dist.evaluate.features import cached_features
+    from cmgl_dist.evaluate.probe import check_fraction, fit_predict, stratified_subset
+
+    check_fraction(job.fraction)
+    common = dict(batch_size=settings.batch_size, workers=settings.workers)
+    train = cached_features(export, settings.shards, "train", settings.cache_dir, with_text=False, **common)
+    test = cached_features(export, settings.shards, settings.split, settings.cache_dir, with_text=True, **common)
+    train_y = _finding_labels(train)
+    subset = stratified_subset(train_y, job.fraction, job.seed)
+    scores, unfittable = fit_predict(train.image_global.numpy()[subset], train_y[subset],
+                                     test.image_global.numpy(), seed=job.seed)
+    result = _auc_result(settings, job, _finding_labels(test), scores, test.keys)
+    result.update(n_train=int(subset.size), unfittable=[PATHOLOGIES[c] for c in unfittable])
+    return result
+
+
+def run_finetune(job: Job, settings: EvalSettings, export) -> dict:
+    import torch
+
+    from cmgl_dist.evaluate.features import cached_features
+    from cmgl_dist.evaluate.finetune import finetune_scores
+    from cmgl_dist.evaluate.probe import check_fraction, stratified_subset
+
+    check_fraction(job.fraction)
+    train = cached_features(export, settings.shards, "train", settings.cache_dir, with_text=False,
+                            batch_size=settings.batch_size, workers=settings.workers)
+    train_y = _finding_labels(train)
+    subset = stratified_subset(train_y, job.fraction, job.seed)
+    scores, labels, keys = finetune_scores(export, settings, {train.keys[i] for i in subset},
+                                           torch.from_numpy(train_y[subset]).float(), job.seed)
+    result = _auc_result(settings, job, labels, scores, keys)
+    result.update(n_train=int(subset.size))
+    return result
+
+
+def run_retrieval(job: Job, settings: EvalSettings, export) -> dict:
+    from cmgl_dist.evaluate.features import cached_features
+    from cmgl_dist.evaluate.retrieval import retrieval_recalls
+
+    feats = cached_features(export, settings.shards, settings.split, settings.cache_dir, with_text=True,
+                            batch_size=settings.batch_size, workers=settings.workers)
+    cfg = export.cfg
+    return retrieval_recalls(feats, gamma1=cfg.loss.gamma1, gamma2=cfg.loss.gamma2)
+
+
+def run_localisation(job: Job, settings: EvalSettings, export) -> dict:
+    from cmgl_dist.evaluate.localisation import localisation_scores
+
+    return localisation_scores(export, settings)
+
+
+def run_attention(job: Job, settings: EvalSettings, export) -> dict:
+    from cmgl_dist.evaluate.attention_maps import write_attention_figures
+
+    folder = Path(settings.out_dir) / "attention" / job.job_id.split("/")[0]
+    return {"figures": write_attention_figures(export, settings, folder)}
+
+
+RUNNERS = {"zero_shot": run_zero_shot, "zero_shot_negated": run_zero_shot, "probe": run_probe,
+           "finetune": run_finetune, "retrieval": run_retrieval,
+           "localisation": run_localisation, "attention": run_attention}
+
+
+def run_job(job: Job, settings: EvalSettings) -> dict:
+    """Run one job; the returned record is what results.jsonl stores for a success."""
+    from cmgl_dist.evaluate.features import Export
+
+    start = time.perf_counter()
+    if job.task not in RUNNERS:
+        raise ValueError(f"unknown task {job.task!r}; choose from {list(RUNNERS)}")
+    metrics = RUNNERS[job.task](job, settings, Export(job.export))
+    return {**job_record(job), "status": "ok", "seconds": round(time.perf_counter() - start, 2), **metrics}
+
+
+def job_record(job: Job) -> dict:
+    return {"job_id": job.job_id, "setting": job.setting, **asdict(job)}

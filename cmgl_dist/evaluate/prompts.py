@@ -1,0 +1,80 @@
+"""Zero-shot prompt sets: severity x subtype x location phrasings per pathology.
+
+Built the way GLoRIA builds its CheXpert prompts (`generate_chexpert_class_prompts`): every
+combination of a severity word, a subtype phrase and a location phrase, then a seeded sample
+of `n` per class. The vocabulary follows how IU-RR radiologists write these findings.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+
+from cmgl_dist.shards.schema import PATHOLOGIES
+
+# pathology -> (severities, subtypes, locations); "" leaves the slot out.
+PROMPT_PARTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    "atelectasis": (
+        ("", "mild", "minimal", "subsegmental"),
+        ("atelectasis", "linear atelectasis", "bibasilar atelectasis", "platelike atelectasis",
+         "streaky opacities consistent with atelectasis"),
+        ("", "at the lung bases", "in the left lower lobe", "in the right lower lobe", "in the lingula"),
+    ),
+    "cardiomegaly": (
+        ("", "mild", "moderate", "severe"),
+        ("cardiomegaly", "enlargement of the cardiac silhouette", "enlarged heart size",
+         "enlarged cardiomediastinal silhouette"),
+        ("", "with a widened cardiac contour", "stable from prior"),
+    ),
+    "edema": (
+        ("", "mild", "moderate", "severe", "interstitial"),
+        ("pulmonary edema", "vascular congestion and edema", "interstitial edema",
+         "perihilar edema"),
+        ("", "bilaterally", "in the perihilar regions", "in both lungs"),
+    ),
+    "pleural_effusion": (
+        ("", "small", "moderate", "large", "trace"),
+        ("pleural effusion", "pleural fluid", "effusion with blunting of the costophrenic angle"),
+        ("", "on the left", "on the right", "bilaterally", "at the lung base"),
+    ),
+    "consolidation": (
+        ("", "focal", "patchy", "dense"),
+        ("consolidation", "airspace consolidation", "airspace disease", "infiltrate"),
+        ("", "in the right lower lobe", "in the left lower lobe", "in the right upper lobe",
+         "in the lingula"),
+    ),
+}
+
+
+# pathology -> statements that the finding is absent, as IU-RR reports phrase them. Used by the
+# negation-contrasted zero-shot score (CheXzero's positive-vs-negative prompts): nearly every
+# IU-RR report says "no pleural effusion", so a positive prompt alone also matches negated
+# mentions.
+NEGATIVE_PROMPTS: dict[str, tuple[str, ...]] = {
+    "atelectasis": ("no atelectasis", "no evidence of atelectasis", "the lungs are clear",
+                    "no focal airspace opacity", "the lungs are well expanded"),
+    "cardiomegaly": ("no cardiomegaly", "heart size is normal", "the cardiac silhouette is normal in size",
+                     "the cardiomediastinal silhouette is within normal limits", "normal heart size"),
+    "edema": ("no pulmonary edema", "no edema", "no vascular congestion", "pulmonary vascularity is normal",
+              "no interstitial edema"),
+    "pleural_effusion": ("no pleural effusion", "no pleural effusions", "no effusion",
+                         "the costophrenic angles are sharp", "no pleural fluid"),
+    "consolidation": ("no consolidation", "no focal consolidation", "no airspace disease",
+                      "no focal airspace consolidation", "the lungs are clear"),
+}
+
+
+def all_prompts(pathology: str) -> list[str]:
+    """Every severity x subtype x location combination for one pathology."""
+    severities, subtypes, locations = PROMPT_PARTS[pathology]
+    return [" ".join(part for part in combo if part)
+            for combo in itertools.product(severities, subtypes, locations)]
+
+
+def class_prompts(n: int | None = 20, seed: int = 0) -> dict[str, list[str]]:
+    """pathology -> `n` prompts (seeded sample; all of them when n is None), PATHOLOGIES order."""
+    rng = random.Random(seed)
+    out = {}
+    for pathology in PATHOLOGIES:
+        prompts = all_prompts(pathology)
+        out[pathology] = prompts if n is None or n >= len(prompts) else sorted(rng.sample(prompts, n))
+    return out

@@ -1,0 +1,146 @@
+"""results.jsonl -> table.md (shaped like the paper's table) and one ROC PNG per pathology.
+
+Table rows: zero-shot (GLoRIA's score, then contrasted with negated prompts), then the probe
+fractions in increasing order, then fine-tuning when run; columns: the five AUCs and
+their mean, each "0.87 [0.82, 0.91]" (bootstrap 95% CI). One section per exported checkpoint;
+with several seeds of one setting, each seed gets its own row. Retrieval and localisation go
+to a second and third small table, failed jobs to a list at the end.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cmgl_dist.evaluate.metrics import roc_points  # noqa: E402
+from cmgl_dist.evaluate.results import latest_per_job, read_records  # noqa: E402
+from cmgl_dist.shards.schema import PATHOLOGIES  # noqa: E402
+
+TITLES = {p: p.replace("_", " ").capitalize() for p in PATHOLOGIES}
+AUC_COLUMNS = [TITLES[p] for p in PATHOLOGIES] + ["Mean"]
+
+
+def format_interval(cell: dict) -> str:
+    if cell is None or math.isnan(cell["value"]):
+        return "n/a"
+    if math.isnan(cell["low"]):
+        return f"{cell['value']:.3f}"
+    return f"{cell['value']:.3f} [{cell['low']:.3f}, {cell['high']:.3f}]"
+
+
+def _setting_order(record: dict) -> tuple:
+    order = ("zero_shot", "zero_shot_negated", "probe", "finetune")
+    return (order.index(record["task"]), record["fraction"] or 0.0, record["seed"])
+
+
+def _row_label(record: dict, seeds_of_setting: int) -> str:
+    return record["setting"] + (f" (seed {record['seed']})" if seeds_of_setting > 1 else "")
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def auc_table(records: list[dict]) -> list[str]:
+    seeds = defaultdict(set)
+    for r in records:
+        seeds[r["setting"]].add(r["seed"])
+    rows = [[_row_label(r, len(seeds[r["setting"]]))]
+            + [format_interval(r["aucs"].get(p)) for p in PATHOLOGIES] + [format_interval(r["aucs"]["mean"])]
+            for r in sorted(records, key=_setting_order)]
+    lines = _markdown(["Setting"] + AUC_COLUMNS, rows)
+    n_pos = records[0]["aucs"]["n_pos"]
+    lines += ["", f"Test samples: {records[0]['n_test']}; positives: "
+              + ", ".join(f"{TITLES[p].lower()} {n_pos[p]}" for p in PATHOLOGIES) + "."]
+    unfittable = sorted({(r["setting"], p) for r in records for p in r.get("unfittable", [])})
+    if unfittable:
+        lines.append("No positive in the probe's train subset (AUC 0.5 by construction): "
+                     + "; ".join(f"{s}: {p}" for s, p in unfittable) + ".")
+    return lines
+
+
+def retrieval_table(records: list[dict]) -> list[str]:
+    ks = sorted(records[0]["image_to_text"], key=lambda k: int(k.removeprefix("R@")))
+    header = ["Direction"] + ks
+    rows = [[label] + [f"{records[0][name][k]:.3f}" for k in ks]
+            for name, label in (("image_to_text", "image -> report"), ("text_to_image", "report -> image"))]
+    return _markdown(header, rows) + ["", f"Candidates: {records[0]['n_test']} test pairs."]
+
+
+def localisation_table(records: list[dict]) -> list[str]:
+    scores = records[0]["localisation"]
+    rows = [[TITLES.get(name, "All"), str(s["n"]), f"{s['mass']:.3f}", f"{s['mask_share']:.3f}", f"{s['pointing']:.3f}"]
+            for name, s in ((n, scores[n]) for n in PATHOLOGIES + ("all",) if n in scores)]
+    return _markdown(["Finding", "Masks", "Attention mass in mask", "Chance (mask share)", "Pointing game"], rows)
+
+
+def build_table(records: list[dict]) -> str:
+    ok = [r for r in records if r.get("status") == "ok"]
+    failed = [r for r in records if r.get("status") == "failed"]
+    by_export = defaultdict(list)
+    for r in ok:
+        by_export[r["export"]].append(r)
+    lines = ["# Evaluation", ""]
+    for export, recs in by_export.items():
+        lines += [f"## {export}", ""]
+        aucs = [r for r in recs if "aucs" in r]
+        if aucs:
+            lines += ["AUC per pathology, bootstrap 95% CI in brackets.", ""] + auc_table(aucs) + [""]
+        retrieval = [r for r in recs if r["task"] == "retrieval"]
+        if retrieval:
+            lines += ["### Image <-> report retrieval", ""] + retrieval_table(retrieval) + [""]
+        localisation = [r for r in recs if r["task"] == "localisation"]
+        if localisation:
+            lines += ["### Localisation (phantom lesion masks)", ""] + localisation_table(localisation) + [""]
+    if failed:
+        lines += ["## Failed jobs", ""] + [f"- `{r['job_id']}` after {r['attempts']} attempt(s): {r['error']}"
+                                           for r in failed] + [""]
+    return "\n".join(lines)
+
+
+def plot_rocs(records: list[dict], out_dir: Path) -> list[Path]:
+    """roc_<pathology>.png: one curve per AUC job (setting, export) from its saved test scores."""
+    curves = [r for r in records if r.get("status") == "ok" and "scores_file" in r]
+    curves.sort(key=_setting_order)
+    paths = []
+    for c, pathology in enumerate(PATHOLOGIES):
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        for r in curves:
+            with np.load(out_dir / r["scores_file"]) as npz:
+                labels, scores = npz["labels"][:, c], npz["scores"][:, c]
+            if labels.all() or not labels.any():
+                continue
+            fpr, tpr = roc_points(labels, scores)
+            name = r["setting"] if len({x["export"] for x in curves}) == 1 else f"{Path(r['export']).name}: {r['setting']}"
+            ax.plot(fpr, tpr, label=f"{name} ({r['aucs'][pathology]['value']:.2f})")
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title=TITLES[pathology],
+               xlim=(0, 1), ylim=(0, 1.01))
+        ax.legend(loc="lower right", fontsize=7)
+        path = out_dir / f"roc_{pathology}.png"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def write_report(out_dir: str | os.PathLike) -> Path:
+    """table.md and the ROC PNGs in `out_dir`, from `out_dir/results.jsonl`."""
+    out_dir = Path(out_dir)
+    records = latest_per_job(read_records(out_dir / "results.jsonl"))
+    table = out_dir / "table.md"
+    tmp = table.with_name(f".{table.name}.{os.getpid()}.tmp")
+    tmp.write_text(build_table(records))
+    os.replace(tmp, table)
+    plot_rocs(records, out_dir)
+    return table

@@ -1,0 +1,52 @@
+"""Zero-shot classification of the five pathologies from prompt sets, scored as GLoRIA does.
+
+score(image, class) = mean over the class's prompts of (global cosine + local similarity) / 2,
+then standardised per class over the images (GLoRIA's `utils.normalize`). The pathologies are
+multi-label, so each class is its own binary problem and its AUC comes from its own score
+column (the standardisation is monotone per column and does not change the AUC; it makes the
+scores of different classes comparable in the saved score file and the ROC plots).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from cmgl_dist.data import tokenize_texts
+from cmgl_dist.evaluate.features import SplitFeatures
+from cmgl_dist.evaluate.similarity import image_text_similarity
+
+
+@torch.inference_mode()
+def encode_texts(model, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sentence [T, D], words [T, W, D], word_mask [T, W]) through the training text path."""
+    device = next(model.parameters()).device
+    batch = tokenize_texts(model.tokenizer, texts, max_length)
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    sentence, words, word_mask = model.encode_text(batch)
+    return sentence.float(), words.float(), word_mask.bool()
+
+
+def mean_similarity(model, feats: SplitFeatures, texts: list[str], *, max_length: int, gamma1: float,
+                    gamma2: float) -> torch.Tensor:
+    """[N]: each image's similarity to the texts, averaged over the texts."""
+    sentence, words, word_mask = encode_texts(model, texts, max_length)
+    sim = image_text_similarity(feats.image_global, feats.regions, sentence, words, word_mask,
+                                gamma1=gamma1, gamma2=gamma2)   # [N, T]
+    return sim.mean(dim=1).cpu()
+
+
+def class_scores(model, feats: SplitFeatures, prompts: dict[str, list[str]], *, max_length: int,
+                 gamma1: float, gamma2: float, negatives: Optional[dict[str, Sequence[str]]] = None) -> np.ndarray:
+    """[N, C] standardised zero-shot scores, classes in `prompts` order."""
+    common = dict(max_length=max_length, gamma1=gamma1, gamma2=gamma2)
+    columns = []
+    for pathology, texts in prompts.items():
+        score = mean_similarity(model, feats, texts, **common)
+        if negatives is not None:
+            score = score - mean_similarity(model, feats, list(negatives[pathology]), **common)
+        columns.append(score)
+    scores = torch.stack(columns, dim=1).double().numpy()
+    std = scores.std(axis=0)
+    return (scores - scores.mean(axis=0)) / np.where(std > 0, std, 1.0)

@@ -1,0 +1,94 @@
+"""`cmgl evaluate` on a tiny exported model: results.jsonl, table.md and the PNGs, well-formed."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from cmgl_dist.config import load_config
+from cmgl_dist.engine.export import export_model
+from cmgl_dist.evaluate.run import main as evaluate_main
+from cmgl_dist.model import build_model
+from cmgl_dist.shards.schema import PATHOLOGIES
+
+AUC_HEADER = ["Setting", "Atelectasis", "Cardiomegaly", "Edema", "Pleural effusion", "Consolidation", "Mean"]
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory, small_shards):
+    cfg = load_config("debug", [f"data.shards={small_shards}", "eval.bootstrap=200"])
+    torch.manual_seed(0)
+    return export_model(build_model(cfg.model).state_dict(), cfg, tmp_path_factory.mktemp("run") / "export")
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_export, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    code = evaluate_main(["--exports", str(tiny_export), "--out", str(out), "--fractions", "0.1", "1.0", "--n-prompts", "4"])
+    return out, code
+
+
+def _markdown_tables(text: str) -> list[list[list[str]]]:
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def _cell_ok(cell: str) -> bool:
+    value, _, interval = cell.partition(" [")
+    low, high = (float(x) for x in interval.rstrip("]").split(", "))
+    return 0.0 <= low <= float(value) <= high <= 1.0
+
+
+def test_every_job_succeeds_and_is_recorded(evaluated):
+    out, code = evaluated
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert code == 0
+    assert sorted(r["setting"] for r in records) == sorted(
+        ["zero-shot", "zero-shot vs negation", "retrieval", "probe 10%", "probe 100%", "localisation", "attention"])
+    assert all(r["status"] == "ok" for r in records)
+    probe = next(r for r in records if r["setting"] == "probe 10%")
+    assert probe["n_train"] < next(r for r in records if r["setting"] == "probe 100%")["n_train"]
+
+
+def test_table_has_the_paper_shape(evaluated):
+    out, _ = evaluated
+    auc, retrieval, localisation = _markdown_tables((out / "table.md").read_text())
+    assert auc[0] == AUC_HEADER
+    assert [row[0] for row in auc[2:]] == ["zero-shot", "zero-shot vs negation", "probe 10%", "probe 100%"]
+    for row in auc[2:]:
+        assert all(_cell_ok(cell) for cell in row[1:]), row
+    assert retrieval[0] == ["Direction", "R@1", "R@5", "R@10"] and len(retrieval) == 4
+    assert localisation[0][:2] == ["Finding", "Masks"] and localisation[-1][0] == "All"
+
+
+def test_roc_and_attention_pngs_open(evaluated):
+    out, _ = evaluated
+    for pathology in PATHOLOGIES:
+        with Image.open(out / f"roc_{pathology}.png") as image:
+            assert image.format == "PNG" and image.size[0] > 100
+    figures = sorted((out / "attention").rglob("*.png"))
+    assert len(figures) == 4
+    with Image.open(figures[0]) as image:
+        assert image.width > 2 * image.height  # the image and its word panels side by side
+
+
+def test_rerun_skips_finished_jobs(evaluated, tiny_export):
+    out, _ = evaluated
+    before = (out / "results.jsonl").read_text()
+    assert evaluate_main(["--exports", str(tiny_export), "--out", str(out), "--fractions", "0.1", "1.0", "--n-prompts", "4"]) == 0
+    assert (out / "results.jsonl").read_text() == before
+
+
+def test_finetune_row(tiny_export, tmp_path):
+    assert evaluate_main(["--exports", str(tiny_export), "--out", str(tmp_path), "--tasks", "finetune",
+                          "--fractions", "0.5"]) == 0
+    (record,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert record["setting"] == "fine-tune 50%" and record["n_test"] > 0
+    (auc,) = _markdown_tables((tmp_path / "table.md").read_text())
+    assert auc[2][0] == "fine-tune 50%" and all(_cell_ok(cell) for cell in auc[2][1:])
