@@ -12,6 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from cmgl_dist.shards.archive import read_member, tolerant_members
 from cmgl_dist.shards.reports import Skip
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -48,25 +49,16 @@ def extract_archive(archive: str | Path, dest: str | Path, wanted: set[str]) -> 
     dest.mkdir(parents=True, exist_ok=True)
     skips: list[Skip] = []
     with tarfile.open(archive, "r:*") as tar:
-        members = iter(tar)
-        while True:
-            try:
-                member = next(members)
-            except StopIteration:
-                break
-            except (OSError, tarfile.TarError, EOFError) as e:
-                skips.append(Skip("", f"unreadable archive after {len(tar.members)} members: {e}"))
-                break
+        for member in tolerant_members(tar, lambda message: skips.append(Skip("", message))):
             image_id = image_id_of(member.name)
             if not member.isfile() or image_id not in wanted:
                 continue
             target = dest / (image_id + Path(member.name).suffix.lower())
             if target.exists():
                 continue
-            try:
-                data = tar.extractfile(member).read()
-            except (OSError, tarfile.TarError, EOFError) as e:
-                skips.append(Skip(image_id.split("_", 1)[0], f"unreadable archive member: {e}", image_id))
+            data = read_member(tar, member)
+            if isinstance(data, str):
+                skips.append(Skip(image_id.split("_", 1)[0], data, image_id))
                 continue
             tmp = target.with_name(target.name + ".tmp")
             tmp.write_bytes(data)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from cmgl_dist.shards.archive import read_member, tolerant_members
 from cmgl_dist.shards.schema import LABEL_KEYS
 
 TEXT_SECTIONS = ("findings", "impression", "indication", "comparison")
@@ -140,22 +141,13 @@ def iter_xml_members(source: str | Path) -> Iterator[tuple[str, bytes | str]]:
                 yield path.name, f"unreadable file: {e}"
         return
     with tarfile.open(source, "r:*") as tar:
-        members = iter(tar)
-        while True:
-            try:
-                member = next(members)
-            except StopIteration:
-                return
-            except (OSError, tarfile.TarError, EOFError) as e:
-                # A truncated or corrupt archive: keep what was read, record where it ended.
-                yield f"{source.name}#end", f"unreadable archive after {len(tar.members)} members: {e}"
-                return
-            if not (member.isfile() and member.name.endswith(".xml")):
-                continue
-            try:
-                yield member.name, tar.extractfile(member).read()
-            except (OSError, tarfile.TarError, EOFError) as e:
-                yield member.name, f"unreadable archive member: {e}"
+        broken: list[str] = []
+        for member in tolerant_members(tar, broken.append):
+            if member.isfile() and member.name.endswith(".xml"):
+                yield member.name, read_member(tar, member)
+        # A truncated or corrupt archive: what was read is kept, and where it ended is recorded.
+        for message in broken:
+            yield f"{source.name}#end", message
 
 
 def read_reports(source: str | Path) -> tuple[list[Report], list[Skip]]:

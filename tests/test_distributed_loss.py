@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from model_outputs import random_model_outputs
 
 from cmgl_dist.config import LossConfig
 from cmgl_dist.losses import CMGLLoss, global_contrastive_loss, local_contrastive_loss, local_similarity_reference
@@ -23,16 +24,7 @@ INPUTS = ("img_global", "regions", "sentence", "words")
 
 
 def _rank_batch(rank):
-    g = torch.Generator().manual_seed(100 + rank)
-    n_words = WORDS_PER_RANK[rank]
-    lengths = torch.randint(1, n_words + 1, (PER_RANK,), generator=g)
-    return {
-        "img_global": torch.randn(PER_RANK, DIM, generator=g, dtype=torch.float64),
-        "regions": torch.randn(PER_RANK, N_REGIONS, DIM, generator=g, dtype=torch.float64),
-        "sentence": torch.randn(PER_RANK, DIM, generator=g, dtype=torch.float64),
-        "words": torch.randn(PER_RANK, n_words, DIM, generator=g, dtype=torch.float64),
-        "word_mask": torch.arange(n_words)[None, :] < lengths[:, None],
-    }
+    return random_model_outputs(PER_RANK, WORDS_PER_RANK[rank], N_REGIONS, DIM, seed=100 + rank)
 
 
 def _projection():

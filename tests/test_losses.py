@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 import torch.nn as nn
+from model_outputs import random_model_outputs
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when cmgl_dist.kernels is imported
@@ -32,16 +33,7 @@ def gloria_local_loss_tail(similarity_text_by_image, temp3=10.0):
     return nn.CrossEntropyLoss()(similarities, labels) + nn.CrossEntropyLoss()(similarities.transpose(0, 1), labels)
 
 
-def _outputs(batch=5, n_words=6, n_regions=4, dim=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, n_words + 1, (batch,), generator=g)
-    return {
-        "img_global": torch.randn(batch, dim, generator=g, dtype=torch.float64),
-        "regions": torch.randn(batch, n_regions, dim, generator=g, dtype=torch.float64),
-        "sentence": torch.randn(batch, dim, generator=g, dtype=torch.float64),
-        "words": torch.randn(batch, n_words, dim, generator=g, dtype=torch.float64),
-        "word_mask": torch.arange(n_words)[None, :] < lengths[:, None],
-    }
+_outputs = random_model_outputs
 
 
 def test_global_loss_is_gloria_global_loss():
