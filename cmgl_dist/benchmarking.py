@@ -39,8 +39,9 @@ def git_commit(repo: str | os.PathLike | None = None) -> str:
     try:
         out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
+        # Rows appended to benchmarks/results by an earlier run do not make the code dirty.
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no",
+                                "--", ".", ":!benchmarks/results"], capture_output=True, text=True, timeout=10)
         sha = out.stdout.strip() or "unknown"
         return sha + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
