@@ -11,6 +11,8 @@ import os
 import urllib.request
 from pathlib import Path
 
+from cmgl_dist.atomic import atomic_path
+
 log = logging.getLogger("cmgl.pack")
 
 OPENI_REPORTS_URL = "https://openi.nlm.nih.gov/imgs/collections/NLMCXR_reports.tgz"
@@ -34,18 +36,14 @@ def fetch(url: str, dest: str | Path, sha256: str, chunk: int = 1 << 20) -> Path
     if dest.exists() and _sha256(dest) == sha256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
     digest = hashlib.sha256()
-    try:
+    with atomic_path(dest, suffix=".part") as tmp:
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
             while block := response.read(chunk):
                 digest.update(block)
                 out.write(block)
         if digest.hexdigest() != sha256:
             raise ChecksumError(f"{url}: sha256 {digest.hexdigest()} != expected {sha256}")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 

@@ -6,12 +6,12 @@ Every sample image is re-encoded as an 8-bit grayscale PNG whose longest side is
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 from pathlib import Path
 
 from PIL import Image
 
+from cmgl_dist.atomic import atomic_path
 from cmgl_dist.shards.archive import read_member, tolerant_members
 from cmgl_dist.shards.reports import Skip
 
@@ -60,9 +60,8 @@ def extract_archive(archive: str | Path, dest: str | Path, wanted: set[str]) -> 
             if isinstance(data, str):
                 skips.append(Skip(image_id.split("_", 1)[0], data, image_id))
                 continue
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            with atomic_path(target) as tmp:
+                tmp.write_bytes(data)
     return skips
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cmgl_dist.atomic import atomic_path, write_text_atomic
+
 # Every member gets the same header fields, so equal content gives equal bytes.
 _MTIME = 946684800  # 2000-01-01T00:00:00Z
 _ZIP_TIME = (2000, 1, 1, 0, 0, 0)
@@ -49,8 +51,7 @@ def write_shard(path: str | Path, samples: list[tuple[str, dict[str, bytes]]]) -
     samples keep the given order and members within a sample are sorted.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
                 for key, members in samples:
@@ -65,14 +66,8 @@ def write_shard(path: str | Path, samples: list[tuple[str, dict[str, bytes]]]) -
                         tar.addfile(info, io.BytesIO(data))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return sha256_file(path)
 
 
 def write_json_atomic(path: str | Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from cmgl_dist.atomic import write_text_atomic
 from cmgl_dist.engine.checkpoint import (COMPLETE, LATEST, Checkpointer, capture_rng, resolve_resume, restore_rng,
-                                         tag_for, write_atomic)
+                                         tag_for)
 
 
 def _complete(root, step):
@@ -18,7 +19,7 @@ def _complete(root, step):
     folder.mkdir(parents=True)
     (folder / "mp_rank_00_model_states.pt").write_bytes(b"weights")
     (folder / COMPLETE).write_text("2\n")
-    write_atomic(root / LATEST, tag_for(step) + "\n")
+    write_text_atomic(root / LATEST, tag_for(step) + "\n")
 
 
 def test_a_save_killed_half_way_is_never_resumed(tmp_path):
@@ -41,7 +42,7 @@ def test_latest_pointing_at_an_incomplete_folder_is_an_error(tmp_path):
     root = tmp_path / "checkpoints"
     _complete(root, 2)
     (root / tag_for(4)).mkdir()
-    write_atomic(root / LATEST, tag_for(4))
+    write_text_atomic(root / LATEST, tag_for(4))
     with pytest.raises(RuntimeError, match="not a complete checkpoint"):
         resolve_resume("auto", root)
 

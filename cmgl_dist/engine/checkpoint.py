@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from cmgl_dist.atomic import write_text_atomic
+
 LATEST = "latest"
 COMPLETE = "COMPLETE"
 _TAG = re.compile(r"^step_(\d{8})$")
@@ -48,15 +50,6 @@ class TrainState:
 
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Checkpointer:
@@ -95,14 +88,14 @@ class Checkpointer:
         self.root.mkdir(parents=True, exist_ok=True)
         engine.save_checkpoint(str(self.root), tag=tag, save_latest=False)
         folder = self.root / tag
-        write_atomic(folder / f"rank_{self.rank:05d}.json", json.dumps(capture_rng()))
+        write_text_atomic(folder / f"rank_{self.rank:05d}.json", json.dumps(capture_rng()))
         if self.rank == 0:
             client = {"state": dataclasses.asdict(state), "config": resolved_config}
-            write_atomic(folder / "client.json", json.dumps(client, indent=1))
+            write_text_atomic(folder / "client.json", json.dumps(client, indent=1))
         dist.barrier()
         if self.rank == 0:
-            write_atomic(folder / COMPLETE, f"{dist.get_world_size()}\n")
-            write_atomic(self.root / LATEST, tag + "\n")
+            write_text_atomic(folder / COMPLETE, f"{dist.get_world_size()}\n")
+            write_text_atomic(self.root / LATEST, tag + "\n")
             self._prune(keep=tag)
         dist.barrier()
         return tag

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from cmgl_dist.engine.checkpoint import write_atomic
+from cmgl_dist.atomic import write_text_atomic
 
 
 class Telemetry:
@@ -45,7 +45,7 @@ class Telemetry:
             return
         kept = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line)["step"] <= step]
-        write_atomic(self.path, "".join(line + "\n" for line in kept))
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def advance(self) -> None:
         if self.bar is not None:

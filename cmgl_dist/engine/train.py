@@ -22,7 +22,8 @@ import torch
 import yaml
 
 from cmgl_dist.config import CMGLConfig, ConfigError, load_config
-from cmgl_dist.engine.checkpoint import Checkpointer, TrainState, resolve_resume, write_atomic
+from cmgl_dist.atomic import write_text_atomic
+from cmgl_dist.engine.checkpoint import Checkpointer, TrainState, resolve_resume
 from cmgl_dist.engine.deepspeed_config import deepspeed_config
 from cmgl_dist.engine.distributed import launch_env
 from cmgl_dist.engine.optim import require_apex
@@ -129,7 +130,7 @@ def train(cfg: CMGLConfig, urls: list[str], resume: Optional[str]) -> TrainState
         if world.rank == 0:
             print(f"resumed from {root / tag} at step {state.step}", flush=True)
     if world.rank == 0:
-        write_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
     def epoch_loader(epoch: int, start_batch: int):
         return make_loader(urls, cfg.data, model.tokenizer, train=True, batch_size=cfg.train.micro_batch,

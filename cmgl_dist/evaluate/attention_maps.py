@@ -6,7 +6,6 @@ vocabulary, e.g. 'effusion', 'cardiomegaly') are shown first, then the longest o
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -16,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from cmgl_dist.atomic import atomic_path  # noqa: E402
 from cmgl_dist.data import make_loader, shard_urls  # noqa: E402
 from cmgl_dist.data.images import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from cmgl_dist.evaluate.localisation import attention_heatmap  # noqa: E402
@@ -40,10 +40,11 @@ def pick_words(words: list[str], k: int = WORDS_PER_FIGURE) -> list[int]:
 
 
 def save_figure(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def draw_report(image: torch.Tensor, words: list[str], attention: torch.Tensor, title: str,

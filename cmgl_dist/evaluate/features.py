@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file, save_file
 
+from cmgl_dist.atomic import atomic_path
 from cmgl_dist.config import load_config
 from cmgl_dist.data import make_loader, shard_urls
 
@@ -122,10 +123,9 @@ def encode_split(model, cfg, shards: str, split: str, *, with_text: bool, batch_
 
 
 def save_features(feats: SplitFeatures, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in feats.tensors().items()}, str(tmp),
-              metadata={"keys": json.dumps(feats.keys)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in feats.tensors().items()}, str(tmp),
+                  metadata={"keys": json.dumps(feats.keys)})
 
 
 def load_features(path: Path) -> SplitFeatures:

@@ -7,7 +7,6 @@ evaluate` runs it in-process. Per-sample test scores (for ROC curves) go to
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 
+from cmgl_dist.atomic import atomic_path
 from cmgl_dist.shards.schema import PATHOLOGIES
 
 # Submission order: the first two jobs encode different splits (test, train), so on a small
@@ -83,9 +83,8 @@ def _save_scores(settings: EvalSettings, job: Job, **arrays) -> str:
     folder = Path(settings.out_dir) / "scores"
     folder.mkdir(parents=True, exist_ok=True)
     name = job.job_id.replace("/", "__") + ".npz"
-    tmp = folder / f".{name}.{os.getpid()}.tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, folder / name)
+    with atomic_path(folder / name, suffix=".tmp.npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
     return str(Path("scores") / name)
 
 

@@ -19,6 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cmgl_dist.atomic import write_text_atomic  # noqa: E402
+from cmgl_dist.evaluate.attention_maps import save_figure  # noqa: E402
 from cmgl_dist.evaluate.metrics import roc_points  # noqa: E402
 from cmgl_dist.evaluate.results import latest_per_job, read_records  # noqa: E402
 from cmgl_dist.shards.schema import PATHOLOGIES  # noqa: E402
@@ -126,10 +128,7 @@ def plot_rocs(records: list[dict], out_dir: Path) -> list[Path]:
                xlim=(0, 1), ylim=(0, 1.01))
         ax.legend(loc="lower right", fontsize=7)
         path = out_dir / f"roc_{pathology}.png"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        os.replace(tmp, path)
+        save_figure(fig, path)
         paths.append(path)
     return paths
 
@@ -139,8 +138,6 @@ def write_report(out_dir: str | os.PathLike) -> Path:
     out_dir = Path(out_dir)
     records = latest_per_job(read_records(out_dir / "results.jsonl"))
     table = out_dir / "table.md"
-    tmp = table.with_name(f".{table.name}.{os.getpid()}.tmp")
-    tmp.write_text(build_table(records))
-    os.replace(tmp, table)
+    write_text_atomic(table, build_table(records))
     plot_rocs(records, out_dir)
     return table
