@@ -104,11 +104,19 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
+    """The one settings type of `cmgl evaluate` / `cmgl sweep` (their flags override these fields).
+
+    Every field but the job lists (probe_fractions, seeds, finetune) keys the recorded results:
+    changing one reruns the jobs instead of reusing their old records."""
     probe_fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     seeds: tuple[int, ...] = (0,)
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for 95% confidence intervals.")
     batch_size: int = Field(64, ge=1)
     finetune: bool = Field(False, description="Also run full fine-tuning (slow), beside the linear probe.")
+    split: Literal["val", "test"] = Field("test", description="The split evaluated (--split); the probe trains on train.")
+    n_prompts: int = Field(20, ge=1, description="Zero-shot prompts per class (--n-prompts).")
+    n_figures: int = Field(4, ge=1, description="Reports drawn as attention-map figures.")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes of the evaluation loaders.")
 
 
 class CMGLConfig(_Section):

@@ -1,9 +1,11 @@
 """`DIR/manifest.json`: what a pack read, wrote and skipped, and every shard's sha256.
 
-Written last and atomically: a folder without it is not a finished pack.
+Written last and atomically: a folder without it is not a finished pack. Readers go through
+`read_manifest` (checked) and key what they compute from a pack by `manifest_fingerprint`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 from collections import Counter
@@ -61,4 +63,27 @@ def build_manifest(*, arguments: dict, reports_read: int, report_skips: list[dic
 
 
 def read_manifest(folder: str | Path) -> dict:
-    return json.loads((Path(folder) / MANIFEST).read_text())
+    """The manifest of a packed folder; a clear error when it is missing, not JSON or lacks shard fields."""
+    path = Path(folder) / MANIFEST
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{folder} has no {MANIFEST}: pack it with `cmgl pack` first") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    for entry in manifest.get("shards", ()):
+        if not {"name", "split", "samples"} <= entry.keys():
+            raise ValueError(f"{path}: shard entry {entry} lacks name, split or samples")
+    return manifest
+
+
+def manifest_fingerprint(folder: str | Path) -> str:
+    """Content id of a pack: the sha256 of its manifest, which lists every shard's sha256 and size.
+
+    A repack changes it even into the same folder; results computed from a pack are keyed by it.
+    """
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no {MANIFEST}: pack it with `cmgl pack` first")
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]

@@ -1,5 +1,6 @@
 """`cmgl evaluate` on a tiny exported model: results.jsonl, table.md and the PNGs, well-formed."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -92,3 +93,33 @@ def test_finetune_row(tiny_export, tmp_path):
     assert record["setting"] == "fine-tune 50%" and record["n_test"] > 0
     (auc,) = _markdown_tables((tmp_path / "table.md").read_text())
     assert auc[2][0] == "fine-tune 50%" and all(_cell_ok(cell) for cell in auc[2][1:])
+
+
+def _retrieval_records(out):
+    return [r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines()) if r["task"] == "retrieval"]
+
+
+def test_rerun_with_another_split_answers_that_split(tiny_export, small_shards, tmp_path):
+    argv = ["--exports", str(tiny_export), "--out", str(tmp_path), "--tasks", "retrieval"]
+    assert evaluate_main(argv) == 0
+    assert evaluate_main(argv + ["--split", "val"]) == 0
+    test_run, val_run = _retrieval_records(tmp_path)
+    manifest = json.loads((small_shards / "manifest.json").read_text())
+    assert (test_run["n_test"], val_run["n_test"]) == (manifest["splits"]["test"]["samples"],
+                                                       manifest["splits"]["val"]["samples"])
+    assert f"Candidates: {val_run['n_test']} test pairs." in (tmp_path / "table.md").read_text()
+
+
+def test_a_repack_in_place_is_not_served_from_old_results_or_features(tiny_export, small_shards, tmp_path):
+    shards = tmp_path / "shards"
+    shutil.copytree(small_shards, shards)
+    argv = ["--exports", str(tiny_export), "--out", str(tmp_path / "eval"), "--shards", str(shards), "--tasks", "retrieval"]
+    assert evaluate_main(argv) == 0
+    # "repack" the folder with one test shard fewer (what a new pack with other inputs would do)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    dropped = [s for s in manifest["shards"] if s["split"] == "test"][-1]
+    manifest["shards"].remove(dropped)
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    assert evaluate_main(argv) == 0
+    before, after = _retrieval_records(tmp_path / "eval")
+    assert after["n_test"] == before["n_test"] - dropped["samples"]

@@ -1,13 +1,14 @@
 """Shard URLs for a split, and how many samples they hold (from the packer's manifest.json)."""
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 from pathlib import Path
 from typing import Optional, Sequence
 
 import braceexpand
 
+from cmgl_dist.shards.manifest import manifest_fingerprint, read_manifest
 from cmgl_dist.shards.schema import MANIFEST, SPLITS
 
 # `pipe:cmd`, `http://...`, `s3://...`: opened by webdataset's gopen, never touched here.
@@ -47,21 +48,6 @@ def shard_urls(shards: str, split: str) -> list[str]:
     return urls
 
 
-def read_manifest(folder: str) -> dict:
-    path = Path(folder) / MANIFEST
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{folder} has no {MANIFEST}: pack it with `cmgl pack` first") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    for entry in manifest.get("shards", ()):
-        if not {"name", "split", "samples"} <= entry.keys():
-            raise ValueError(f"{path}: shard entry {entry} lacks name, split or samples")
-    return manifest
-
-
 def shard_sample_counts(urls: Sequence[str]) -> Optional[list[int]]:
     """Samples in each shard, from the manifest.json beside local shards; None if any is unknown."""
     counts_by_folder: dict[Path, dict[str, int]] = {}
@@ -80,3 +66,15 @@ def shard_sample_counts(urls: Sequence[str]) -> Optional[list[int]]:
             return None
         counts.append(counts_by_folder[path.parent][path.name])
     return counts
+
+
+def shards_fingerprint(shards: str) -> str:
+    """Content id of `shards` for keying cached results: the manifest's fingerprint for a packed
+    folder; for a pattern of local files without one, their names, sizes and modification times;
+    for remote URLs only the URLs (a remote pack that changes in place is not detected)."""
+    if not is_passthrough(shards) and Path(shards).is_dir():
+        return manifest_fingerprint(shards)
+    urls = list(braceexpand.braceexpand(shards))
+    parts = [u if is_passthrough(u) or not os.path.exists(u) else f"{u}:{os.stat(u).st_size}:{os.stat(u).st_mtime_ns}"
+             for u in urls]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

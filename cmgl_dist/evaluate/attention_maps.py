@@ -9,19 +9,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from cmgl_dist.atomic import atomic_path  # noqa: E402
-from cmgl_dist.data import make_loader, shard_urls  # noqa: E402
-from cmgl_dist.data.images import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from cmgl_dist.evaluate.localisation import attention_heatmap  # noqa: E402
-from cmgl_dist.evaluate.prompts import PROMPT_PARTS  # noqa: E402
-from cmgl_dist.evaluate.similarity import word_region_attention  # noqa: E402
-from cmgl_dist.shards.schema import PATHOLOGIES  # noqa: E402
+from cmgl_dist.data.images import IMAGENET_MEAN, IMAGENET_STD
+from cmgl_dist.evaluate.figures import plt, save_figure
+from cmgl_dist.evaluate.localisation import attention_heatmap
+from cmgl_dist.evaluate.prompts import PROMPT_PARTS
+from cmgl_dist.shards.schema import PATHOLOGIES
 
 WORDS_PER_FIGURE = 5
 FINDING_WORDS = frozenset(w for parts in PROMPT_PARTS.values() for phrase in parts[1]
@@ -37,14 +31,6 @@ def pick_words(words: list[str], k: int = WORDS_PER_FIGURE) -> list[int]:
             seen.add(words[i].lower())
             ranked.append(i)
     return ranked[:k]
-
-
-def save_figure(fig, path: Path) -> None:
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    finally:
-        plt.close(fig)
 
 
 def draw_report(image: torch.Tensor, words: list[str], attention: torch.Tensor, title: str,
@@ -66,16 +52,13 @@ def draw_report(image: torch.Tensor, words: list[str], attention: torch.Tensor, 
 
 
 @torch.inference_mode()
-def write_attention_figures(export, settings, folder: Path) -> list[str]:
-    """PNGs for the first `settings.n_figures` test reports with a finding (others if too few)."""
-    model, cfg = export.model, export.cfg
+def write_attention_figures(ctx, folder: Path) -> list[str]:
+    """PNGs for the first `eval.n_figures` test reports with a finding (others if too few)."""
+    model = ctx.model
     device = next(model.parameters()).device
-    data_cfg = cfg.data.model_copy(update={"shards": settings.shards, "workers": 0})
-    loader = make_loader(shard_urls(settings.shards, settings.split), data_cfg, model.tokenizer, train=False,
-                         batch_size=settings.batch_size, seed=cfg.train.seed, rank=0, world_size=1)
-    batch = next(iter(loader))
+    batch = next(iter(ctx.loader()))
     labels = batch["labels"][:, :len(PATHOLOGIES)]
-    order = sorted(range(labels.shape[0]), key=lambda i: (-int(labels[i].sum() > 0), i))[:settings.n_figures]
+    order = sorted(range(labels.shape[0]), key=lambda i: (-int(labels[i].sum() > 0), i))[:ctx.settings.n_figures]
     pick = {k: _rows(v, order, labels.shape[0], device) for k, v in batch.items()}
     _, regions = model.encode_image(pick["images"])
     _, words, word_mask = model.encode_text(pick)
@@ -86,7 +69,7 @@ def write_attention_figures(export, settings, folder: Path) -> list[str]:
         found = [p for p, y in zip(PATHOLOGIES, labels[order[j]]) if y > 0.5]
         path = folder / f"{key}.png"
         draw_report(pick["images"][j], pick["words"][j][:real.shape[0]],
-                    word_region_attention(real, regions[j], cfg.loss.gamma1).cpu(),
+                    ctx.attention(real, regions[j]).cpu(),
                     f"{key}: {', '.join(found) or 'no finding'}", path)
         paths.append(str(path))
     return paths

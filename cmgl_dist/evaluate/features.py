@@ -1,9 +1,10 @@
 """Encode one split with an exported model, once, and cache the features on disk.
 
 A sweep runs many jobs on the same checkpoint (probe fractions x seeds, zero-shot, retrieval):
-they all read the same cached file instead of re-encoding. The cache is keyed by the export's
-path and the identity (size, mtime) of its weights, written atomically, and guarded by a file
-lock so that two jobs starting together encode once.
+they all read the same cached file instead of re-encoding. The evaluation context
+(`context.py`) names the file after what the features were computed from (the export's and the
+shards' content fingerprints, the split, the loader settings); here it is written atomically and
+guarded by a file lock so that two jobs starting together encode once.
 """
 from __future__ import annotations
 
@@ -13,16 +14,16 @@ import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from cmgl_dist.atomic import atomic_path
 from cmgl_dist.config import load_config
-from cmgl_dist.data import make_loader, shard_urls
 
 WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
 
 
 @dataclass
@@ -42,13 +43,17 @@ class SplitFeatures:
 
 
 def export_fingerprint(export_dir: str | os.PathLike) -> str:
-    """Short id of an export: its absolute path plus the size and mtime of its weights."""
-    weights = Path(export_dir) / WEIGHTS
+    """Content id of an export: the sha256 of its weights and its config (a re-export in place changes it)."""
+    export_dir = Path(export_dir)
+    weights = export_dir / WEIGHTS
     if not weights.is_file():
         raise FileNotFoundError(f"no {WEIGHTS} in {export_dir}: is it an export dir written by `cmgl train`?")
-    stat = weights.stat()
-    ident = f"{weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return hashlib.sha1(ident.encode()).hexdigest()[:12]
+    digest = hashlib.sha256()
+    for path in (weights, export_dir / CONFIG):
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def eval_device() -> torch.device:
@@ -67,7 +72,7 @@ class Export:
     @property
     def cfg(self):
         if self._cfg is None:
-            self._cfg = load_config(str(Path(self.path) / "config.yaml"))
+            self._cfg = load_config(str(Path(self.path) / CONFIG))
         return self._cfg
 
     @property
@@ -92,14 +97,11 @@ def _pad_words(chunks: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[t
 
 
 @torch.inference_mode()
-def encode_split(model, cfg, shards: str, split: str, *, with_text: bool, batch_size: int,
-                 workers: int = 0, device: Optional[torch.device] = None) -> SplitFeatures:
-    """Run the model over every sample of `split` once (eval transform: centre crop)."""
+def encode_split(model, loader: Iterable[dict], *, with_text: bool, device: Optional[torch.device] = None,
+                 what: str = "the split") -> SplitFeatures:
+    """Run the model over every batch of an evaluation loader (one pass, centre crops)."""
     device = device or eval_device()
     model = model.to(device).eval()
-    data_cfg = cfg.data.model_copy(update={"shards": shards, "workers": workers})
-    loader = make_loader(shard_urls(shards, split), data_cfg, model.tokenizer, train=False,
-                         batch_size=batch_size, seed=cfg.train.seed, rank=0, world_size=1)
     keys, labels, image_global, regions, sentence, words, word_mask = [], [], [], [], [], [], []
     for batch in loader:
         batch = _to_device(batch, device)
@@ -114,7 +116,7 @@ def encode_split(model, cfg, shards: str, split: str, *, with_text: bool, batch_
             words.append(w.float().cpu())
             word_mask.append(m.bool().cpu())
     if not keys:
-        raise ValueError(f"split {split!r} of {shards} holds no samples")
+        raise ValueError(f"{what} holds no samples")
     feats = SplitFeatures(keys, torch.cat(labels), torch.cat(image_global))
     if with_text:
         feats.regions, feats.sentence = torch.cat(regions), torch.cat(sentence)
@@ -137,21 +139,17 @@ def load_features(path: Path) -> SplitFeatures:
     return SplitFeatures(keys=keys, **tensors)
 
 
-def cached_features(export: Export, shards: str, split: str, cache_dir: str | os.PathLike, *,
-                    with_text: bool, batch_size: int, workers: int = 0) -> SplitFeatures:
-    """The features of `split`, encoded on first use and read from `cache_dir` afterwards.
+def cached_features(path: Path, encode: Callable[[], SplitFeatures]) -> SplitFeatures:
+    """The features stored at `path`, made by `encode()` on first use.
 
-    The model is loaded only on a cache miss (`export.model` is lazy).
+    `path` must name everything the features depend on (the evaluation context builds it), so a
+    hit is always the answer to the same question.
     """
-    folder = Path(cache_dir) / export.fingerprint
-    folder.mkdir(parents=True, exist_ok=True)
-    shards_id = hashlib.sha1(str(Path(shards).resolve()).encode()).hexdigest()[:8]
-    path = folder / f"{split}-{shards_id}{'-text' if with_text else ''}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second job waits here, then reads the file
         if path.is_file():
             return load_features(path)
-        feats = encode_split(export.model, export.cfg, shards, split, with_text=with_text,
-                             batch_size=batch_size, workers=workers)
+        feats = encode()
         save_features(feats, path)
         return feats

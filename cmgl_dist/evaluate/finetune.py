@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cmgl_dist.data import make_loader, shard_urls
 from cmgl_dist.shards.schema import PATHOLOGIES
 
 EPOCHS = 5
@@ -31,18 +30,11 @@ class ImageClassifier(nn.Module):
         return self.head(global_features)
 
 
-def _loader(export, settings, split: str, *, train: bool, epoch: int = 0):
-    cfg = export.cfg
-    data_cfg = cfg.data.model_copy(update={"shards": settings.shards, "workers": settings.workers})
-    return make_loader(shard_urls(settings.shards, split), data_cfg, export.model.tokenizer, train=train,
-                       batch_size=settings.batch_size, seed=cfg.train.seed, epoch=epoch)
-
-
-def finetune_scores(export, settings, subset_keys: set[str], subset_labels: torch.Tensor, seed: int):
+def finetune_scores(ctx, subset_keys: set[str], subset_labels: torch.Tensor, seed: int):
     """Fine-tune on the train samples in `subset_keys`; (test scores [N, 5], test labels, test keys)."""
     torch.manual_seed(seed)
-    device = next(export.model.parameters()).device
-    classifier = ImageClassifier(export.model).to(device)
+    device = next(ctx.model.parameters()).device
+    classifier = ImageClassifier(ctx.model).to(device)
     classifier.model.text_backbone.requires_grad_(False)
     params = [p for p in classifier.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
@@ -52,7 +44,7 @@ def finetune_scores(export, settings, subset_keys: set[str], subset_labels: torc
 
     classifier.train()
     for epoch in range(EPOCHS):
-        for batch in _loader(export, settings, "train", train=True, epoch=epoch):
+        for batch in ctx.loader("train", train=True, epoch=epoch):
             rows = [i for i, key in enumerate(batch["keys"]) if key in subset_keys]
             if not rows:
                 continue
@@ -66,7 +58,7 @@ def finetune_scores(export, settings, subset_keys: set[str], subset_labels: torc
     classifier.eval()
     scores, labels, keys = [], [], []
     with torch.inference_mode():
-        for batch in _loader(export, settings, settings.split, train=False):
+        for batch in ctx.loader():
             scores.append(torch.sigmoid(classifier(batch["images"].to(device))).cpu())
             labels.append(batch["labels"][:, :len(PATHOLOGIES)])
             keys += batch["keys"]

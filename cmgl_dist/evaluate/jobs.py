@@ -1,8 +1,10 @@
 """One evaluation job = (export dir, task, fraction, seed) -> one result dict.
 
-A job is a pure function of its inputs and the shards: the sweep runs it as a Ray task, `cmgl
-evaluate` runs it in-process. Per-sample test scores (for ROC curves) go to
-`out_dir/scores/<job>.npz`; the result dict keeps only the metrics and the file name.
+A job is a pure function of its inputs: the sweep runs it as a Ray task, `cmgl evaluate` runs it
+in-process. It reads everything through its evaluation context (`context.py`: export, settings,
+cached features, loaders, gammas) and records the context's `inputs_key`, so a rerun reuses a
+result only when it answers the same question. Per-sample test scores (for ROC curves) go to
+`OUT/scores/<job>.npz`; the result dict keeps only the metrics and the file name.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from cmgl_dist.atomic import atomic_path
+from cmgl_dist.evaluate.context import EvalContext, EvalInputs
 from cmgl_dist.shards.schema import PATHOLOGIES
 
 # Submission order: the first two jobs encode different splits (test, train), so on a small
@@ -22,23 +24,6 @@ from cmgl_dist.shards.schema import PATHOLOGIES
 TASKS = ("zero_shot", "probe", "finetune", "zero_shot_negated", "retrieval", "localisation", "attention")
 # jobs of these tasks are repeated per (fraction, seed); the others run once per export
 FRACTION_TASKS = ("probe", "finetune")
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """What every job of one sweep shares."""
-    shards: str
-    out_dir: str
-    split: str = "test"
-    batch_size: int = 64
-    bootstrap: int = 1000
-    workers: int = 0
-    n_prompts: int = 20
-    n_figures: int = 4
-
-    @property
-    def cache_dir(self) -> Path:
-        return Path(self.out_dir) / "features"
 
 
 @dataclass(frozen=True)
@@ -79,22 +64,13 @@ def plan_jobs(exports: list[str], tasks: list[str], fractions: list[float], seed
     return jobs
 
 
-def _save_scores(settings: EvalSettings, job: Job, **arrays) -> str:
-    folder = Path(settings.out_dir) / "scores"
-    folder.mkdir(parents=True, exist_ok=True)
-    name = job.job_id.replace("/", "__") + ".npz"
-    with atomic_path(folder / name, suffix=".tmp.npz") as tmp:
-        np.savez_compressed(tmp, **arrays)
-    return str(Path("scores") / name)
-
-
-def _auc_result(settings: EvalSettings, job: Job, labels: np.ndarray, scores: np.ndarray, keys) -> dict:
+def _auc_result(ctx: EvalContext, job: Job, labels: np.ndarray, scores: np.ndarray, keys) -> dict:
     from cmgl_dist.evaluate.metrics import bootstrap_aucs
 
-    aucs = bootstrap_aucs(labels, scores, PATHOLOGIES, n_boot=settings.bootstrap, seed=job.seed)
+    aucs = bootstrap_aucs(labels, scores, PATHOLOGIES, n_boot=ctx.settings.bootstrap, seed=job.seed)
     metrics = {k: (v.as_dict() if hasattr(v, "as_dict") else v) for k, v in aucs.items()}
-    scores_file = _save_scores(settings, job, labels=labels, scores=scores, keys=np.asarray(keys),
-                               classes=np.asarray(PATHOLOGIES))
+    scores_file = ctx.save_scores(job.job_id.replace("/", "__"), labels=labels, scores=scores,
+                                  keys=np.asarray(keys), classes=np.asarray(PATHOLOGIES))
     return {"aucs": metrics, "n_test": int(labels.shape[0]), "scores_file": scores_file}
 
 
@@ -102,77 +78,66 @@ def _finding_labels(feats) -> np.ndarray:
     return feats.labels[:, :len(PATHOLOGIES)].numpy() > 0.5
 
 
-def run_zero_shot(job: Job, settings: EvalSettings, export) -> dict:
-    from cmgl_dist.evaluate.features import cached_features
+def run_zero_shot(job: Job, ctx: EvalContext) -> dict:
     from cmgl_dist.evaluate.prompts import NEGATIVE_PROMPTS, class_prompts
     from cmgl_dist.evaluate.zero_shot import class_scores
 
-    feats = cached_features(export, settings.shards, settings.split, settings.cache_dir, with_text=True,
-                            batch_size=settings.batch_size, workers=settings.workers)
-    cfg = export.cfg
-    scores = class_scores(export.model, feats, class_prompts(settings.n_prompts, seed=job.seed),
-                          max_length=cfg.data.max_length, gamma1=cfg.loss.gamma1, gamma2=cfg.loss.gamma2,
+    feats = ctx.features(with_text=True)
+    scores = class_scores(ctx.model, feats, class_prompts(ctx.settings.n_prompts, seed=job.seed),
+                          max_length=ctx.cfg.data.max_length, **ctx.gammas,
                           negatives=NEGATIVE_PROMPTS if job.task == "zero_shot_negated" else None)
-    return _auc_result(settings, job, _finding_labels(feats), scores, feats.keys)
+    return _auc_result(ctx, job, _finding_labels(feats), scores, feats.keys)
 
 
-def run_probe(job: Job, settings: EvalSettings, export) -> dict:
-    from cmgl_dist.evaluate.features import cached_features
+def run_probe(job: Job, ctx: EvalContext) -> dict:
     from cmgl_dist.evaluate.probe import check_fraction, fit_predict, stratified_subset
 
     check_fraction(job.fraction)
-    common = dict(batch_size=settings.batch_size, workers=settings.workers)
-    train = cached_features(export, settings.shards, "train", settings.cache_dir, with_text=False, **common)
-    test = cached_features(export, settings.shards, settings.split, settings.cache_dir, with_text=True, **common)
+    train = ctx.features("train", with_text=False)
+    test = ctx.features(with_text=True)
     train_y = _finding_labels(train)
     subset = stratified_subset(train_y, job.fraction, job.seed)
     scores, unfittable = fit_predict(train.image_global.numpy()[subset], train_y[subset],
                                      test.image_global.numpy(), seed=job.seed)
-    result = _auc_result(settings, job, _finding_labels(test), scores, test.keys)
+    result = _auc_result(ctx, job, _finding_labels(test), scores, test.keys)
     result.update(n_train=int(subset.size), unfittable=[PATHOLOGIES[c] for c in unfittable])
     return result
 
 
-def run_finetune(job: Job, settings: EvalSettings, export) -> dict:
+def run_finetune(job: Job, ctx: EvalContext) -> dict:
     import torch
 
-    from cmgl_dist.evaluate.features import cached_features
     from cmgl_dist.evaluate.finetune import finetune_scores
     from cmgl_dist.evaluate.probe import check_fraction, stratified_subset
 
     check_fraction(job.fraction)
-    train = cached_features(export, settings.shards, "train", settings.cache_dir, with_text=False,
-                            batch_size=settings.batch_size, workers=settings.workers)
+    train = ctx.features("train", with_text=False)
     train_y = _finding_labels(train)
     subset = stratified_subset(train_y, job.fraction, job.seed)
-    scores, labels, keys = finetune_scores(export, settings, {train.keys[i] for i in subset},
+    scores, labels, keys = finetune_scores(ctx, {train.keys[i] for i in subset},
                                            torch.from_numpy(train_y[subset]).float(), job.seed)
-    result = _auc_result(settings, job, labels, scores, keys)
+    result = _auc_result(ctx, job, labels, scores, keys)
     result.update(n_train=int(subset.size))
     return result
 
 
-def run_retrieval(job: Job, settings: EvalSettings, export) -> dict:
-    from cmgl_dist.evaluate.features import cached_features
+def run_retrieval(job: Job, ctx: EvalContext) -> dict:
     from cmgl_dist.evaluate.retrieval import retrieval_recalls
 
-    feats = cached_features(export, settings.shards, settings.split, settings.cache_dir, with_text=True,
-                            batch_size=settings.batch_size, workers=settings.workers)
-    cfg = export.cfg
-    return retrieval_recalls(feats, gamma1=cfg.loss.gamma1, gamma2=cfg.loss.gamma2)
+    return retrieval_recalls(ctx.features(with_text=True), **ctx.gammas)
 
 
-def run_localisation(job: Job, settings: EvalSettings, export) -> dict:
+def run_localisation(job: Job, ctx: EvalContext) -> dict:
     from cmgl_dist.evaluate.localisation import localisation_scores
 
-    return localisation_scores(export, settings)
+    return localisation_scores(ctx)
 
 
-def run_attention(job: Job, settings: EvalSettings, export) -> dict:
+def run_attention(job: Job, ctx: EvalContext) -> dict:
     from cmgl_dist.evaluate.attention_maps import write_attention_figures
 
-    folder = Path(settings.out_dir) / "attention" / job.job_id.split("/")[0]
-    return {"figures": write_attention_figures(export, settings, folder)}
+    folder = ctx.out_dir / "attention" / job.job_id.split("/")[0]
+    return {"figures": write_attention_figures(ctx, folder)}
 
 
 RUNNERS = {"zero_shot": run_zero_shot, "zero_shot_negated": run_zero_shot, "probe": run_probe,
@@ -180,16 +145,17 @@ RUNNERS = {"zero_shot": run_zero_shot, "zero_shot_negated": run_zero_shot, "prob
            "localisation": run_localisation, "attention": run_attention}
 
 
-def run_job(job: Job, settings: EvalSettings) -> dict:
+def run_job(job: Job, inputs: EvalInputs) -> dict:
     """Run one job; the returned record is what results.jsonl stores for a success."""
-    from cmgl_dist.evaluate.features import Export
-
     start = time.perf_counter()
     if job.task not in RUNNERS:
         raise ValueError(f"unknown task {job.task!r}; choose from {list(RUNNERS)}")
-    metrics = RUNNERS[job.task](job, settings, Export(job.export))
-    return {**job_record(job), "status": "ok", "seconds": round(time.perf_counter() - start, 2), **metrics}
+    ctx = EvalContext(job.export, inputs)
+    metrics = RUNNERS[job.task](job, ctx)
+    return {**job_record(job, ctx.inputs_key), "status": "ok", "seconds": round(time.perf_counter() - start, 2),
+            "inputs": ctx.key_parts, **metrics}
 
 
-def job_record(job: Job) -> dict:
-    return {"job_id": job.job_id, "setting": job.setting, **asdict(job)}
+def job_record(job: Job, key: Optional[str]) -> dict:
+    """The fields every record of `job` carries; `inputs_key` says which inputs it answers for."""
+    return {"job_id": job.job_id, "setting": job.setting, "inputs_key": key, **asdict(job)}

@@ -26,7 +26,6 @@ from cmgl_dist.data import images, shard_urls
 from cmgl_dist.shards.schema import MASKS, PATHOLOGIES
 
 
-
 def mask_to_view(mask: np.ndarray, image_size: int, crop_size: int) -> torch.Tensor:
     """bool [H, W] at the stored resolution -> bool [crop, crop] aligned with the eval image."""
     grey = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
@@ -60,25 +59,22 @@ def score_map(heatmap: torch.Tensor, mask: torch.Tensor) -> tuple[float, bool]:
     return float(heatmap[mask].sum()), bool(mask.view(-1)[heatmap.argmax()])
 
 
-def localisation_scores(export, settings) -> dict:
+def localisation_scores(ctx) -> dict:
     """Per-pathology and overall mean mass, pointing-game accuracy and chance level."""
-    from cmgl_dist.evaluate.features import cached_features
     from cmgl_dist.evaluate.prompts import class_prompts
-    from cmgl_dist.evaluate.similarity import word_region_attention
     from cmgl_dist.evaluate.zero_shot import encode_texts
 
-    cfg = export.cfg
-    masks = read_masks(settings.shards, settings.split)
+    cfg = ctx.cfg
+    masks = read_masks(ctx.shards, ctx.split)
     if not masks:
-        raise ValueError(f"no {settings.split} sample in {settings.shards} carries {MASKS}: "
+        raise ValueError(f"no {ctx.split} sample in {ctx.shards} carries {MASKS}: "
                          "localisation needs phantom images (pack with phantom images)")
-    feats = cached_features(export, settings.shards, settings.split, settings.cache_dir, with_text=True,
-                            batch_size=settings.batch_size, workers=settings.workers)
+    feats = ctx.features(with_text=True)
     row_of = {key: i for i, key in enumerate(feats.keys)}
-    prompts = class_prompts(settings.n_prompts, seed=0)
+    prompts = class_prompts(ctx.settings.n_prompts, seed=0)
     rows: dict[str, list[tuple[float, bool, float]]] = {p: [] for p in PATHOLOGIES}
     for pathology in PATHOLOGIES:
-        _, words, word_mask = encode_texts(export.model, prompts[pathology], cfg.data.max_length)
+        _, words, word_mask = encode_texts(ctx.model, prompts[pathology], cfg.data.max_length)
         words = [w[m].cpu() for w, m in zip(words, word_mask)]
         for key, sample_masks in masks.items():
             if pathology not in sample_masks or key not in row_of:
@@ -87,7 +83,7 @@ def localisation_scores(export, settings) -> dict:
             if not mask.any():
                 continue  # the lesion lies outside the centre crop
             regions = feats.regions[row_of[key]]
-            attention = torch.stack([word_region_attention(w, regions, cfg.loss.gamma1).mean(0) for w in words])
+            attention = torch.stack([ctx.attention(w, regions).mean(0) for w in words])
             heatmap = attention_heatmap(attention.mean(0), cfg.data.crop_size)
             mass, hit = score_map(heatmap, mask)
             rows[pathology].append((mass, hit, float(mask.float().mean())))

@@ -12,18 +12,15 @@ import math
 import os
 from collections import defaultdict
 from pathlib import Path
+from typing import Optional
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from cmgl_dist.atomic import write_text_atomic  # noqa: E402
-from cmgl_dist.evaluate.attention_maps import save_figure  # noqa: E402
-from cmgl_dist.evaluate.metrics import roc_points  # noqa: E402
-from cmgl_dist.evaluate.results import latest_per_job, read_records  # noqa: E402
-from cmgl_dist.shards.schema import PATHOLOGIES  # noqa: E402
+from cmgl_dist.atomic import write_text_atomic
+from cmgl_dist.evaluate.figures import plt, save_figure
+from cmgl_dist.evaluate.metrics import roc_points
+from cmgl_dist.evaluate.results import latest_per_job, read_records
+from cmgl_dist.shards.schema import PATHOLOGIES
 
 TITLES = {p: p.replace("_", " ").capitalize() for p in PATHOLOGIES}
 AUC_COLUMNS = [TITLES[p] for p in PATHOLOGIES] + ["Mean"]
@@ -133,10 +130,12 @@ def plot_rocs(records: list[dict], out_dir: Path) -> list[Path]:
     return paths
 
 
-def write_report(out_dir: str | os.PathLike) -> Path:
-    """table.md and the ROC PNGs in `out_dir`, from `out_dir/results.jsonl`."""
+def write_report(out_dir: str | os.PathLike, records: Optional[list[dict]] = None) -> Path:
+    """table.md and the ROC PNGs in `out_dir`, from `records` (default: the latest of each job in
+    `out_dir/results.jsonl`; `cmgl evaluate` passes those made for its own inputs)."""
     out_dir = Path(out_dir)
-    records = latest_per_job(read_records(out_dir / "results.jsonl"))
+    if records is None:
+        records = latest_per_job(read_records(out_dir / "results.jsonl"))
     table = out_dir / "table.md"
     write_text_atomic(table, build_table(records))
     plot_rocs(records, out_dir)

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Optional
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,12 @@ def read_records(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             log.warning("%s:%d is not a complete JSON record; skipped", path, number)
     return records
+
+
+def for_inputs(records: list[dict], keys: dict[str, Optional[str]]) -> list[dict]:
+    """The records of the jobs in `keys` made for the inputs named by each job's key (see
+    evaluate/context.py); records of other inputs (another split, shards, export) are left out."""
+    return [r for r in records if r.get("job_id") in keys and r.get("inputs_key") == keys[r["job_id"]]]
 
 
 def completed_ids(records: list[dict]) -> set[str]:

@@ -3,20 +3,26 @@
     cmgl evaluate --exports runs/cmgl/export --out runs/cmgl/eval
 
 `cmgl sweep` takes the same arguments and runs the jobs as Ray tasks. Both append each finished
-job to OUT/results.jsonl, skip jobs already recorded there as done, and write OUT/table.md and
-the ROC PNGs at the end. The exit status is 1 when any job failed, 0 otherwise.
+job to OUT/results.jsonl, skip jobs already recorded there as done *for the same inputs* (export
+and shards content, split, settings: see context.py), and write OUT/table.md and the ROC PNGs
+at the end from the records of this run's inputs only. The exit status is 1 when any job
+failed, 2 for a bad config or argument, 0 otherwise.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
-from cmgl_dist.config import CMGLConfig, load_config
-from cmgl_dist.evaluate.jobs import TASKS, EvalSettings, Job, job_record, plan_jobs, run_job
+from cmgl_dist.config import CMGLConfig, ConfigError, load_config
+from cmgl_dist.evaluate.context import EvalInputs
+from cmgl_dist.evaluate.jobs import TASKS, Job, job_record, plan_jobs, run_job
 from cmgl_dist.evaluate.report import write_report
-from cmgl_dist.evaluate.results import append_record, completed_ids, read_records, repair
+from cmgl_dist.evaluate.results import append_record, completed_ids, for_inputs, latest_per_job, read_records, repair
 
 log = logging.getLogger("cmgl.evaluate")
 
@@ -33,49 +39,78 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="default: all but finetune, which runs when eval.finetune is true")
     parser.add_argument("--fractions", nargs="+", type=float, help="probe train fractions (default: eval.probe_fractions)")
     parser.add_argument("--seeds", nargs="+", type=int, help="probe seeds (default: eval.seeds)")
-    parser.add_argument("--split", default="test", choices=("val", "test"))
-    parser.add_argument("--n-prompts", type=int, default=20, help="zero-shot prompts per class")
+    parser.add_argument("--split", choices=("val", "test"), help="split evaluated (default: eval.split, test)")
+    parser.add_argument("--n-prompts", type=int, help="zero-shot prompts per class (default: eval.n_prompts, 20)")
 
 
 def config_for(args) -> CMGLConfig:
+    """The config whose eval.* are the settings; --split and --n-prompts override their fields."""
+    overrides = list(args.set)
+    overrides += [f"eval.split={args.split}"] if args.split else []
+    overrides += [f"eval.n_prompts={args.n_prompts}"] if args.n_prompts is not None else []
     if args.config:
-        return load_config(args.config, args.set)
+        return load_config(args.config, overrides)
     exported = Path(args.exports[0]) / "config.yaml"
-    return load_config(str(exported) if exported.is_file() else None, args.set)
+    return load_config(str(exported) if exported.is_file() else None, overrides)
 
 
-def prepare(args) -> tuple[EvalSettings, list[Job], Path]:
-    """Settings, the jobs still to run (done ones skipped), and the results file."""
+@dataclass
+class Plan:
+    """One evaluate/sweep invocation: its inputs, every planned job with the key its record must
+    carry to count as done, the jobs still to run, and the results file."""
+    inputs: EvalInputs
+    keys: dict[str, Optional[str]]
+    todo: list[Job]
+    results: Path
+
+    def current_records(self) -> list[dict]:
+        """The latest record of each planned job among those made for this plan's inputs."""
+        return latest_per_job(for_inputs(read_records(self.results), self.keys))
+
+
+def prepare(args) -> Plan:
+    """The plan: settings, the jobs still to run (those done for the same inputs skipped)."""
     cfg = config_for(args)
     shards = args.shards or cfg.data.shards
     if not shards:
-        raise SystemExit("no shards: pass --shards or set data.shards in the config")
+        raise ConfigError("no shards: pass --shards or set data.shards in the config")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = EvalSettings(shards=str(Path(shards).resolve()), out_dir=str(out.resolve()), split=args.split,
-                            batch_size=cfg.eval.batch_size, bootstrap=cfg.eval.bootstrap, n_prompts=args.n_prompts)
+    inputs = EvalInputs(shards=str(Path(shards).resolve()), out_dir=str(out.resolve()), settings=cfg.eval)
     tasks = args.tasks or [t for t in TASKS if t != "finetune" or cfg.eval.finetune]
     jobs = plan_jobs([str(Path(e).resolve()) for e in args.exports], tasks,
                      args.fractions or list(cfg.eval.probe_fractions), args.seeds or list(cfg.eval.seeds))
+    export_keys = {export: inputs.expected_key(export) for export in {j.export for j in jobs}}
+    keys = {j.job_id: export_keys[j.export] for j in jobs}
     results = out / RESULTS
     repair(results)
-    done = completed_ids(read_records(results))
+    done = completed_ids(for_inputs(read_records(results), keys))
     todo = [j for j in jobs if j.job_id not in done]
-    log.info("%d jobs planned, %d already done, %d to run", len(jobs), len(jobs) - len(todo), len(todo))
-    return settings, todo, results
+    log.info("%d jobs planned, %d already done for these inputs, %d to run", len(jobs), len(jobs) - len(todo), len(todo))
+    return Plan(inputs, keys, todo, results)
 
 
-def failure_record(job: Job, error: BaseException, attempts: int) -> dict:
-    return {**job_record(job), "status": "failed", "attempts": attempts,
+def failure_record(job: Job, key: Optional[str], error: BaseException, attempts: int) -> dict:
+    return {**job_record(job, key), "status": "failed", "attempts": attempts,
             "error": f"{type(error).__name__}: {error}".splitlines()[0][:500]}
 
 
-def finish(settings: EvalSettings, failures: int) -> int:
-    table = write_report(settings.out_dir)
+def finish(plan: Plan, failures: int) -> int:
+    table = write_report(plan.inputs.out_dir, plan.current_records())
     print(table.read_text())
     if failures:
         print(f"{failures} job(s) failed; see the end of {table}")
     return 1 if failures else 0
+
+
+def parse_and_prepare(parser: argparse.ArgumentParser, argv) -> Plan:
+    """Parse argv and plan; a bad config or argument exits 2 with its message (no traceback)."""
+    args = parser.parse_args(argv)
+    try:
+        return prepare(args)
+    except ConfigError as err:
+        print(f"{parser.prog}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main(argv=None) -> int:
@@ -83,15 +118,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cmgl evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
-    args = parser.parse_args(argv)
-    settings, jobs, results = prepare(args)
+    plan = parse_and_prepare(parser, argv)
     failures = 0
-    for job in jobs:
+    for job in plan.todo:
         try:
-            record = run_job(job, settings)
+            record = run_job(job, plan.inputs)
         except Exception as error:  # noqa: BLE001 - one job's failure is recorded; the others run
             log.error("job %s failed:\n%s", job.job_id, traceback.format_exc())
-            record, failures = failure_record(job, error, attempts=1), failures + 1
-        append_record(results, record)
+            record, failures = failure_record(job, plan.keys[job.job_id], error, attempts=1), failures + 1
+        append_record(plan.results, record)
         log.info("%s: %s", job.job_id, record["status"])
-    return finish(settings, failures)
+    return finish(plan, failures)

@@ -17,7 +17,7 @@ import os
 
 from cmgl_dist.evaluate.jobs import run_job
 from cmgl_dist.evaluate.results import append_record
-from cmgl_dist.evaluate.run import add_common_args, failure_record, finish, prepare
+from cmgl_dist.evaluate.run import Plan, add_common_args, failure_record, finish, parse_and_prepare
 
 log = logging.getLogger("cmgl.sweep")
 
@@ -27,14 +27,14 @@ def _root_cause(error: BaseException) -> BaseException:
     return getattr(error, "cause", None) or error
 
 
-def run_on_ray(jobs, settings, results, *, retries: int) -> int:
+def run_on_ray(plan: Plan, *, retries: int) -> int:
     """Submit every job, record each as it ends; returns the number of failed jobs."""
     import ray
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
     remote_job = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=retries,
                             retry_exceptions=True)(run_job)
-    pending = {remote_job.remote(job, settings): job for job in jobs}
+    pending = {remote_job.remote(job, plan.inputs): job for job in plan.todo}
     log.info("submitted %d jobs (%s)", len(pending), f"{gpus} GPUs, one per job" if gpus else "CPU only")
     failures = 0
     while pending:
@@ -45,8 +45,9 @@ def run_on_ray(jobs, settings, results, *, retries: int) -> int:
         except Exception as error:  # noqa: BLE001 - RayTaskError wraps whatever the job raised
             cause = _root_cause(error)
             log.error("job %s failed after %d attempt(s): %s", job.job_id, retries + 1, cause)
-            record, failures = failure_record(job, cause, attempts=retries + 1), failures + 1
-        append_record(results, record)
+            record = failure_record(job, plan.keys[job.job_id], cause, attempts=retries + 1)
+            failures += 1
+        append_record(plan.results, record)
         log.info("%s: %s (%d left)", job.job_id, record["status"], len(pending))
     return failures
 
@@ -60,9 +61,9 @@ def main(argv=None) -> int:
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of a local Ray session")
     parser.add_argument("--retries", type=int, default=1, help="retries of a failing job before it is reported")
     args = parser.parse_args(argv)
-    settings, jobs, results = prepare(args)
+    plan = parse_and_prepare(parser, argv)
     failures = 0
-    if jobs:
+    if plan.todo:
         import ray
 
         # One Ray session per sweep; a caller that already holds one (tests, notebooks) keeps it.
@@ -71,8 +72,8 @@ def main(argv=None) -> int:
             ray.init(address=args.address or None, num_cpus=None if args.address else args.num_cpus,
                      include_dashboard=False, log_to_driver=True)
         try:
-            failures = run_on_ray(jobs, settings, results, retries=args.retries)
+            failures = run_on_ray(plan, retries=args.retries)
         finally:
             if started:
                 ray.shutdown()
-    return finish(settings, failures)
+    return finish(plan, failures)
