@@ -26,7 +26,9 @@ counts the manifest's samples, so skipped samples can make the pass shorter than
 
 Skipped samples: each batch carries `skipped`, the samples its worker dropped since its previous
 batch (malformed, undecodable, unreadable shard data); their sum is the epoch's count (skips
-after a worker's last batch are logged but reach no batch).
+after a worker's last batch are logged but reach no batch). A shard that breaks off counts the
+samples the manifest lists for it that it did not yield; a missing shard fails the loader
+(ShardMissingError) unless data.on_missing_shard=skip, which counts all of its samples.
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ class ShardBatches(IterableDataset):
 
     def __init__(self, urls: Sequence[str], data_cfg: DataConfig, tokenizer, *, train: bool, batch_size: int,
                  seed: int, rank: int, world_size: int, epoch: int, start_batch: int,
-                 batches_per_epoch: Optional[int]):
+                 batches_per_epoch: Optional[int], shard_samples: Optional[Sequence[int]] = None):
         super().__init__()
         self.urls = tuple(urls)
         self.cfg = data_cfg
@@ -71,6 +73,7 @@ class ShardBatches(IterableDataset):
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, epoch
         self.start_batch = start_batch
         self.batches_per_epoch = batches_per_epoch
+        self.shard_samples = None if shard_samples is None else tuple(shard_samples)
         self.workers = max(1, data_cfg.workers)
 
     def spec(self, logical_worker: int) -> StreamSpec:
@@ -78,7 +81,8 @@ class ShardBatches(IterableDataset):
             urls=self.urls, seed=self.seed, epoch=self.epoch,
             stream=self.rank * self.workers + logical_worker, streams=self.world_size * self.workers,
             repeat=self.train, shard_shuffle=self.cfg.shard_shuffle, resample=self.train and self.cfg.resample,
-            shuffle_buffer=self.cfg.shuffle_buffer if self.train else 0)
+            shuffle_buffer=self.cfg.shuffle_buffer if self.train else 0,
+            shard_samples=self.shard_samples, on_missing_shard=self.cfg.on_missing_shard)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -153,7 +157,7 @@ def make_loader(urls: Sequence[str], data_cfg: DataConfig, tokenizer, *, train: 
         raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})")
     shard_counts = shard_sample_counts(urls)
     common = dict(train=train, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
-                  epoch=epoch, start_batch=start_batch)
+                  epoch=epoch, start_batch=start_batch, shard_samples=shard_counts)
     if not train:
         if start_batch or batches_per_epoch is not None:
             raise ValueError("evaluation makes one full pass: start_batch and batches_per_epoch are for training")

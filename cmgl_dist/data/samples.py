@@ -31,7 +31,8 @@ class SkipCounter:
 
     `take()` returns the count since the last call; the loader puts it in each batch, so the
     counts cross DataLoader worker processes inside the batches themselves. A tar that breaks
-    off counts once (reason `unreadable_shard_data`), whatever number of samples it held.
+    off counts each sample the manifest lists for it that it did not yield (reason
+    `unreadable_shard_data`; once per read error where the manifest gives no count).
     """
 
     LOG_FIRST = 5

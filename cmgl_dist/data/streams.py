@@ -22,14 +22,20 @@ world_size * workers shards (of equal size) for epochs that see every sample onc
 from __future__ import annotations
 
 import itertools
+import os
 import random
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, Union
 
 import webdataset as wds
 
 from cmgl_dist.data.samples import Record, SkipCounter, parse
 from cmgl_dist.data.seeds import seed_of
+from cmgl_dist.data.shardlist import is_passthrough
+
+
+class ShardMissingError(FileNotFoundError):
+    """A shard the manifest lists is gone, and data.on_missing_shard=fail."""
 
 
 @dataclass(frozen=True)
@@ -43,15 +49,54 @@ class StreamSpec:
     shard_shuffle: bool
     resample: bool
     shuffle_buffer: int  # 0 or 1: no sample shuffle
+    shard_samples: Optional[tuple[int, ...]] = None  # per url, from the manifest (None: unknown)
+    on_missing_shard: str = "fail"  # data.on_missing_shard
+
+    def expected_samples(self, url: str) -> Optional[int]:
+        return None if self.shard_samples is None else self.shard_samples[self.urls.index(url)]
 
 
-def read_shard(url: str, counter: SkipCounter) -> Iterator[dict]:
-    """Raw samples of one tar (local path, `pipe:` or remote URL, opened by webdataset)."""
+@dataclass(frozen=True)
+class Lost:
+    """Stands in a shard's stream for one sample that could not be read (counted as one skip)."""
+    url: str
+    reason: str
+    error: Union[BaseException, str]
+
+
+def read_shard(url: str, counter: SkipCounter, spec: StreamSpec) -> Iterator[Union[dict, Lost]]:
+    """Raw samples of one tar (local path, `pipe:` or remote URL, opened by webdataset), then one
+    `Lost` for each sample the manifest lists but the tar did not yield (a shard that breaks off,
+    or a missing one under data.on_missing_shard=skip). Without a manifest count, a read error
+    counts as one lost sample."""
+    expected = spec.expected_samples(url)
+    if not is_passthrough(url) and not os.path.exists(url):
+        if spec.on_missing_shard == "fail":
+            raise ShardMissingError(f"shard {url} is missing: repack, or set data.on_missing_shard=skip to go on "
+                                    "without it (its samples are counted as skipped)")
+        yield from (Lost(url, "missing_shard", "no such file") for _ in range(expected or 1))
+        return
+    errors: list[Exception] = []
+
     def handler(error: Exception) -> bool:
-        counter.skip("unreadable_shard_data", url, error)
+        errors.append(error)
         return True  # keep what is readable and continue with the next member or shard
 
-    yield from wds.tarfile_samples([{"url": url}], handler=handler)
+    read = 0
+    for sample in wds.tarfile_samples([{"url": url}], handler=handler):
+        read += 1
+        yield sample
+    error = errors[0] if errors else "fewer samples than the manifest lists"
+    lost = len(errors) if expected is None else max(0, expected - read)
+    yield from (Lost(url, "unreadable_shard_data", error) for _ in range(lost))
+
+
+def _usable(item: Union[dict, Lost], counter: SkipCounter) -> Optional[dict]:
+    """The raw sample, or None after counting a lost one."""
+    if isinstance(item, Lost):
+        counter.skip(item.reason, item.url, item.error)
+        return None
+    return item
 
 
 def _pass_order(spec: StreamSpec, pass_index: int) -> list[str]:
@@ -62,16 +107,19 @@ def _pass_order(spec: StreamSpec, pass_index: int) -> list[str]:
 
 
 def _one_pass(spec: StreamSpec, pass_index: int, counter: SkipCounter) -> Iterator[dict]:
+    """This stream's raw samples of one pass; lost ones are counted by the stream they belonged to."""
     order = _pass_order(spec, pass_index)
     if len(order) >= spec.streams:
         for url in order[spec.stream::spec.streams]:
-            yield from read_shard(url, counter)
+            yield from filter(None, (_usable(item, counter) for item in read_shard(url, counter, spec)))
         return
     index = 0
     for url in order:
-        for sample in read_shard(url, counter):
+        for item in read_shard(url, counter, spec):
             if index % spec.streams == spec.stream:
-                yield sample
+                sample = _usable(item, counter)
+                if sample is not None:
+                    yield sample
             index += 1
 
 
@@ -109,8 +157,9 @@ def _resampled_records(spec: StreamSpec, counter: SkipCounter) -> Iterator[Recor
     for draw in itertools.count():
         url = rng.choice(spec.urls)
         usable = 0
-        for sample in read_shard(url, counter):
-            record = parse(sample, draw, counter)
+        for item in read_shard(url, counter, spec):
+            sample = _usable(item, counter)
+            record = None if sample is None else parse(sample, draw, counter)
             if record is not None:
                 usable += 1
                 yield record
