@@ -31,6 +31,9 @@ class DataConfig(_Section):
     resample: bool = Field(False, description="Sample shards with replacement (infinite stream, fixed epoch length).")
     workers: int = Field(2, ge=0, description="DataLoader worker processes per rank.")
     augment: bool = Field(True, description="GLoRIA's training augmentation (crop, small affine, colour jitter).")
+    on_missing_shard: Literal["fail", "skip"] = Field(
+        "fail", description="A shard listed in the manifest but absent: fail the run (before training, or when "
+                            "it goes missing mid-run), or skip it and count its manifest samples as skipped.")
 
 
 class ModelConfig(_Section):
@@ -158,6 +161,12 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the field and the fix."""
 
 
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped in cmgl_dist.configs (`debug`, `iurr_offline`, ...)."""
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("cmgl_dist.configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
 def find_config(name_or_path: str) -> Path:
     """A path, or the name of a shipped config (`debug`, `iurr_offline.yaml`)."""
     path = Path(name_or_path)
@@ -167,12 +176,31 @@ def find_config(name_or_path: str) -> Path:
     shipped = resources.files("cmgl_dist.configs") / stem
     if shipped.is_file():
         return Path(str(shipped))
-    names = sorted(p.name for p in resources.files("cmgl_dist.configs").iterdir() if p.name.endswith(".yaml"))
-    raise ConfigError(f"config {name_or_path!r} is neither a file nor a shipped config ({', '.join(names)})")
+    raise ConfigError(f"config {name_or_path!r} is neither a file nor a shipped config ({', '.join(shipped_configs())})")
 
 
 def _parse_value(text: str):
-    return yaml.safe_load(text) if text != "" else ""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override value {text!r} is not valid YAML: {err}") from None
+
+
+def _read_yaml(name_or_path: str) -> dict:
+    path = find_config(name_or_path)
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"config {path} cannot be read: {err}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} holds a {type(raw).__name__}, not a mapping of sections "
+                          "(data:, model:, train:, ...)")
+    return raw
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -191,10 +219,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str]] = None) -> CMGLConfig:
-    raw: dict = {}
-    if name_or_path:
-        with open(find_config(name_or_path)) as f:
-            raw = yaml.safe_load(f) or {}
+    raw = _read_yaml(name_or_path) if name_or_path else {}
     raw = apply_overrides(raw, list(overrides or []))
     try:
         return CMGLConfig.model_validate(raw)

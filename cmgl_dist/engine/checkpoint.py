@@ -5,18 +5,23 @@ Layout under `<run_dir>/checkpoints/`:
     step_00000010/        DeepSpeed's files (model, optimizer partitions, lr scheduler)
         client.json       TrainState and the resolved config (rank 0)
         rank_00001.json   that rank's RNG states
-        COMPLETE          written last, after every rank finished
+        COMPLETE          written last, after every rank finished: the world size and the
+                          sha256 of every other file in the folder
     latest                the name of the newest complete checkpoint
 
 DeepSpeed's own `latest` file is disabled (save_latest=False): ours is replaced atomically
 (temp + os.replace) only after a barrier and the COMPLETE marker, so a save killed half-way
-leaves `latest` on the previous checkpoint. Client state is JSON, never pickled.
+leaves `latest` on the previous checkpoint. A resume checks every file against COMPLETE's
+checksums; a checkpoint that fails (a file changed, truncated or missing) is passed over, with a
+warning, for the newest older one that passes. Client state is JSON, never pickled.
 """
 from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -30,6 +35,8 @@ import torch
 import torch.distributed as dist
 
 from cmgl_dist.atomic import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 LATEST = "latest"
 COMPLETE = "COMPLETE"
@@ -52,6 +59,72 @@ def tag_for(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def complete_tags(root: Path) -> list[str]:
+    """Tag folders under `root` holding a COMPLETE marker, oldest first (checksums not yet checked)."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if _TAG.match(p.name) and (p / COMPLETE).is_file())
+
+
+def latest_tag(root: Path) -> Optional[str]:
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    tag = pointer.read_text().strip()
+    if not (root / tag / COMPLETE).is_file():
+        raise RuntimeError(f"{pointer} names {tag!r}, which is not a complete checkpoint")
+    return tag
+
+
+def file_checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder` but the COMPLETE marker, by relative path."""
+    sums = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != COMPLETE):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        sums[str(path.relative_to(folder))] = digest.hexdigest()
+    return sums
+
+
+def read_complete(folder: Path) -> dict:
+    """COMPLETE as {"world_size", "files"}; a marker from before checksums holds the world size only."""
+    text = (folder / COMPLETE).read_text()
+    if text.strip().isdigit():
+        return {"world_size": int(text), "files": None}
+    return json.loads(text)
+
+
+def checkpoint_problem(folder: Path) -> Optional[str]:
+    """Why `folder` cannot be resumed from (missing marker, a file whose checksum differs), or None."""
+    if not (folder / COMPLETE).is_file():
+        return f"no {COMPLETE} marker"
+    try:
+        expected = read_complete(folder)["files"]
+    except (ValueError, KeyError) as err:
+        return f"unreadable {COMPLETE} marker ({err})"
+    if expected is None:
+        return None  # written before checksums existed: nothing to check against
+    actual = file_checksums(folder)
+    bad = sorted(name for name in expected.keys() | actual.keys() if expected.get(name) != actual.get(name))
+    return f"{len(bad)} file(s) differ from their checksum: {', '.join(bad[:3])}" if bad else None
+
+
+def newest_sound(root: Path, first: str) -> str:
+    """`first` if it passes its checksums, else the newest older complete checkpoint that does."""
+    candidates = [t for t in reversed(complete_tags(root)) if t <= first]
+    for tag in candidates:
+        problem = checkpoint_problem(root / tag)
+        if problem is None:
+            if tag != first:
+                log.warning("resuming from %s instead of the newer, damaged %s", root / tag, root / first)
+            return tag
+        log.warning("checkpoint %s is damaged (%s); trying the one before", root / tag, problem)
+    raise RuntimeError(f"no checkpoint in {root} up to {first} passes its checksums: start a fresh run "
+                       "(another train.run_dir, or remove the checkpoints folder)")
+
+
 class Checkpointer:
     def __init__(self, root: str | os.PathLike, keep_last: int, rank: int):
         self.root = Path(root)
@@ -60,19 +133,7 @@ class Checkpointer:
 
     # -- discovery --------------------------------------------------------------------------
     def complete_tags(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir()
-                      if _TAG.match(p.name) and (p / COMPLETE).is_file())
-
-    def latest_tag(self) -> Optional[str]:
-        pointer = self.root / LATEST
-        if not pointer.is_file():
-            return None
-        tag = pointer.read_text().strip()
-        if not (self.root / tag / COMPLETE).is_file():
-            raise RuntimeError(f"{pointer} names {tag!r}, which is not a complete checkpoint")
-        return tag
+        return complete_tags(self.root)
 
     def remove_partial(self) -> None:
         """Rank 0 at start-up: drop tag folders a killed save left without COMPLETE."""
@@ -85,16 +146,20 @@ class Checkpointer:
     # -- save ---------------------------------------------------------------------------------
     def save(self, engine, state: TrainState, resolved_config: dict) -> str:
         tag = tag_for(state.step)
-        self.root.mkdir(parents=True, exist_ok=True)
-        engine.save_checkpoint(str(self.root), tag=tag, save_latest=False)
         folder = self.root / tag
+        if self.rank == 0 and folder.exists():
+            shutil.rmtree(folder)  # a damaged checkpoint passed over at resume, now saved again
+        self.root.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
+        engine.save_checkpoint(str(self.root), tag=tag, save_latest=False)
         write_text_atomic(folder / f"rank_{self.rank:05d}.json", json.dumps(capture_rng()))
         if self.rank == 0:
             client = {"state": dataclasses.asdict(state), "config": resolved_config}
             write_text_atomic(folder / "client.json", json.dumps(client, indent=1))
         dist.barrier()
         if self.rank == 0:
-            write_text_atomic(folder / COMPLETE, f"{dist.get_world_size()}\n")
+            marker = {"world_size": dist.get_world_size(), "files": file_checksums(folder)}
+            write_text_atomic(folder / COMPLETE, json.dumps(marker, indent=1))
             write_text_atomic(self.root / LATEST, tag + "\n")
             self._prune(keep=tag)
         dist.barrier()
@@ -111,7 +176,7 @@ class Checkpointer:
         folder = self.root / tag
         if not (folder / COMPLETE).is_file():
             raise RuntimeError(f"{folder} is not a complete checkpoint (no {COMPLETE} marker)")
-        saved_world = int((folder / COMPLETE).read_text())
+        saved_world = read_complete(folder)["world_size"]
         if saved_world != dist.get_world_size():
             raise RuntimeError(
                 f"{folder} was written by {saved_world} ranks, this run has {dist.get_world_size()}: "
@@ -153,19 +218,24 @@ def weights_only_loads():
 def resolve_resume(resume: Optional[str], run_checkpoints: Path) -> Optional[tuple[Path, str]]:
     """--resume value -> (checkpoints root, tag), or None for a fresh start.
 
-    'auto': the run dir's latest complete checkpoint, if any. A path: a checkpoints folder (its
-    `latest`) or one tag folder in it.
+    'auto': the run dir's latest checkpoint that passes its checksums (else the newest older one
+    that does), if any. A path: a checkpoints folder (the same from its `latest`) or one tag
+    folder in it, which must pass its checksums.
     """
     if resume in (None, "", "none"):
         return None
     if resume == "auto":
-        tag = Checkpointer(run_checkpoints, 1, 0).latest_tag()
-        return (run_checkpoints, tag) if tag else None
+        tag = latest_tag(run_checkpoints)
+        return (run_checkpoints, newest_sound(run_checkpoints, tag)) if tag else None
     path = Path(resume)
     if (path / COMPLETE).is_file() and _TAG.match(path.name):
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise RuntimeError(f"--resume {resume}: damaged checkpoint ({problem}); name an older one "
+                               "or its checkpoints folder")
         return path.parent, path.name
     if (path / LATEST).is_file():
-        return path, Checkpointer(path, 1, 0).latest_tag()
+        return path, newest_sound(path, latest_tag(path))
     raise FileNotFoundError(f"--resume {resume}: neither a checkpoints folder with {LATEST} nor a complete "
                             f"step_NNNNNNNN folder; use --resume auto to continue the run in train.run_dir")
 

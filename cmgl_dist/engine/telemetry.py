@@ -40,11 +40,18 @@ class Telemetry:
         self.file = open(self.path, "a")
 
     def _truncate_after(self, step: int) -> None:
-        """Keep only records up to `step`: a resumed run rewrites what came after its checkpoint."""
+        """Keep only records up to `step`: a resumed run rewrites what came after its checkpoint.
+
+        A line a kill cut short (not JSON, or without a step) is dropped with a warning."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
+        kept = []
+        for line in self.path.read_text().splitlines():
+            record = _record_or_none(line)
+            if record is None and line.strip():
+                print(f"{self.path}: dropping a torn line from an interrupted run: {line[:80]!r}", file=sys.stderr)
+            elif record is not None and record["step"] <= step:
+                kept.append(line)
         write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def advance(self) -> None:
@@ -73,6 +80,14 @@ class Telemetry:
         if self.writer is not None:
             self.writer.close()
         self.bar.close()
+
+
+def _record_or_none(line: str) -> Optional[dict]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
 def console_line(r: dict, total: int) -> str:

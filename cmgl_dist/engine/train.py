@@ -4,36 +4,45 @@
     torchrun --nproc-per-node 2 -m cmgl_dist.cli train --config iurr_offline --resume auto
 
 Every check that can fail (config values and combinations, apex, precision on this machine, the
-shards, an existing run without --resume) runs before the process group and the model exist.
+shards, an existing run without --resume, a run dir in use by another run, a resume whose config
+differs in a field it cannot apply) runs before the process group and the model exist, and
+fails with exit status 2 and a message naming the field and the fix.
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import random
 import socket
 import sys
 from pathlib import Path
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
 import yaml
 
-from cmgl_dist.config import CMGLConfig, ConfigError, load_config
+from cmgl_dist.config import CMGLConfig, ConfigError, load_config, shipped_configs
 from cmgl_dist.atomic import write_text_atomic
-from cmgl_dist.engine.checkpoint import Checkpointer, TrainState, resolve_resume
+from cmgl_dist.engine.checkpoint import Checkpointer, TrainState, complete_tags, resolve_resume
 from cmgl_dist.engine.deepspeed_config import deepspeed_config
 from cmgl_dist.engine.distributed import launch_env
 from cmgl_dist.engine.optim import require_apex
 
-SHIPPED = "debug, iurr_offline, gloria_r50_bert"
+LOCK = ".lock"
+# Fields a resumed run may change: they are read afresh from the config at every use (the loop's
+# cadence, the run's length and the schedule's shape follow train.steps, the export, evaluation).
+# Any other change would be silently overridden by the checkpoint's state, or break exact resume.
+RESUME_APPLIES = ("name", "train.steps", "train.log_every", "train.ckpt_every", "train.keep_last",
+                  "train.max_nonfinite", "train.tensorboard", "train.export", "train.run_dir", "eval.")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="cmgl train", description="Train with DeepSpeed ZeRO from a config.")
-    p.add_argument("--config", required=True, help=f"a YAML file or a shipped config ({SHIPPED})")
+    p.add_argument("--config", required=True, help=f"a YAML file or a shipped config ({', '.join(shipped_configs())})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field, e.g. --set train.lr=1e-4 --set zero.stage=3 (repeatable)")
     p.add_argument("--resume", default=None, metavar="auto|PATH",
@@ -46,8 +55,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def preflight(cfg: CMGLConfig, resume: Optional[str]) -> list[str]:
-    """Checks that need the machine, not only the config. Returns the train shard URLs."""
+def preflight(cfg: CMGLConfig, resume: Optional[str]) -> tuple[list[str], Optional[tuple[Path, str]]]:
+    """Checks that need the machine, not only the config. Returns the train shard URLs and the
+    checkpoint to resume from (root, tag), if any."""
     from cmgl_dist.data.shardlist import shard_urls
 
     require_apex(cfg.optimizer)
@@ -59,11 +69,78 @@ def preflight(cfg: CMGLConfig, resume: Optional[str]) -> list[str]:
     except (ValueError, OSError) as err:
         raise ConfigError(f"data.shards={cfg.data.shards!r}: {err}; pack shards with `cmgl pack` "
                           "and pass the folder with --set data.shards=DIR") from None
+    check_shards_present(urls, cfg.data.on_missing_shard)
     checkpoints = Path(cfg.train.run_dir) / "checkpoints"
-    if resume is None and Checkpointer(checkpoints, 1, 0).complete_tags():
+    if resume is None and complete_tags(checkpoints):
         raise ConfigError(f"train.run_dir={cfg.train.run_dir} already holds checkpoints: pass --resume auto "
                           "to continue that run, or set another train.run_dir")
-    return urls
+    try:
+        source = resolve_resume(resume, checkpoints)
+    except (RuntimeError, FileNotFoundError) as err:
+        raise ConfigError(str(err)) from None
+    if source is not None:
+        check_resumable_config(source, cfg)
+    return urls, source
+
+
+def check_shards_present(urls: list[str], on_missing: str) -> None:
+    """A local train shard that is gone fails the run unless data.on_missing_shard=skip."""
+    missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not os.path.exists(u)]
+    if missing and on_missing == "fail":
+        raise ConfigError(f"{len(missing)} train shard(s) listed in the manifest are missing (first: {missing[0]}): "
+                          "repack, or set data.on_missing_shard=skip to train on the rest (their samples are "
+                          "counted as skipped)")
+
+
+def flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resumable_config(source: tuple[Path, str], cfg: CMGLConfig) -> None:
+    """Refuse a resume whose config changes a field the checkpoint's state would override (optimizer.lr:
+    the restored scheduler keeps the old one) or that breaks exact resume; name each such field."""
+    root, tag = source
+    # a field added to the schema after the checkpoint was written had its default then
+    saved = {**flat(CMGLConfig().model_dump(mode="json")),
+             **flat(json.loads((root / tag / "client.json").read_text())["config"])}
+    now = flat(cfg.model_dump(mode="json"))
+    changed = sorted(k for k in saved.keys() | now.keys()
+                     if saved.get(k) != now.get(k) and not k.startswith(RESUME_APPLIES))
+    if changed:
+        listed = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in changed)
+        raise ConfigError(f"--resume from {root / tag} with a config that changes {listed}. A resume can change "
+                          f"only {', '.join(RESUME_APPLIES)}: set the changed fields back, or start a new run "
+                          "in another train.run_dir")
+
+
+@contextmanager
+def run_dir_lock(run_dir: Path, rank: int) -> Iterator[None]:
+    """Rank 0 holds an exclusive lock on the run dir for the whole run; a second run on it fails at once."""
+    if rank != 0:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise ConfigError(f"train.run_dir={run_dir} is in use by another run ({handle.read().strip() or 'unknown'}): "
+                              "wait for it to end, or set another train.run_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def dry_run(cfg: CMGLConfig) -> None:
@@ -91,7 +168,7 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: CMGLConfig, urls: list[str], resume: Optional[str]) -> TrainState:
+def train(cfg: CMGLConfig, urls: list[str], source: Optional[tuple[Path, str]]) -> TrainState:
     import deepspeed
     import torch.distributed as dist
 
@@ -123,7 +200,6 @@ def train(cfg: CMGLConfig, urls: list[str], resume: Optional[str]) -> TrainState
     checkpointer.remove_partial()
     dist.barrier()
     state = TrainState()
-    source = resolve_resume(resume, checkpointer.root)
     if source is not None:
         root, tag = source
         state = Checkpointer(root, cfg.train.keep_last, world.rank).load(engine, tag)
@@ -161,15 +237,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.dry_run:
             dry_run(cfg)
             return 0
-        urls = preflight(cfg, args.resume)
+        with run_dir_lock(Path(cfg.train.run_dir), launch_env()["rank"]):
+            urls, source = preflight(cfg, args.resume)
+            return run(cfg, urls, source)
     except ConfigError as err:
         print(f"cmgl train: {err}", file=sys.stderr)
         return 2
+
+
+def run(cfg: CMGLConfig, urls: list[str], source: Optional[tuple[Path, str]]) -> int:
+    from cmgl_dist.data.streams import ShardMissingError
     from cmgl_dist.engine.loop import NonFiniteLossError
 
     try:
-        train(cfg, urls, args.resume)
-    except NonFiniteLossError as err:
+        train(cfg, urls, source)
+    except (NonFiniteLossError, ShardMissingError) as err:
         print(f"cmgl train: {err}", file=sys.stderr)
         return 1
     return 0
