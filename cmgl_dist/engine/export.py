@@ -6,7 +6,8 @@
     image_encoder.safetensors  the image backbone alone
     text_encoder/              the text transformer and its tokenizer (transformers' save_pretrained)
 
-Only safetensors and transformers' own files are read back: nothing here unpickles.
+Only safetensors and transformers' own files are read back: nothing here unpickles. Files are 0644
+and folders 0755 (exports are read by other users, e.g. Ray workers on a shared file system).
 """
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ def export_model(state: dict[str, torch.Tensor], cfg: CMGLConfig, export_dir: st
     save_file(image, str(staging / "image_encoder.safetensors"), metadata={"format": "pt"})
     model.text_backbone.transformer.save_pretrained(str(staging / TEXT_DIR))
     model.tokenizer.save_pretrained(str(staging / TEXT_DIR))
+    share_readable(staging)
 
     old = export_dir.with_name(f".{export_dir.name}.old-{os.getpid()}")
     if export_dir.exists():
@@ -77,6 +79,14 @@ def export_model(state: dict[str, torch.Tensor], cfg: CMGLConfig, export_dir: st
     return export_dir
 
 
+def share_readable(folder: Path) -> None:
+    """Files 0644 and folders 0755 whatever the umask: exports are read by other users (Ray workers on
+    a shared file system), and some writers create 0600 temp files."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def load_exported(export_dir: str | os.PathLike) -> tuple[CMGLModel, CMGLConfig]:
     """(model in eval mode, its config) from an export folder; offline (the text encoder comes
     from the export's own save_pretrained folder, never from the hub)."""
@@ -84,5 +94,11 @@ def load_exported(export_dir: str | os.PathLike) -> tuple[CMGLModel, CMGLConfig]
     cfg = load_config(str(export_dir / "config.yaml"))
     local = cfg.model.model_copy(update={"image_pretrained": False, "text_encoder": str(export_dir / TEXT_DIR)})
     model = build_model(local)
-    model.load_state_dict(load_file(str(export_dir / "model.safetensors")), strict=True)
+    state = load_file(str(export_dir / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Exports from before the text pooler was kept lack it; it is never used, so they still load.
+    missing = [k for k in missing if ".pooler." not in k]
+    if missing or unexpected:
+        raise RuntimeError(f"{export_dir}/model.safetensors does not match its config.yaml: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
     return model.eval(), cfg

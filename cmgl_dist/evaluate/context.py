@@ -110,9 +110,13 @@ class EvalContext:
         return self.out_dir / "features" / self.export.fingerprint / f"{split}-{key}{'-text' if with_text else ''}.safetensors"
 
     def save_scores(self, name: str, **arrays: np.ndarray) -> str:
-        """OUT/scores/<name>.npz, written atomically; returns its path relative to OUT."""
+        """OUT/scores/<name>-<inputs key>.npz, written atomically; returns its path relative to OUT.
+
+        The key in the name keeps a record's file its own when a rerun with other inputs (another
+        split) writes the same job's scores."""
         folder = self.out_dir / "scores"
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / f"{name}.npz", suffix=".tmp.npz") as tmp:
+        file = f"{name}-{self.inputs_key}.npz"
+        with atomic_path(folder / file, suffix=".tmp.npz") as tmp:
             np.savez_compressed(tmp, **arrays)
-        return str(Path("scores") / f"{name}.npz")
+        return str(Path("scores") / file)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+from transformers.models.bert.modeling_bert import BertPooler
 
 TINY_BERT_SEED = 0
 
@@ -40,9 +41,11 @@ def load_text_backbone(name: str) -> tuple[nn.Module, object]:
         transformer = AutoModel.from_pretrained(name)
     if not tokenizer.is_fast:
         raise ValueError(f"text encoder {name!r} has no fast tokenizer: word ids need one")
-    # The pooler ([CLS] -> dense -> tanh) is never used; dropping it leaves no parameter without a gradient.
+    # The pooler ([CLS] -> dense -> tanh) is never used, so it is frozen (no parameter is left
+    # without a gradient) but kept: the exported folder then loads in transformers.AutoModel
+    # with every weight it expects, none newly initialised.
     if getattr(transformer, "pooler", None) is not None:
-        transformer.pooler = None
+        transformer.pooler.requires_grad_(False)
     return transformer, tokenizer
 
 
@@ -52,7 +55,11 @@ def _tiny_bert(vocab_size: int) -> BertModel:
                         intermediate_size=64, max_position_embeddings=512)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_BERT_SEED)
-        return BertModel(config, add_pooling_layer=False)
+        model = BertModel(config, add_pooling_layer=False)
+        # Added afterwards from its own seed so the other weights stay what they always were.
+        torch.manual_seed(TINY_BERT_SEED + 1)
+        model.pooler = BertPooler(config)
+    return model
 
 
 def transformer_layers(transformer: nn.Module) -> nn.ModuleList:
