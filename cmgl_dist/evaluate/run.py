@@ -103,13 +103,12 @@ def finish(plan: Plan, failures: int) -> int:
     return 1 if failures else 0
 
 
-def parse_and_prepare(parser: argparse.ArgumentParser, argv) -> Plan:
-    """Parse argv and plan; a bad config or argument exits 2 with its message (no traceback)."""
-    args = parser.parse_args(argv)
+def prepare_or_exit(prog: str, args) -> Plan:
+    """`prepare`, except that a bad config or argument exits 2 with its message (no traceback)."""
     try:
         return prepare(args)
     except ConfigError as err:
-        print(f"{parser.prog}: {err}", file=sys.stderr)
+        print(f"{prog}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -118,7 +117,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cmgl evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
-    plan = parse_and_prepare(parser, argv)
+    plan = prepare_or_exit(parser.prog, parser.parse_args(argv))
     failures = 0
     for job in plan.todo:
         try:

@@ -17,7 +17,7 @@ import os
 
 from cmgl_dist.evaluate.jobs import run_job
 from cmgl_dist.evaluate.results import append_record
-from cmgl_dist.evaluate.run import Plan, add_common_args, failure_record, finish, parse_and_prepare
+from cmgl_dist.evaluate.run import Plan, add_common_args, failure_record, finish, prepare_or_exit
 
 log = logging.getLogger("cmgl.sweep")
 
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of a local Ray session")
     parser.add_argument("--retries", type=int, default=1, help="retries of a failing job before it is reported")
     args = parser.parse_args(argv)
-    plan = parse_and_prepare(parser, argv)
+    plan = prepare_or_exit(parser.prog, args)
     failures = 0
     if plan.todo:
         import ray
