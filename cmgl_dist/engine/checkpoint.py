@@ -183,12 +183,25 @@ class Checkpointer:
                 "exact resume needs the same world size (the data position is per rank)")
         with weights_only_loads():
             load_path, _ = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,
-                                                  load_lr_scheduler_states=True)
+                                                  load_lr_scheduler_states=True, custom_load_fn=load_module_state)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load {folder}")
         client = json.loads((folder / "client.json").read_text())
         restore_rng(json.loads((folder / f"rank_{self.rank:05d}.json").read_text()))
         return TrainState(**client["state"])
+
+
+# Module entries a checkpoint may lack: the text encoder's unused, frozen pooler, which the model
+# keeps (for AutoModel-loadable exports) since after checkpoints of earlier runs were written.
+OPTIONAL_MODULE_KEYS = (".pooler.",)
+
+
+def load_module_state(src: dict, dst: torch.nn.Module) -> None:
+    """DeepSpeed's module load, strict except for OPTIONAL_MODULE_KEYS (they keep their built value)."""
+    missing, unexpected = dst.load_state_dict(src, strict=False)
+    missing = [k for k in missing if not any(part in k for part in OPTIONAL_MODULE_KEYS)]
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 @contextmanager
