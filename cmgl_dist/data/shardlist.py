@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -80,3 +81,35 @@ def shard_sample_counts(urls: Sequence[str]) -> Optional[list[int]]:
             return None
         counts.append(counts_by_folder[path.parent][path.name])
     return counts
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Training shards of one or more corpora, each with its weight (`data.sources`)."""
+    parts: tuple[tuple[tuple[str, ...], float], ...]  # (shard URLs, weight)
+
+    @classmethod
+    def single(cls, urls: Sequence[str]) -> "Mixture":
+        return cls(((tuple(urls), 1.0),))
+
+    @property
+    def urls(self) -> list[str]:
+        return [url for urls, _ in self.parts for url in urls]
+
+
+def source_folders(data_cfg) -> list[tuple[str, float]]:
+    """(shards, weight) of every corpus a training run reads: data.sources, else data.shards."""
+    return [(s.shards, s.weight) for s in data_cfg.sources] or [(data_cfg.shards, 1.0)]
+
+
+def training_mixture(data_cfg, split: str = "train") -> Mixture:
+    return Mixture(tuple((tuple(shard_urls(shards, split)), weight) for shards, weight in source_folders(data_cfg)))
+
+
+def samples_without_text(shards: str, split: str) -> int:
+    """Samples of `split` that have no report (a label-only pack's manifest counts them; IU-RR has none)."""
+    if is_passthrough(shards) or not Path(shards).is_dir():
+        return 0
+    manifest = read_manifest(shards)
+    with_text = manifest.get("samples_with_text")
+    return 0 if with_text is None else manifest["splits"][split]["samples"] - with_text[split]
