@@ -1,0 +1,78 @@
+"""Real radiographs in ../shared/data/real-cxr: the 354 NIH ChestX-ray14 PNGs pack with
+`--source nih` (labels from torchxrayvision's table), verify, and carry the table's labels;
+the one real IU-RR image joins report uid 3. Skipped, with the reason, where the data is absent."""
+from __future__ import annotations
+
+import csv
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from cmgl_dist.shards.download import packaged_file
+from cmgl_dist.shards.pack import pack
+from cmgl_dist.shards.pack import main as pack_main
+from cmgl_dist.shards.verify import verify
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-cxr"
+NIH = REAL / "nih-cxr14-reproduce-chexnet"
+IU_IMAGE = REAL / "iu-wangleihitcs-thoraxdiseaseclassification"
+FIVE = {"atelectasis": "Atelectasis", "cardiomegaly": "Cardiomegaly", "edema": "Edema",
+        "pleural_effusion": "Effusion", "consolidation": "Consolidation"}
+
+
+def shard_json(folder: Path, member_suffix: str) -> dict[str, dict]:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    out = {}
+    for shard in manifest["shards"]:
+        with tarfile.open(folder / shard["name"]) as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                if ext == member_suffix:
+                    out[key] = json.loads(tar.extractfile(member).read())
+    return out
+
+
+@pytest.fixture(scope="module")
+def nih_pack(tmp_path_factory) -> Path:
+    if not NIH.is_dir():
+        pytest.skip(f"no real NIH images at {NIH}")
+    if packaged_file("Data_Entry_2017_v2020.csv.gz") is None:
+        pytest.skip("torchxrayvision's Data_Entry_2017_v2020.csv.gz is not installed")
+    out = tmp_path_factory.mktemp("nih")
+    assert pack_main(["--source", "nih", "--images", str(NIH), "--out", str(out), "--image-size", "64",
+                      "--workers", "2"]) == 0
+    return out
+
+
+def test_the_354_nih_images_pack_verify_and_keep_the_tables_labels(nih_pack):
+    assert verify(nih_pack) == []
+    with open(NIH / "nih_data_entry_2017_v2020_subset.csv", newline="") as f:
+        table = {row["Image Index"]: row for row in csv.DictReader(f)}
+    labels, metas = shard_json(nih_pack, "labels.json"), shard_json(nih_pack, "meta.json")
+    assert len(labels) == len(table) == 354
+    for key, meta in metas.items():
+        row = table[meta["frontal_image"]]
+        found = set(row["Finding Labels"].split("|"))
+        assert {k: labels[key][k] for k in FIVE} == {k: int(v in found) for k, v in FIVE.items()}, key
+        assert labels[key]["normal"] == int("No Finding" in found)
+        assert meta["patient_id"] == row["Patient ID"] and meta["view"] == row["View Position"]
+        assert meta["source"] == "nih" and meta["frontal_size"] == [64, 64]
+    manifest = json.loads((nih_pack / "manifest.json").read_text())
+    assert manifest["positives"] == {"atelectasis": 92, "cardiomegaly": 56, "edema": 18, "pleural_effusion": 82,
+                                     "consolidation": 81, "normal": 100}  # SOURCE.md's counts
+    assert manifest["samples_with_text"] == {"train": 0, "val": 0, "test": 0}
+    assert all(manifest["splits"][s]["samples"] for s in ("train", "val", "test"))
+
+
+def test_the_real_iurr_image_joins_report_3(reports_tgz, metadata_csv, tmp_path):
+    if not IU_IMAGE.is_dir():
+        pytest.skip(f"no real IU-RR image at {IU_IMAGE}")
+    manifest = pack(reports=reports_tgz, images=str(IU_IMAGE), metadata=metadata_csv, out=tmp_path, image_size=64,
+                    samples_per_shard=8, workers=1)
+    assert manifest["samples_written"] == 1 and verify(tmp_path) == []
+    (key, meta), = shard_json(tmp_path, "meta.json").items()
+    assert key == "CXR3" and meta["frontal_image"] == "CXR3_IM-1384-1001" and meta["image_source"] == "real"
+    labels = shard_json(tmp_path, "labels.json")["CXR3"]
+    assert labels["normal"] == 1 and not any(labels[k] for k in FIVE)  # MeSH major: normal
