@@ -76,3 +76,29 @@ def test_the_real_iurr_image_joins_report_3(reports_tgz, metadata_csv, tmp_path)
     assert key == "CXR3" and meta["frontal_image"] == "CXR3_IM-1384-1001" and meta["image_source"] == "real"
     labels = shard_json(tmp_path, "labels.json")["CXR3"]
     assert labels["normal"] == 1 and not any(labels[k] for k in FIVE)  # MeSH major: normal
+
+
+def test_external_evaluation_on_the_real_nih_pack(nih_pack, tmp_path):
+    """Zero-shot and the 5-fold patient-grouped probe over all 354 images, the corpus named in the
+    table (a debug-config export: the command is what matters here, not its AUCs)."""
+    import torch
+
+    from cmgl_dist.config import load_config
+    from cmgl_dist.engine.export import export_model
+    from cmgl_dist.evaluate.run import main as evaluate_main
+    from cmgl_dist.model import build_model
+
+    cfg = load_config("debug", [f"data.shards={nih_pack}", "eval.bootstrap=50"])
+    torch.manual_seed(0)
+    export = export_model(build_model(cfg.model).state_dict(), cfg, tmp_path / "run" / "export")
+    out = tmp_path / "eval"
+    assert evaluate_main(["--exports", str(export), "--shards", str(nih_pack), "--out", str(out), "--split", "all",
+                          "--tasks", "zero_shot", "probe_cv", "--folds", "5"]) == 0
+    records = {r["task"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    probe = records["probe_cv"]
+    assert probe["folds"] == 5 and sum(probe["fold_sizes"]) == probe["n_test"] == 354
+    assert probe["aucs"]["n_pos"]["edema"] == 18 and probe["setting"] == "probe 5-fold CV"
+    assert records["zero_shot"]["n_test"] == 354 and records["zero_shot"]["corpus"] == f"nih ({nih_pack.name})"
+    table = (out / "table.md").read_text()
+    assert f"on nih ({nih_pack.name}), split all" in table and "| probe 5-fold CV |" in table
+    assert "mean AUC per fold" in table

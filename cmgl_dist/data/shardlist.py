@@ -12,6 +12,7 @@ import braceexpand
 from cmgl_dist.shards.schema import MANIFEST, SPLITS
 
 # `pipe:cmd`, `http://...`, `s3://...`: opened by webdataset's gopen, never touched here.
+ALL_SPLITS = "all"
 _PASSTHROUGH_PREFIXES = ("pipe:", "http://", "https://", "gs://", "s3://", "ais://")
 
 
@@ -24,7 +25,8 @@ def shard_urls(shards: str, split: str) -> list[str]:
 
     A folder holding manifest.json gives that split's shards in manifest order; a brace pattern
     (`/data/train-{000000..000009}.tar`) is expanded; `pipe:` and remote URLs are passed through
-    unchanged (webdataset opens them). `split` only selects from a manifest.
+    unchanged (webdataset opens them). `split` only selects from a manifest; `all` (evaluation
+    of an external corpus) takes every split's shards.
     """
     if not shards:
         raise ValueError("data.shards is empty: set it to a folder written by `cmgl pack` or a shard URL pattern")
@@ -32,10 +34,10 @@ def shard_urls(shards: str, split: str) -> list[str]:
         return list(braceexpand.braceexpand(shards))
     folder = Path(shards)
     if folder.is_dir():
-        if split not in SPLITS:
-            raise ValueError(f"split {split!r} is not one of {SPLITS}")
+        if split not in SPLITS + (ALL_SPLITS,):
+            raise ValueError(f"split {split!r} is not one of {SPLITS + (ALL_SPLITS,)}")
         manifest = read_manifest(str(folder))
-        urls = [str(folder / entry["name"]) for entry in manifest["shards"] if entry["split"] == split]
+        urls = [str(folder / entry["name"]) for entry in manifest["shards"] if split in (entry["split"], ALL_SPLITS)]
         if not urls:
             raise ValueError(f"{folder / MANIFEST} lists no {split!r} shards")
         return urls
@@ -112,4 +114,5 @@ def samples_without_text(shards: str, split: str) -> int:
         return 0
     manifest = read_manifest(shards)
     with_text = manifest.get("samples_with_text")
-    return 0 if with_text is None else manifest["splits"][split]["samples"] - with_text[split]
+    splits = SPLITS if split == ALL_SPLITS else (split,)
+    return 0 if with_text is None else sum(manifest["splits"][s]["samples"] - with_text[s] for s in splits)
