@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -14,24 +13,13 @@ from cmgl_dist.shards.download import packaged_file
 from cmgl_dist.shards.pack import pack
 from cmgl_dist.shards.pack import main as pack_main
 from cmgl_dist.shards.verify import verify
+from packs import read_pack
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-cxr"
 NIH = REAL / "nih-cxr14-reproduce-chexnet"
 IU_IMAGE = REAL / "iu-wangleihitcs-thoraxdiseaseclassification"
 FIVE = {"atelectasis": "Atelectasis", "cardiomegaly": "Cardiomegaly", "edema": "Edema",
         "pleural_effusion": "Effusion", "consolidation": "Consolidation"}
-
-
-def shard_json(folder: Path, member_suffix: str) -> dict[str, dict]:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    out = {}
-    for shard in manifest["shards"]:
-        with tarfile.open(folder / shard["name"]) as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if ext == member_suffix:
-                    out[key] = json.loads(tar.extractfile(member).read())
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +38,10 @@ def test_the_354_nih_images_pack_verify_and_keep_the_tables_labels(nih_pack):
     assert verify(nih_pack) == []
     with open(NIH / "nih_data_entry_2017_v2020_subset.csv", newline="") as f:
         table = {row["Image Index"]: row for row in csv.DictReader(f)}
-    labels, metas = shard_json(nih_pack, "labels.json"), shard_json(nih_pack, "meta.json")
+    samples = read_pack(nih_pack)
+    labels = {key: s["labels.json"] for key, s in samples.items()}
     assert len(labels) == len(table) == 354
-    for key, meta in metas.items():
+    for key, meta in ((key, s["meta.json"]) for key, s in samples.items()):
         row = table[meta["frontal_image"]]
         found = set(row["Finding Labels"].split("|"))
         assert {k: labels[key][k] for k in FIVE} == {k: int(v in found) for k, v in FIVE.items()}, key
@@ -72,9 +61,9 @@ def test_the_real_iurr_image_joins_report_3(reports_tgz, metadata_csv, tmp_path)
     manifest = pack(reports=reports_tgz, images=str(IU_IMAGE), metadata=metadata_csv, out=tmp_path, image_size=64,
                     samples_per_shard=8, workers=1)
     assert manifest["samples_written"] == 1 and verify(tmp_path) == []
-    (key, meta), = shard_json(tmp_path, "meta.json").items()
+    (key, sample), = read_pack(tmp_path).items()
+    meta, labels = sample["meta.json"], sample["labels.json"]
     assert key == "CXR3" and meta["frontal_image"] == "CXR3_IM-1384-1001" and meta["image_source"] == "real"
-    labels = shard_json(tmp_path, "labels.json")["CXR3"]
     assert labels["normal"] == 1 and not any(labels[k] for k in FIVE)  # MeSH major: normal
 
 
@@ -93,7 +82,7 @@ def test_external_evaluation_on_the_real_nih_pack(nih_pack, tmp_path):
     export = export_model(build_model(cfg.model).state_dict(), cfg, tmp_path / "run" / "export")
     out = tmp_path / "eval"
     assert evaluate_main(["--exports", str(export), "--shards", str(nih_pack), "--out", str(out), "--split", "all",
-                          "--tasks", "zero_shot", "probe_cv", "--folds", "5"]) == 0
+                          "--tasks", "zero_shot", "probe_cv", "--folds", "5", "--n-prompts", "2"]) == 0
     records = {r["task"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
     probe = records["probe_cv"]
     assert probe["folds"] == 5 and sum(probe["fold_sizes"]) == probe["n_test"] == 354

@@ -4,7 +4,6 @@ splits kept, reports attached where the corpus has them, and every pack verifies
 from __future__ import annotations
 
 import csv
-import io
 import json
 import tarfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from cmgl_dist.shards.pack import main as pack_main
 from cmgl_dist.shards.schema import LABEL_KEYS
 from cmgl_dist.shards.sources import SourceError
 from cmgl_dist.shards.verify import verify
+from packs import read_pack
 
 CHEXPERT_HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding", "Enlarged Cardiomediastinum",
                    "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis",
@@ -36,19 +36,6 @@ def write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
         writer = csv.DictWriter(f, header)
         writer.writeheader()
         writer.writerows(rows)
-
-
-def read_pack(folder: Path) -> dict[str, dict]:
-    """key -> {member: parsed JSON, 'split': shard split}."""
-    manifest = json.loads((folder / "manifest.json").read_text())
-    out = {}
-    for shard in manifest["shards"]:
-        with tarfile.open(folder / shard["name"]) as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if ext.endswith(".json"):
-                    out.setdefault(key, {"split": shard["split"]})[ext] = json.loads(tar.extractfile(member).read())
-    return out
 
 
 def patients_in_one_split(samples: dict) -> bool:

@@ -82,10 +82,10 @@ def records(inputs: SourceInput, excluded: Exclusions) -> Iterator[CorpusRecord]
             if image is None:
                 excluded.add("label row without image")
                 continue
-            labels, unsure = chexpert_labels(row, inputs.uncertain)
-            if labels is None:
-                excluded.add("uncertain label (--uncertain ignore)")
+            harmonised = chexpert_labels(row, inputs.uncertain, excluded)
+            if harmonised is None:
                 continue
+            labels, unsure = harmonised
             patient, study, view = match.groups()
             relative = _within_corpus(row["Path"])
             yield CorpusRecord(key=sample_key(NAME, f"{Path(relative).parts[0]}_{patient}_{study}_{view}"),

@@ -29,10 +29,10 @@ def records(inputs: SourceInput, excluded: Exclusions) -> Iterator[CorpusRecord]
         if not image.is_file():
             excluded.add("label row without image")
             continue
-        labels, unsure = chexpert_labels(row, inputs.uncertain, COLUMNS)
-        if labels is None:
-            excluded.add("uncertain label (--uncertain ignore)")
+        harmonised = chexpert_labels(row, inputs.uncertain, excluded, COLUMNS)
+        if harmonised is None:
             continue
+        labels, unsure = harmonised
         split = (row.get("split") or "").strip() or None
         if split is not None and split not in SPLITS:
             raise SourceError(f"{inputs.labels} line {number}: split {split!r} is not one of {SPLITS}")

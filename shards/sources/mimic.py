@@ -91,10 +91,10 @@ def records(inputs: SourceInput, excluded: Exclusions) -> Iterator[CorpusRecord]
         if row is None:
             excluded.add("image without a label row")
             continue
-        labels, unsure = chexpert_labels(row, inputs.uncertain)
-        if labels is None:
-            excluded.add("uncertain label (--uncertain ignore)")
+        harmonised = chexpert_labels(row, inputs.uncertain, excluded)
+        if harmonised is None:
             continue
+        labels, unsure = harmonised
         study_dir = Path(*Path(match.group(0)).parts[:3])
         yield CorpusRecord(key=sample_key(NAME, dicom), image=str(path), labels=labels, patient=subject, view=view,
                            language="en", text=_report([r / "files" for r in report_roots] + report_roots, study_dir),

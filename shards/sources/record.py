@@ -101,10 +101,10 @@ CHEXPERT_COLUMNS = {"atelectasis": "Atelectasis", "cardiomegaly": "Cardiomegaly"
                     "normal": "No Finding"}
 
 
-def chexpert_labels(row: dict, uncertain: str, columns: dict = CHEXPERT_COLUMNS
-                    ) -> tuple[dict | None, tuple[str, ...]]:
-    """(labels, labels marked uncertain); labels None when `ignore` meets an uncertain cell.
-    `columns` maps each label key to its column (a missing `normal` column reads as blank)."""
+def chexpert_labels(row: dict, uncertain: str, excluded: Exclusions, columns: dict = CHEXPERT_COLUMNS
+                    ) -> tuple[dict, tuple[str, ...]] | None:
+    """(labels, labels marked uncertain), or None (counted in `excluded`) when `ignore` meets an
+    uncertain cell. `columns` maps each label key to its column (a missing `normal` reads as blank)."""
     labels, unsure = {}, []
     for key in LABEL_KEYS:
         cell = row.get(columns[key])
@@ -112,6 +112,7 @@ def chexpert_labels(row: dict, uncertain: str, columns: dict = CHEXPERT_COLUMNS
             unsure.append(key)
         value = chexpert_value(cell, uncertain)
         if value is None:
-            return None, tuple(unsure)
+            excluded.add("uncertain label (--uncertain ignore)")
+            return None
         labels[key] = value
     return labels, tuple(unsure)
