@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import sys
 import tarfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,9 +144,9 @@ def read_records(source: str, inputs: SourceInput, *, seed: int, limit: int | No
     """The source's records (a seeded subset of `limit` of them), and the counted exclusions."""
     excluded = Exclusions()
     records = list(SOURCES[source].records(inputs, excluded))
-    keys = [r.key for r in records]
-    if len(set(keys)) != len(keys):
-        twice = sorted({k for k in keys if keys.count(k) > 1})[:5]
+    counts = Counter(r.key for r in records)
+    if len(counts) != len(records):
+        twice = sorted(k for k, n in counts.items() if n > 1)[:5]
         raise SourceError(f"--source {source}: sample keys occur twice (first: {twice}); are two copies of the "
                           "corpus under --images?")
     if limit is not None:

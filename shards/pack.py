@@ -5,6 +5,7 @@
 
 Steps: read reports -> pick images -> split -> plan shards (all deterministic) -> write shards
 in parallel (finished shards of an interrupted run are kept) -> manifest.json, written last.
+Other corpora (`--source nih|chexpert|mimic|padchest|csv`) are packed by `corpus_pack.py`.
 """
 from __future__ import annotations
 

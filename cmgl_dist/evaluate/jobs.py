@@ -146,7 +146,8 @@ def run_probe_cv(job: Job, settings: EvalSettings, export) -> dict:
     from cmgl_dist.evaluate.metrics import bootstrap_aucs
     from cmgl_dist.evaluate.probe import cross_validated_scores, patient_folds
 
-    feats = cached_features(export, settings.shards, settings.split, settings.cache_dir, with_text=False,
+    # with_text: the same cached features as zero-shot on this split, so the split is encoded once
+    feats = cached_features(export, settings.shards, settings.split, settings.cache_dir, with_text=True,
                             batch_size=settings.batch_size, workers=settings.workers)
     labels = _finding_labels(feats)
     patient_of = patients(settings.shards, settings.split)
