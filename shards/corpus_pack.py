@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import sys
 import tarfile
+import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,31 +101,60 @@ def pack_corpus_shard(task: CorpusShardTask) -> dict:
     return commit_shard(out, task.name, task.split, fingerprint, samples, written, len(samples), skips)
 
 
-def image_root(images: str, out: Path) -> tuple[Path, list[dict]]:
-    """--images as a folder; a tar archive is extracted once into OUT/.images, paths kept."""
-    source = Path(images)
-    if source.is_dir():
-        return source, []
-    if not (source.is_file() and tarfile.is_tarfile(source)):
-        raise SourceError(f"--images {images!r}: not a folder or a tar archive")
-    dest, skips = out / ".images", []
-    log.info("extracting %s into %s", source, dest)
+def _wanted_member(name: str) -> bool:
+    relative = Path(name)
+    return (not relative.is_absolute() and ".." not in relative.parts
+            and name.lower().endswith(IMAGE_SUFFIXES + TEXT_FILES))
+
+
+def _extract(dest: Path, name: str, data: bytes) -> None:
+    target = dest / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def _extract_tar(source: Path, dest: Path, skips: list[dict]) -> None:
     with tarfile.open(source, "r:*") as tar:
         for member in tolerant_members(tar, lambda message: skips.append(Skip("", message).to_json())):
-            relative = Path(member.name)
-            if (not member.isfile() or relative.is_absolute() or ".." in relative.parts
-                    or not member.name.lower().endswith(IMAGE_SUFFIXES + TEXT_FILES)):
-                continue
-            target = dest / relative
-            if target.exists():
+            if not member.isfile() or not _wanted_member(member.name) or (dest / member.name).exists():
                 continue
             data = read_member(tar, member)
             if isinstance(data, str):
                 skips.append(Skip("", data, member.name).to_json())
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(target) as tmp:
-                tmp.write_bytes(data)
+            _extract(dest, member.name, data)
+
+
+def _extract_zip(source: Path, dest: Path, skips: list[dict]) -> None:
+    """CheXpert ships as a zip."""
+    with zipfile.ZipFile(source) as archive:
+        for info in archive.infolist():
+            if info.is_dir() or not _wanted_member(info.filename) or (dest / info.filename).exists():
+                continue
+            try:
+                data = archive.read(info)
+            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                skips.append(Skip("", f"unreadable archive member: {e}", info.filename).to_json())
+                continue
+            _extract(dest, info.filename, data)
+
+
+def image_root(images: str, out: Path) -> tuple[Path, list[dict]]:
+    """--images as a folder; a tar or zip archive is extracted once into OUT/.images, paths kept
+    (an interrupted extraction resumes: files already there are kept)."""
+    source = Path(images)
+    if source.is_dir():
+        return source, []
+    dest, skips = out / ".images", []
+    if source.is_file() and tarfile.is_tarfile(source):
+        log.info("extracting %s into %s", source, dest)
+        _extract_tar(source, dest, skips)
+    elif source.is_file() and zipfile.is_zipfile(source):
+        log.info("extracting %s into %s", source, dest)
+        _extract_zip(source, dest, skips)
+    else:
+        raise SourceError(f"--images {images!r}: not a folder, a tar or a zip archive")
     return dest, skips
 
 

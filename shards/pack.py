@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", help="iurr: NLMCXR_reports.tgz or a folder of report XML (default: torchxrayvision's "
                    "copy, else download); chexpert: CheXpert Plus report CSV; mimic: folder holding files/pNN/.../sN.txt")
     p.add_argument("--images", required=True, help="iurr: NLMCXR_png.tgz, a folder of PNG/JPEG named by image id, or "
-                   "'phantom'; other sources: the corpus folder or a tar archive of it")
+                   "'phantom'; other sources: the corpus folder, or a tar or zip archive of it")
     p.add_argument("--labels", help="label CSV (not iurr; default: the table shipped in torchxrayvision or found "
                    "in the corpus folder; required for --source csv)")
     p.add_argument("--uncertain", choices=UNCERTAIN_POLICIES, default="zeros",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -204,7 +205,7 @@ def test_generic_csv_source_and_its_errors(tmp_path):
         pack_corpus(source="csv", images=str(root), labels=str(table), out=tmp_path / "y", workers=1)
 
 
-def test_a_nih_archive_packs_like_its_folder(tmp_path):
+def test_a_nih_archive_tar_or_zip_packs_like_its_folder(tmp_path):
     folder = tmp_path / "images"
     rows = []
     for i in range(5):
@@ -218,12 +219,16 @@ def test_a_nih_archive_packs_like_its_folder(tmp_path):
     archive = tmp_path / "images.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname="images")
-    outs = [tmp_path / "a", tmp_path / "b"]
-    for images, out in zip((folder, archive), outs):
+    zipped = tmp_path / "images.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        for path in sorted(folder.iterdir()):
+            zf.write(path, f"images/{path.name}")
+    outs = [tmp_path / "a", tmp_path / "b", tmp_path / "z"]
+    for images, out in zip((folder, archive, zipped), outs):
         assert pack_main(["--source", "nih", "--images", str(images), "--labels", str(table), "--out", str(out),
                           "--image-size", "32", "--workers", "1"]) == 0
-    a, b = (read_pack(o) for o in outs)
-    assert set(a) == set(b) and all(a[k]["labels.json"] == b[k]["labels.json"] for k in a)
+    a, b, z = (read_pack(o) for o in outs)
+    assert set(a) == set(b) == set(z) and all(a[k]["labels.json"] == b[k]["labels.json"] == z[k]["labels.json"] for k in a)
     assert labels_of(a, "nih_00000000_000") == [1, 0, 0, 1, 0, 0] and labels_of(a, "nih_00000003_000") == [0] * 6
     with pytest.raises(SystemExit, match="2"):  # IU-RR's --metadata means nothing to NIH: a usage error
         pack_main(["--source", "nih", "--images", str(folder), "--metadata", "x.csv", "--out", str(tmp_path / "c")])
