@@ -40,10 +40,8 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from cmgl_dist.losses.local_reference import check_local_inputs
+from cmgl_dist.kernels.inputs import COSINE_EPS, check_local_inputs
 
-# GLoRIA's cosine_similarity clamps the product of the norms at eps.
-COS_EPS = 1e-8
 MAX_REGIONS = 1024  # one program holds [BLOCK_W, next_pow2(R)] score tiles in registers
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -317,7 +315,7 @@ def local_similarity_forward(words, word_mask, regions, gamma1, gamma2, save_del
     _forward_kernel[(T * I,)](
         words, mask, n_words, regions, S, lse, lse if delta is None else delta, T, I, W, R, D,
         words.stride(0), words.stride(1), mask.stride(0), regions.stride(0), regions.stride(1),
-        float(gamma1), float(gamma2), COS_EPS, SAVE_DELTA=save_delta, **meta)
+        float(gamma1), float(gamma2), COSINE_EPS, SAVE_DELTA=save_delta, **meta)
     return S, lse, delta
 
 
@@ -331,7 +329,7 @@ def local_similarity_backward(grad_S, words, word_mask, regions, S, lse, delta, 
         words, mask, n_words, regions, S, lse, delta, grad_S, grad_words, grad_regions,
         T, I, W, R, D,
         words.stride(0), words.stride(1), mask.stride(0), regions.stride(0), regions.stride(1),
-        float(gamma1), float(gamma2), COS_EPS, **meta)
+        float(gamma1), float(gamma2), COSINE_EPS, **meta)
     return grad_words.to(words.dtype), grad_regions.to(regions.dtype)
 
 
