@@ -22,9 +22,16 @@ from .local_reference import ChunkedLocalSimilarity, block_similarity
 COMPILED_BLOCK_ELEMENTS = 1 << 27
 
 
+# Inductor generates Triton code on CUDA. On CPU it would build C++ for minutes per shape (200 s
+# on a 2-core machine for a toy shape), and `auto` never picks this backend there, so CPU runs
+# trace and differentiate through the same graph (dynamo + AOTAutograd) without code generation.
+COMPILER = {"cuda": "inductor"}
+CPU_COMPILER = "aot_eager"
+
+
 @functools.cache
-def compiled_block_similarity():
-    return torch.compile(block_similarity, dynamic=False)
+def compiled_block_similarity(device_type: str):
+    return torch.compile(block_similarity, dynamic=False, backend=COMPILER.get(device_type, CPU_COMPILER))
 
 
 def pad_words(words: torch.Tensor, word_mask: torch.Tensor, n_slots: int):
@@ -42,4 +49,4 @@ def local_similarity_compiled(words: torch.Tensor, word_mask: torch.Tensor, regi
         raise TypeError(f"words and regions must share one dtype, got {words.dtype}, {regions.dtype}")
     words, word_mask = pad_words(words, word_mask, word_bucket(words.shape[1]))
     return ChunkedLocalSimilarity.apply(words, word_mask, regions, float(gamma1), float(gamma2),
-                                        block_elements, compiled_block_similarity())
+                                        block_elements, compiled_block_similarity(words.device.type))
