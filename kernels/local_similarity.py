@@ -57,14 +57,17 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # CMGL_KERNEL_AUTOTUNE=1 tunes over AUTOTUNE_CONFIGS once per (W bucket, R, D, dtypes); the
 # default is the pinned config of the GPU's architecture (no tuning in training).
 _AUTOTUNE = os.environ.get("CMGL_KERNEL_AUTOTUNE", "0") == "1"
-# By compute capability major; sm_90 figures in benchmarks/results/kernel_compile_sm90.csv.
+# By compute capability major. sm_90 (benchmarks/results/kernel_compile_sm90.csv, from
+# benchmarks/kernel_compile_sm90.py): BLOCK_D 16 at 8 warps spills least (0-276 bytes per thread
+# by kernel; BLOCK_D 32 spills 280-2064, 16 warps cap registers at 128 and spill more).
+# Ampere (sm_80, 164 KB of shared memory) runs the same tiles; no evidence recorded for it yet.
 PINNED_CONFIGS = {
-    9: dict(BLOCK_W=16, BLOCK_D=32, num_warps=8, num_stages=1),
-    8: dict(BLOCK_W=16, BLOCK_D=32, num_warps=8, num_stages=1),
+    9: dict(BLOCK_W=16, BLOCK_D=16, num_warps=8, num_stages=1),
+    8: dict(BLOCK_W=16, BLOCK_D=16, num_warps=8, num_stages=1),
 }
 INTERPRETER_CONFIG = dict(BLOCK_W=16, BLOCK_D=16, num_warps=4, num_stages=1)
-AUTOTUNE_CONFIGS = [dict(BLOCK_W=bw, BLOCK_D=32, num_warps=nw, num_stages=ns)
-                    for bw, nw, ns in ((16, 8, 1), (16, 8, 2), (32, 8, 1), (16, 4, 1))]
+AUTOTUNE_CONFIGS = [dict(BLOCK_W=bw, BLOCK_D=bd, num_warps=nw, num_stages=1)
+                    for bw, bd, nw in ((16, 16, 8), (16, 32, 8), (16, 16, 16), (32, 16, 8))]
 
 
 def _as_config(params: dict) -> triton.Config:
