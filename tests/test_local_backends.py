@@ -104,3 +104,37 @@ def test_compiled_backend_does_not_recompile_within_a_word_bucket():
     wider = torch.nn.functional.pad(words, (0, 0, 0, 1))
     local_similarity(wider, torch.nn.functional.pad(word_mask, (0, 1)), regions, backend="compiled")
     assert counters["stats"]["unique_graphs"] > graphs, "the next bucket (32) should compile its own graph"
+
+
+def _launch_key(W):
+    from cmgl_dist.kernels import local_similarity as ls
+
+    words, word_mask, regions = make_inputs(3, 2, W, 13, 32, [1, W, 5], torch.bfloat16)
+    *_, args, meta = ls._launch_args(words, word_mask, regions)
+    # what the autotune key (W, R, D) and Triton's specialisation (ints divisible by 16) see
+    return args[:5], tuple(arg % 16 == 0 for arg in args[5:]), tuple(sorted(meta.items()))
+
+
+def test_kernel_sees_the_word_bucket_not_w():
+    assert _launch_key(9) == _launch_key(11) == _launch_key(16) != _launch_key(17)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="counts compiled GPU kernels")
+def test_kernel_does_not_recompile_or_retune_within_a_word_bucket():
+    from cmgl_dist.kernels import local_similarity as ls
+
+    kernels = (ls._forward_kernel, ls._backward_words_kernel, ls._backward_regions_kernel)
+
+    def compiled():
+        return [(len(k.cache), sum(len(c[0]) for c in k.fn.device_caches.values())) for k in kernels]
+
+    def run(W):
+        words, word_mask, regions = make_inputs(4, 3, W, 49, 64, [W, 3, 20, 1], torch.bfloat16)
+        words.requires_grad_(True)
+        ls.local_similarity_triton(words, word_mask, regions).sum().backward()
+
+    run(97)
+    before = compiled()
+    for W in (98, 100, 112):
+        run(W)
+    assert compiled() == before
