@@ -283,6 +283,20 @@ def _block_gradient(X, MASK, Y, S, LSE, DELTA, GS, t, i, w0, I, W, R, D,
     return offs_w, w_ok, offs_r, r_ok, x_ptr, y_ptr, b_t, d_s_t, alpha, beta, gamma
 
 
+@triton.jit
+def _feature_chunk(x_ptr, y_ptr, offs_w, w_ok, offs_r, r_ok, b_t, d0, D, stride_xw, stride_yr,
+                   BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """The D-chunk at d0: its offsets and mask, x^T [BLOCK_D, BLOCK_W], y^T [BLOCK_D, BLOCK_R]
+    and the context ctx^T = y^T b^T (fp32)."""
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    x_t = tl.load(x_ptr + offs_w[None, :] * stride_xw + offs_d[:, None],
+                  mask=w_ok[None, :] & d_ok[:, None], other=0.0)
+    y_t = tl.load(y_ptr + offs_r[None, :] * stride_yr + offs_d[:, None],
+                  mask=r_ok[None, :] & d_ok[:, None], other=0.0)
+    return offs_d, d_ok, x_t, y_t, _mma(y_t, b_t, None, DOT_PRECISION)
+
+
 @triton.autotune(configs=_configs(), key=["W", "R", "D"], reset_to_zero=["GX"])
 @triton.jit
 def _backward_words_kernel(X, MASK, NWORDS, Y, S, LSE, DELTA, GS, GX, T, I, W, R, D,
@@ -301,13 +315,9 @@ def _backward_words_kernel(X, MASK, NWORDS, Y, S, LSE, DELTA, GS, GX, T, I, W, R
                 stride_xt, stride_xw, stride_mt, stride_yi, stride_yr, gamma1, gamma2, eps,
                 BLOCK_W, BLOCK_R, BLOCK_D, DOT_PRECISION)
             for d0 in range(0, D, BLOCK_D):
-                offs_d = d0 + tl.arange(0, BLOCK_D)
-                d_ok = offs_d < D
-                x_t = tl.load(x_ptr + offs_w[None, :] * stride_xw + offs_d[:, None],
-                              mask=w_ok[None, :] & d_ok[:, None], other=0.0)
-                y_t = tl.load(y_ptr + offs_r[None, :] * stride_yr + offs_d[:, None],
-                              mask=r_ok[None, :] & d_ok[:, None], other=0.0)
-                ctx_t = _mma(y_t, b_t, None, DOT_PRECISION)
+                offs_d, d_ok, x_t, y_t, ctx_t = _feature_chunk(
+                    x_ptr, y_ptr, offs_w, w_ok, offs_r, r_ok, b_t, d0, D, stride_xw, stride_yr,
+                    BLOCK_D, DOT_PRECISION)
                 d_x_t = alpha[None, :] * ctx_t + gamma[None, :] * x_t.to(tl.float32)
                 d_x_t = _mma(y_t, d_s_t, d_x_t, DOT_PRECISION)
                 owned = gx_ptr + offs_w[None, :] * D + offs_d[:, None]
@@ -332,13 +342,9 @@ def _backward_regions_kernel(X, MASK, NWORDS, Y, S, LSE, DELTA, GS, GY, T, I, W,
                 stride_xt, stride_xw, stride_mt, stride_yi, stride_yr, gamma1, gamma2, eps,
                 BLOCK_W, BLOCK_R, BLOCK_D, DOT_PRECISION)
             for d0 in range(0, D, BLOCK_D):
-                offs_d = d0 + tl.arange(0, BLOCK_D)
-                d_ok = offs_d < D
-                x_t = tl.load(x_ptr + offs_w[None, :] * stride_xw + offs_d[:, None],
-                              mask=w_ok[None, :] & d_ok[:, None], other=0.0)
-                y_t = tl.load(y_ptr + offs_r[None, :] * stride_yr + offs_d[:, None],
-                              mask=r_ok[None, :] & d_ok[:, None], other=0.0)
-                ctx_t = _mma(y_t, b_t, None, DOT_PRECISION)
+                offs_d, d_ok, x_t, y_t, ctx_t = _feature_chunk(
+                    x_ptr, y_ptr, offs_w, w_ok, offs_r, r_ok, b_t, d0, D, stride_xw, stride_yr,
+                    BLOCK_D, DOT_PRECISION)
                 d_ctx = tl.trans((alpha[None, :] * x_t.to(tl.float32) + beta[None, :] * ctx_t).to(x_t.dtype))
                 d_y = _mma(b_t, d_ctx, None, DOT_PRECISION)
                 d_y = _mma(d_s_t, tl.trans(x_t), d_y, DOT_PRECISION)
