@@ -49,7 +49,7 @@ def test_auto_on_cpu_is_the_reference_never_the_interpreter():
     assert chosen_backends() == before, "auto timed candidates on CPU"
 
 
-def test_choice_is_timed_once_per_bucket_and_drops_wrong_candidates():
+def test_choice_is_timed_once_per_bucket_and_drops_wrong_and_failing_candidates():
     calls = {"reference": 0, "triton": 0, "wrong": 0}
 
     def counted(name, fn):
@@ -61,7 +61,10 @@ def test_choice_is_timed_once_per_bucket_and_drops_wrong_candidates():
     def wrong(words, word_mask, regions, gamma1, gamma2):  # a backend with a bug: gamma2 ignored
         return RUN["reference"](words, word_mask, regions, gamma1, 1.0)
 
-    candidates = {"wrong": counted("wrong", wrong), "triton": counted("triton", RUN["triton"]),
+    def broken(*args):  # a backend that cannot run here (a compiler error, out of memory)
+        raise ValueError("no kernel image for this device")
+
+    candidates = {"broken": broken, "wrong": counted("wrong", wrong), "triton": counted("triton", RUN["triton"]),
                   "reference": counted("reference", RUN["reference"])}
     T, I, W, R, D, counts = SHAPE
     words, word_mask, regions = make_inputs(T, I, W, R, D, [c + 7 for c in counts][:1] + counts[1:],
