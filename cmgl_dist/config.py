@@ -20,8 +20,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class SourceWeight(_Section):
+    shards: str = Field(description="A folder written by `cmgl pack` (holds manifest.json), or a shard URL pattern.")
+    weight: float = Field(1.0, gt=0, description="Relative share of this corpus in every stream.")
+
+
 class DataConfig(_Section):
     shards: str = Field("", description="Folder written by `cmgl pack` (holds manifest.json), or a shard URL pattern.")
+    sources: list[SourceWeight] = Field(
+        default_factory=list, description="Several packed corpora mixed by weight in every training stream "
+        "(instead of data.shards), e.g. [{shards: data/mimic, weight: 3}, {shards: data/iurr, weight: 1}].")
+    text_from_labels: bool = Field(
+        False, description="Train on samples without a report (NIH, label-only packs) with a sentence built "
+        "from their labels; false: such packs are refused for training.")
     image_size: int = Field(256, ge=32, description="Longest side after resize, then padded to square (GLoRIA: 256).")
     crop_size: int = Field(224, ge=32, description="Random crop (train) / centre crop (eval) (GLoRIA: 224; 299 for 19x19 ResNet-50 regions).")
     text_mode: Literal["report", "sentence"] = Field("report", description="findings + impression, or one sampled sentence.")
@@ -61,8 +72,10 @@ class LossConfig(_Section):
     global_temperature: float = Field(0.1, gt=0, description="Global InfoNCE temperature (GLoRIA: cosine x 10).")
     local_weight: float = Field(1.0, ge=0, description="Weight of the local loss; the global loss has weight 1.")
     global_weight: float = Field(1.0, ge=0, description="Weight of the global loss.")
-    local_backend: Literal["auto", "triton", "reference"] = Field(
-        "auto", description="auto: Triton on CUDA tensors, the PyTorch reference elsewhere.")
+    local_backend: Literal["auto", "reference", "compiled", "triton"] = Field(
+        "auto", description="auto: on CUDA the fastest of triton / compiled / reference that agrees with "
+                            "the reference, timed once per (device, dtype, shape bucket) on its first batch "
+                            "and logged; the reference on CPU. A named backend is used as is.")
     gather_negatives: bool = Field(True, description="Use every rank's samples as negatives (features gathered with gradient).")
 
 
@@ -116,7 +129,10 @@ class EvalConfig(_Section):
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for 95% confidence intervals.")
     batch_size: int = Field(64, ge=1)
     finetune: bool = Field(False, description="Also run full fine-tuning (slow), beside the linear probe.")
-    split: Literal["val", "test"] = Field("test", description="The split evaluated (--split); the probe trains on train.")
+    split: Literal["val", "test", "all"] = Field(
+        "test", description="The split evaluated (--split); the probe trains on train. 'all': every sample of the "
+                            "pack (an external corpus, with probe_cv).")
+    folds: int = Field(5, ge=2, description="probe_cv: folds of the patient-grouped cross-validation (--folds).")
     n_prompts: int = Field(20, ge=1, description="Zero-shot prompts per class (--n-prompts).")
     n_figures: int = Field(4, ge=1, description="Reports drawn as attention-map figures.")
     workers: int = Field(0, ge=0, description="DataLoader worker processes of the evaluation loaders.")
@@ -152,6 +168,8 @@ class CMGLConfig(_Section):
             # LAMB's trust ratio needs each whole parameter; ZeRO hands the optimizer flat partitions.
             raise ValueError(f"optimizer.name=fused_lamb needs zero.stage=0 (got {self.zero.stage}): "
                              "set zero.stage=0 or optimizer.name=adamw")
+        if self.data.sources and self.data.shards:
+            raise ValueError("data.shards and data.sources are both set: use data.sources alone to mix corpora")
         if self.data.resample and self.train.batches_per_epoch is None:
             raise ValueError("data.resample=true streams without end: set train.batches_per_epoch")
         return self

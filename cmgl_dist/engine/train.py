@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from cmgl_dist.config import CMGLConfig, ConfigError, load_config, shipped_configs
+from cmgl_dist.data.shardlist import Mixture
 from cmgl_dist.atomic import write_text_atomic
 from cmgl_dist.engine.checkpoint import Checkpointer, TrainState, complete_tags, resolve_resume
 from cmgl_dist.engine.deepspeed_config import deepspeed_config
@@ -55,21 +56,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def preflight(cfg: CMGLConfig, resume: Optional[str]) -> tuple[list[str], Optional[tuple[Path, str]]]:
-    """Checks that need the machine, not only the config. Returns the train shard URLs and the
-    checkpoint to resume from (root, tag), if any."""
-    from cmgl_dist.data.shardlist import shard_urls
+def preflight(cfg: CMGLConfig, resume: Optional[str]) -> tuple[Mixture, Optional[tuple[Path, str]]]:
+    """Checks that need the machine, not only the config. Returns the train shards (a Mixture) and
+    the checkpoint to resume from (root, tag), if any."""
+    from cmgl_dist.data.shardlist import samples_without_text, source_folders, training_mixture
 
     require_apex(cfg.optimizer)
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.precision=fp16 needs CUDA (DeepSpeed's loss scaling runs on GPUs): "
                           "set train.precision=fp32 on a CPU machine")
     try:
-        urls = shard_urls(cfg.data.shards, "train")
+        urls = training_mixture(cfg.data)
+        untexted = {shards: samples_without_text(shards, "train") for shards, _ in source_folders(cfg.data)}
     except (ValueError, OSError) as err:
-        raise ConfigError(f"data.shards={cfg.data.shards!r}: {err}; pack shards with `cmgl pack` "
+        field = "data.sources" if cfg.data.sources else f"data.shards={cfg.data.shards!r}"
+        raise ConfigError(f"{field}: {err}; pack shards with `cmgl pack` "
                           "and pass the folder with --set data.shards=DIR") from None
-    check_shards_present(urls, cfg.data.on_missing_shard)
+    for shards, count in untexted.items():
+        if count and not cfg.data.text_from_labels:
+            raise ConfigError(f"{shards}: {count} train samples have no report, and contrastive training needs "
+                              "text: set data.text_from_labels=true to train on sentences built from their labels, "
+                              "or train on a corpus with reports")
+    check_shards_present(urls.urls, cfg.data.on_missing_shard)
     checkpoints = Path(cfg.train.run_dir) / "checkpoints"
     if resume is None and complete_tags(checkpoints):
         raise ConfigError(f"train.run_dir={cfg.train.run_dir} already holds checkpoints: pass --resume auto "
@@ -168,7 +176,7 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: CMGLConfig, urls: list[str], source: Optional[tuple[Path, str]]) -> TrainState:
+def train(cfg: CMGLConfig, urls: Mixture, source: Optional[tuple[Path, str]]) -> TrainState:
     import deepspeed
     import torch.distributed as dist
 
@@ -245,7 +253,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
 
 
-def run(cfg: CMGLConfig, urls: list[str], source: Optional[tuple[Path, str]]) -> int:
+def run(cfg: CMGLConfig, urls: Mixture, source: Optional[tuple[Path, str]]) -> int:
     from cmgl_dist.data.streams import ShardMissingError
     from cmgl_dist.engine.loop import NonFiniteLossError
 

@@ -21,7 +21,9 @@ from cmgl_dist.shards.schema import PATHOLOGIES
 
 # Submission order: the first two jobs encode different splits (test, train), so on a small
 # machine the two feature caches fill in parallel instead of one job waiting on the other's lock.
-TASKS = ("zero_shot", "probe", "finetune", "zero_shot_negated", "retrieval", "localisation", "attention")
+TASKS = ("zero_shot", "probe", "finetune", "zero_shot_negated", "retrieval", "localisation", "attention", "probe_cv")
+# run when asked for (--tasks); finetune also when eval.finetune is true
+OPT_IN_TASKS = ("finetune", "probe_cv")
 # jobs of these tasks are repeated per (fraction, seed); the others run once per export
 FRACTION_TASKS = ("probe", "finetune")
 
@@ -46,6 +48,8 @@ class Job:
             return f"{'fine-tune' if self.task == 'finetune' else 'probe'} {self.fraction * 100:g}%"
         if self.task == "zero_shot_negated":
             return "zero-shot vs negation"
+        if self.task == "probe_cv":
+            return "probe k-fold CV"
         return self.task.replace("_", "-")
 
 
@@ -104,6 +108,30 @@ def run_probe(job: Job, ctx: EvalContext) -> dict:
     return result
 
 
+def run_probe_cv(job: Job, ctx: EvalContext) -> dict:
+    """Linear probe by patient-grouped k-fold cross-validation over the evaluated split alone (a
+    corpus too small to split into train and test); AUCs of the pooled out-of-fold scores."""
+    from cmgl_dist.evaluate.corpus import patients
+    from cmgl_dist.evaluate.metrics import bootstrap_aucs
+    from cmgl_dist.evaluate.probe import cross_validated_scores, patient_folds
+
+    # with_text: the same cached features as zero-shot on this split, so the split is encoded once
+    feats = ctx.features(with_text=True)
+    folds = ctx.settings.folds
+    labels = _finding_labels(feats)
+    patient_of = patients(ctx.shards, ctx.split)
+    fold_of = patient_folds(labels, [patient_of[k] for k in feats.keys], folds, job.seed)
+    scores, unfittable = cross_validated_scores(feats.image_global.numpy(), labels, fold_of, seed=job.seed)
+    per_fold = [bootstrap_aucs(labels[fold_of == f], scores[fold_of == f], PATHOLOGIES, n_boot=0, seed=job.seed)
+                for f in range(folds)]
+    result = _auc_result(ctx, job, labels, scores, feats.keys)
+    result.update(setting=f"probe {folds}-fold CV", folds=folds,
+                  fold_sizes=[int((fold_of == f).sum()) for f in range(folds)],
+                  fold_mean_aucs=[round(float(a["mean"].value), 4) for a in per_fold],
+                  unfittable=sorted({PATHOLOGIES[c] for missing in unfittable for c in missing}))
+    return result
+
+
 def run_finetune(job: Job, ctx: EvalContext) -> dict:
     import torch
 
@@ -122,8 +150,11 @@ def run_finetune(job: Job, ctx: EvalContext) -> dict:
 
 
 def run_retrieval(job: Job, ctx: EvalContext) -> dict:
+    from cmgl_dist.data.shardlist import samples_without_text
     from cmgl_dist.evaluate.retrieval import retrieval_recalls
 
+    if samples_without_text(ctx.shards, ctx.split):
+        raise ValueError(f"{ctx.shards} has samples without a report: retrieval needs reports")
     return retrieval_recalls(ctx.features(with_text=True), **ctx.gammas)
 
 
@@ -140,20 +171,22 @@ def run_attention(job: Job, ctx: EvalContext) -> dict:
     return {"figures": write_attention_figures(ctx, folder)}
 
 
-RUNNERS = {"zero_shot": run_zero_shot, "zero_shot_negated": run_zero_shot, "probe": run_probe,
+RUNNERS = {"zero_shot": run_zero_shot, "zero_shot_negated": run_zero_shot, "probe": run_probe, "probe_cv": run_probe_cv,
            "finetune": run_finetune, "retrieval": run_retrieval,
            "localisation": run_localisation, "attention": run_attention}
 
 
 def run_job(job: Job, inputs: EvalInputs) -> dict:
     """Run one job; the returned record is what results.jsonl stores for a success."""
+    from cmgl_dist.evaluate.corpus import corpus_name
+
     start = time.perf_counter()
     if job.task not in RUNNERS:
         raise ValueError(f"unknown task {job.task!r}; choose from {list(RUNNERS)}")
     ctx = EvalContext(job.export, inputs)
     metrics = RUNNERS[job.task](job, ctx)
     return {**job_record(job, ctx.inputs_key), "status": "ok", "seconds": round(time.perf_counter() - start, 2),
-            "inputs": ctx.key_parts, **metrics}
+            "inputs": ctx.key_parts, "corpus": corpus_name(ctx.shards), "split": ctx.split, **metrics}
 
 
 def job_record(job: Job, key: Optional[str]) -> dict:

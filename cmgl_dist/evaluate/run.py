@@ -20,7 +20,7 @@ from typing import Optional
 
 from cmgl_dist.config import CMGLConfig, ConfigError, load_config
 from cmgl_dist.evaluate.context import EvalInputs
-from cmgl_dist.evaluate.jobs import TASKS, Job, job_record, plan_jobs, run_job
+from cmgl_dist.evaluate.jobs import OPT_IN_TASKS, TASKS, Job, job_record, plan_jobs, run_job
 from cmgl_dist.evaluate.report import write_report
 from cmgl_dist.evaluate.results import append_record, completed_ids, for_inputs, latest_per_job, read_records, repair
 
@@ -36,18 +36,21 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="config for the eval.* defaults (default: the first export's config.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--tasks", nargs="+", choices=TASKS,
-                        help="default: all but finetune, which runs when eval.finetune is true")
+                        help="default: all but probe_cv and finetune (finetune runs when eval.finetune is true)")
     parser.add_argument("--fractions", nargs="+", type=float, help="probe train fractions (default: eval.probe_fractions)")
     parser.add_argument("--seeds", nargs="+", type=int, help="probe seeds (default: eval.seeds)")
-    parser.add_argument("--split", choices=("val", "test"), help="split evaluated (default: eval.split, test)")
+    parser.add_argument("--split", choices=("val", "test", "all"),
+                        help="split scored (default: eval.split, test); 'all': every sample of the pack "
+                             "(an external corpus, with probe_cv)")
+    parser.add_argument("--folds", type=int, help="probe_cv: folds of the patient-grouped cross-validation "
+                                                  "(default: eval.folds, 5)")
     parser.add_argument("--n-prompts", type=int, help="zero-shot prompts per class (default: eval.n_prompts, 20)")
 
 
 def config_for(args) -> CMGLConfig:
-    """The config whose eval.* are the settings; --split and --n-prompts override their fields."""
-    overrides = list(args.set)
-    overrides += [f"eval.split={args.split}"] if args.split else []
-    overrides += [f"eval.n_prompts={args.n_prompts}"] if args.n_prompts is not None else []
+    """The config whose eval.* are the settings; --split, --folds and --n-prompts override their fields."""
+    flags = {"split": args.split, "folds": args.folds, "n_prompts": args.n_prompts}
+    overrides = list(args.set) + [f"eval.{field}={value}" for field, value in flags.items() if value is not None]
     if args.config:
         return load_config(args.config, overrides)
     exported = Path(args.exports[0]) / "config.yaml"
@@ -77,7 +80,7 @@ def prepare(args) -> Plan:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     inputs = EvalInputs(shards=str(Path(shards).resolve()), out_dir=str(out.resolve()), settings=cfg.eval)
-    tasks = args.tasks or [t for t in TASKS if t != "finetune" or cfg.eval.finetune]
+    tasks = args.tasks or [t for t in TASKS if t not in OPT_IN_TASKS or (t == "finetune" and cfg.eval.finetune)]
     jobs = plan_jobs([str(Path(e).resolve()) for e in args.exports], tasks,
                      args.fractions or list(cfg.eval.probe_fractions), args.seeds or list(cfg.eval.seeds))
     export_keys = {export: inputs.expected_key(export) for export in {j.export for j in jobs}}
