@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cmgl_dist.atomic import atomic_path
-from cmgl_dist.shards.archive import read_member, tolerant_members
+from cmgl_dist.shards.archive import copy_member, tolerant_members
 from cmgl_dist.shards.reports import Skip
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -53,30 +52,33 @@ def image_id_of(member_name: str) -> str | None:
     return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else None
 
 
-def extract_archive(archive: str | Path, dest: str | Path, wanted: set[str]) -> list[Skip]:
-    """Extract the wanted image ids from a tar(.gz) into `dest` (one pass, atomic per file).
+def extract_archive(archive: str | Path, dest: str | Path, wanted: set[str]) -> tuple[dict[str, Path], list[Skip]]:
+    """Extract the wanted image ids from a tar(.gz) into `dest` (one streaming pass, atomic per file).
 
-    Files already in `dest` are kept, so a rerun after an interruption resumes. Returns a skip
-    per member that could not be read (and one if the archive ends early).
+    Every wanted member is written afresh, so `dest` never serves an image from another archive;
+    files in `dest` this archive did not provide are removed (the folder is the packer's own).
+    Returns image id -> staged path, and a skip per member that could not be read (and one if
+    the archive ends early).
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    staged: dict[str, Path] = {}
     skips: list[Skip] = []
     with tarfile.open(archive, "r:*") as tar:
         for member in tolerant_members(tar, lambda message: skips.append(Skip("", message))):
             image_id = image_id_of(member.name)
-            if not member.isfile() or image_id not in wanted:
+            if image_id not in wanted or image_id in staged:
                 continue
             target = dest / (image_id + Path(member.name).suffix.lower())
-            if target.exists():
+            if problem := copy_member(tar, member, target):
+                skips.append(Skip(image_id.split("_", 1)[0], problem, image_id))
                 continue
-            data = read_member(tar, member)
-            if isinstance(data, str):
-                skips.append(Skip(image_id.split("_", 1)[0], data, image_id))
-                continue
-            with atomic_path(target) as tmp:
-                tmp.write_bytes(data)
-    return skips
+            staged[image_id] = target
+    keep = set(staged.values())
+    for path in dest.iterdir():
+        if path not in keep and path.is_file():
+            path.unlink()
+    return staged, skips
 
 
 def resize_longest(image: Image.Image, size: int) -> Image.Image:

@@ -60,5 +60,13 @@ def build_manifest(*, arguments: dict, reports_read: int, report_skips: list[dic
     }
 
 
+def describe_skips(manifest: dict, examples: int = 5) -> str:
+    """Skip counts by reason, and the first few skips in full (for a message to the user)."""
+    skips = manifest["skipped_reports"] + manifest["skipped_images"]
+    shown = "; ".join(f"{s['uid']}{' ' + s['image'] if s.get('image') else ''}: {s['reason']}"
+                      for s in skips[:examples])
+    return f"{manifest['skip_reasons']}; for example {shown}"
+
+
 def read_manifest(folder: str | Path) -> dict:
     return json.loads((Path(folder) / MANIFEST).read_text())

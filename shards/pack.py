@@ -20,9 +20,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cmgl_dist.shards.bounds import bounded, check_bound
 from cmgl_dist.shards.download import default_reports, packaged_file
 from cmgl_dist.shards.images import extract_archive, index_folder
-from cmgl_dist.shards.manifest import build_manifest
+from cmgl_dist.shards.manifest import build_manifest, describe_skips
 from cmgl_dist.shards.metadata import read_view_positions
 from cmgl_dist.shards.plan import plan_samples, plan_shards
 from cmgl_dist.shards.reports import read_reports
@@ -44,11 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", help="DICOM metadata CSV (gzip accepted) for view positions "
                    "(default: torchxrayvision's copy when installed; 'none' for the XML-order fallback)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--image-size", type=int, default=512, help="longest image side in pixels (aspect kept)")
-    p.add_argument("--samples-per-shard", type=int, default=128)
+    p.add_argument("--image-size", type=bounded("image_size"), default=512, help="longest image side in pixels (aspect kept)")
+    p.add_argument("--samples-per-shard", type=bounded("samples_per_shard"), default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--limit", type=int, help="pack a stratified subset of this many reports (development, tests)")
+    p.add_argument("--workers", type=bounded("workers"), default=2)
+    p.add_argument("--limit", type=bounded("limit"), help="pack a stratified subset of this many reports (development, tests)")
     return p
 
 
@@ -62,8 +63,8 @@ def _image_paths(images: str, out: Path, wanted: set[str]) -> tuple[dict[str, st
     if source.is_file() and tarfile.is_tarfile(source):
         extracted = out / ".images"
         log.info("extracting %d images from %s into %s", len(wanted), source, extracted)
-        skips = extract_archive(source, extracted, wanted)
-        return {k: str(v) for k, v in index_folder(extracted).items()}, [s.to_json() for s in skips]
+        staged, skips = extract_archive(source, extracted, wanted)
+        return {k: str(v) for k, v in staged.items()}, [s.to_json() for s in skips]
     raise NothingUsable(f"--images {images!r}: not 'phantom', a folder, or a tar archive")
 
 
@@ -82,8 +83,9 @@ def pack(*, images: str, out: str | Path, reports: str | Path | None = None, met
          image_size: int = 512, samples_per_shard: int = 128, seed: int = 0, workers: int = 2,
          limit: int | None = None) -> dict:
     """Pack and return the manifest. Raises NothingUsable when nothing could be packed."""
-    if image_size < 16 or samples_per_shard < 1 or workers < 1:
-        raise NothingUsable("--image-size must be >= 16, --samples-per-shard and --workers >= 1")
+    for name, value in (("image_size", image_size), ("samples_per_shard", samples_per_shard),
+                        ("workers", workers), ("limit", limit)):
+        check_bound(name, value)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the end
@@ -129,7 +131,7 @@ def pack(*, images: str, out: str | Path, reports: str | Path | None = None, met
                               image_skips=archive_skips + [s.to_json() for s in image_skips],
                               records=records, image_source="phantom" if images == "phantom" else "real")
     if manifest["samples_written"] == 0:
-        raise NothingUsable("every planned sample was skipped; see the skip reasons above")
+        raise NothingUsable(f"every planned sample was skipped: {describe_skips(manifest)}")
     write_json_atomic(out / MANIFEST, manifest)
     resumed = sum(r["resumed"] for r in records)
     fresh_images = sum(r["images_written"] for r in records if not r["resumed"])
