@@ -83,3 +83,9 @@ def describe_skips(manifest: dict, examples: int = 5) -> str:
 
 def read_manifest(folder: str | Path) -> dict:
     return json.loads((Path(folder) / MANIFEST).read_text())
+
+
+def pack_sha256(folder: str | Path) -> str:
+    """The content fingerprint of a finished pack (`shards_sha256`; computed for older manifests)."""
+    manifest = read_manifest(folder)
+    return manifest.get("shards_sha256") or shards_sha256(manifest["shards"])
