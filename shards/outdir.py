@@ -61,7 +61,7 @@ def claim(out: Path, inputs: dict, replace: bool) -> None:
     """
     if out.exists() and not out.is_dir():
         raise OutRefused(f"--out {out} is a file, not a folder")
-    if (out / CLAIM).is_file():
+    if (out / CLAIM).is_file() and _holds_pack_output(out):
         _check_same_inputs(out, inputs, replace)
     elif out.is_dir() and (foreign := _foreign_entries(out)):
         raise OutRefused(f"--out {out} is not empty and not a cmgl pack (it holds {', '.join(foreign[:5])}"
@@ -69,6 +69,11 @@ def claim(out: Path, inputs: dict, replace: bool) -> None:
     _refuse_foreign_shards(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / CLAIM, inputs)
+
+
+def _holds_pack_output(out: Path) -> bool:
+    """A manifest or a shard: work a rerun with other inputs would replace (a claim alone is not)."""
+    return any(p.name == MANIFEST or SHARD_FILE.match(p.name) for p in out.iterdir())
 
 
 def _check_same_inputs(out: Path, inputs: dict, replace: bool) -> None:

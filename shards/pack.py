@@ -109,7 +109,7 @@ def pack(*, images: str, out: str | Path, reports: str | Path | None = None, met
             log.warning("--metadata %s unreadable (%s): choosing frontal images by the XML-order fallback", metadata, e)
     arguments = {"reports": str(reports), "images": images, "metadata": str(metadata) if metadata else None,
                  "image_size": image_size, "samples_per_shard": samples_per_shard, "seed": seed, "limit": limit}
-    inputs = _fingerprint_inputs(reports, images, metadata, arguments)
+    inputs = _fingerprint_inputs(reports, images, metadata if views else None, arguments)  # what was used
     claim(out, inputs, replace)
     (out / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the end
     wanted = {i for r in parsed for i in r.image_ids}

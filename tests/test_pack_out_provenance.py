@@ -125,3 +125,13 @@ def test_cmgl_main_does_not_ignore_a_new_image_size(tmp_path, monkeypatch):
         pipeline.main(["--out", str(out), "--reports", str(reports), "--images", str(images), "--metadata", "none",
                        "--image-size", "48", "--workers", "1", "--skip-eval"])
     assert stages == ["pack"]
+
+
+def test_a_pack_that_produced_nothing_does_not_hold_its_folder(tmp_path):
+    reports, images = write_inputs(tmp_path, UIDS)
+    out = tmp_path / "out"
+    assert _pack(reports, tmp_path / "nothing", out) == 1  # no such image source: nothing written
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _pack(reports, empty, out) == 1  # claimed, but no usable image
+    assert _pack(reports, images, out) == 0  # the corrected inputs are not refused
