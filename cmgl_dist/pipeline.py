@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from cmgl_dist.shards.bounds import bounded
 from cmgl_dist.shards.schema import MANIFEST
 
 
@@ -38,7 +39,7 @@ def parse_args(argv):
     p.add_argument("--reports", help="NLMCXR_reports.tgz or a folder of report XML (default: torchxrayvision's copy)")
     p.add_argument("--images", default="phantom", help="NLMCXR_png.tgz, a folder of PNGs, or 'phantom' (default)")
     p.add_argument("--metadata", help="DICOM metadata CSV for view positions (default: torchxrayvision's copy)")
-    p.add_argument("--image-size", type=int, default=256, help="longest side of packed images (default 256)")
+    p.add_argument("--image-size", type=bounded("image_size"), default=256, help="longest side of packed images (default 256)")
     p.add_argument("--config", default="iurr_offline", help="training config name or file (default iurr_offline)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, repeatable (e.g. train.steps=100)")

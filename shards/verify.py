@@ -214,12 +214,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cmgl verify", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", help="a folder written by `cmgl pack`")
+    parser.add_argument("--all", action="store_true", help=f"print every problem (default: the first {MAX_PRINTED})")
     args = parser.parse_args(argv)
     problems = verify(args.dir)
-    for line in problems[:MAX_PRINTED]:
+    shown = problems if args.all else problems[:MAX_PRINTED]
+    for line in shown:
         print(f"MISMATCH {line}", file=sys.stderr)
-    if len(problems) > MAX_PRINTED:
-        print(f"... and {len(problems) - MAX_PRINTED} more", file=sys.stderr)
+    if len(problems) > len(shown):
+        print(f"... and {len(problems) - len(shown)} more (--all prints them)", file=sys.stderr)
     if problems:
         print(f"cmgl verify: {len(problems)} problem(s) in {args.dir}", file=sys.stderr)
         return 1

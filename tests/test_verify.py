@@ -151,7 +151,7 @@ def test_a_manifest_that_is_not_an_object(packed):
     assert verify(packed) and main([str(packed)]) == 1
 
 
-def test_every_damaged_shard_is_listed(packed):
+def test_every_damaged_shard_is_listed(packed, capsys):
     manifest = json.loads((packed / MANIFEST).read_text())
     for entry in manifest["shards"][:3]:
         path = packed / entry["name"]
@@ -161,3 +161,5 @@ def test_every_damaged_shard_is_listed(packed):
     problems = verify(packed)
     for entry in manifest["shards"][:3]:
         assert any(p.startswith(entry["name"]) for p in problems)
+    assert main([str(packed), "--all"]) == 1
+    assert capsys.readouterr().err.count("MISMATCH") == len(problems)
