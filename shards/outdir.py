@@ -25,8 +25,9 @@ STAGED_IMAGES = ".images"
 _OWN_NAMES = {CLAIM, PROGRESS_DIR, STAGED_IMAGES, MANIFEST}
 _SHARD = r"(?:train|val|test)-\d{6}\.tar"
 # Temp names of an interrupted writer: `.NAME.unrenamed` (a shard before its rename) and
-# `.NAME.<pid>.tmp` (cmgl_dist.atomic), for a shard, the manifest, the claim or a progress record.
-_OWN_TEMP = re.compile(rf"^\.(?:{_SHARD}(?:\.unrenamed)?|{_SHARD}\.json|manifest\.json|\.cmgl-pack\.json)"
+# `.NAME.<pid>.tmp` (cmgl_dist.atomic), for a shard, the manifest, the claim or a progress record;
+# the shard writer's own temp of `.NAME.unrenamed` is `..NAME.unrenamed.<pid>.tmp`.
+_OWN_TEMP = re.compile(rf"^\.(?:\.?{_SHARD}(?:\.unrenamed)?|{_SHARD}\.json|manifest\.json|\.cmgl-pack\.json)"
                        rf"(?:\.\d+\.tmp)?$")
 
 

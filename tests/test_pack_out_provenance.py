@@ -57,8 +57,12 @@ def test_a_foreign_shard_dropped_into_an_own_pack_is_never_overwritten(tmp_path,
     out = tmp_path / "out"
     assert _pack(reports, images, out) == 0
     (out / "draft.tmp").write_text("mine")
+    killed_writers = [".train-000000.tar.unrenamed", "..train-000000.tar.unrenamed.99.tmp", ".manifest.json.99.tmp"]
+    for name in killed_writers:
+        (out / name).write_text("left by a killed pack")
     assert _pack(reports, images, out) == 0
     assert (out / "draft.tmp").read_text() == "mine"  # never deleted
+    assert not any((out / name).exists() for name in killed_writers)
     (out / "train-000999.tar").write_text("not from this pack")
     with caplog.at_level(logging.ERROR, logger="cmgl.pack"):
         assert _pack(reports, images, out) == 1
