@@ -40,6 +40,8 @@ def _read_samples(path: Path) -> tuple[dict[str, dict[str, bytes]], list[str]]:
         for member in tar:
             key, _, ext = member.name.partition(".")
             problem = member_problem(member) or (f"unsafe key ({key_problem(key)})" if key_problem(key) else None)
+            if not problem and ext in samples.get(key, {}):
+                problem = "a second member of that name"
             if problem or not ext:
                 problems.append(f"member {member.name[:100]!r}: {problem or 'no key.member name'}")
                 continue
@@ -201,7 +203,10 @@ def verify(folder: str | Path) -> list[str]:
     problems += [f"{name}: on disk but not in the manifest" for name in sorted(on_disk - listed)]
     tally = _Tally()
     for entry in manifest["shards"]:
-        problems += _check_shard(folder, entry, manifest, tally)
+        try:
+            problems += _check_shard(folder, entry, manifest, tally)
+        except OSError as e:  # a shard that cannot be opened (permissions, I/O error)
+            problems.append(f"{entry['name']}: unreadable ({e})")
     if tally.splits != manifest["splits"]:
         problems.append(f"per-split counts {tally.splits} != manifest {manifest['splits']}")
     if len(tally.seen) != manifest["samples_written"] or tally.images != manifest["images_written"]:
