@@ -64,7 +64,7 @@ def build_manifest(*, arguments: dict, inputs: dict, reports_read: int, report_s
         "positives": {k: sum(splits[s]["positives"][k] for s in SPLITS) for k in LABEL_KEYS},
         "skipped_reports": report_skips,
         "skipped_images": image_skips,
-        "skip_reasons": dict(sorted(Counter(s["reason"].split(":")[0] for s in report_skips + image_skips).items())),
+        "skip_reasons": skip_counts(report_skips + image_skips),
         "shards": shards,
         "shards_sha256": shards_sha256(shards),
         "arguments": arguments,
@@ -73,12 +73,16 @@ def build_manifest(*, arguments: dict, inputs: dict, reports_read: int, report_s
     }
 
 
-def describe_skips(manifest: dict, examples: int = 5) -> str:
+def skip_counts(skips: list[dict]) -> dict[str, int]:
+    """Skips counted by reason (the text before the first ':')."""
+    return dict(sorted(Counter(s["reason"].split(":")[0] for s in skips).items()))
+
+
+def describe_skips(skips: list[dict], examples: int = 5) -> str:
     """Skip counts by reason, and the first few skips in full (for a message to the user)."""
-    skips = manifest["skipped_reports"] + manifest["skipped_images"]
     shown = "; ".join(f"{s['uid']}{' ' + s['image'] if s.get('image') else ''}: {s['reason']}"
                       for s in skips[:examples])
-    return f"{manifest['skip_reasons']}; for example {shown}"
+    return f"{skip_counts(skips)}; for example {shown}" if skips else "nothing was recorded as skipped"
 
 
 def read_manifest(folder: str | Path) -> dict:

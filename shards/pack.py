@@ -116,7 +116,9 @@ def pack(*, images: str, out: str | Path, reports: str | Path | None = None, met
     image_paths, archive_skips = _image_paths(images, out, wanted)
     usable, report_skips, image_skips = plan_samples(parsed, views, image_paths)
     if not usable:
-        raise NothingUsable(f"no report with text and a usable frontal image among {len(parsed)} read from {reports}")
+        skips = [s.to_json() for s in xml_skips + report_skips + image_skips] + archive_skips
+        raise NothingUsable(f"no report with text and a usable frontal image among {len(parsed)} read from "
+                            f"{reports}: {describe_skips(skips)}")
     tasks = plan_shards(usable, views, seed=seed, samples_per_shard=samples_per_shard, limit=limit,
                         out_dir=str(out), image_size=image_size, images=images, image_paths=image_paths)
     remove_stale(out, {t.name for t in tasks})
@@ -135,7 +137,8 @@ def pack(*, images: str, out: str | Path, reports: str | Path | None = None, met
                               image_skips=archive_skips + [s.to_json() for s in image_skips],
                               records=records, image_source="phantom" if images == "phantom" else "real")
     if manifest["samples_written"] == 0:
-        raise NothingUsable(f"every planned sample was skipped: {describe_skips(manifest)}")
+        raise NothingUsable("every planned sample was skipped: "
+                            f"{describe_skips(manifest['skipped_reports'] + manifest['skipped_images'])}")
     write_json_atomic(out / MANIFEST, manifest)
     resumed = sum(r["resumed"] for r in records)
     fresh_images = sum(r["images_written"] for r in records if not r["resumed"])

@@ -139,3 +139,12 @@ def test_when_every_sample_is_skipped_the_reasons_are_shown(tmp_path, caplog):
         assert _pack(reports, images, tmp_path / "out") == 1
     message = "\n".join(r.getMessage() for r in caplog.records)
     assert "unreadable image" in message and "CXR1" in message
+
+
+def test_when_no_report_is_usable_the_reasons_are_shown(tmp_path, caplog):
+    reports, images = write_inputs(tmp_path, ["CXR1", "CXR2"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with caplog.at_level(logging.ERROR, logger="cmgl.pack"):
+        assert _pack(reports, empty, tmp_path / "out") == 1
+    assert "missing file" in caplog.text and "CXR1 IMG0" in caplog.text
