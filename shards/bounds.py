@@ -26,6 +26,11 @@ def check_bound(name: str, value: int | None) -> None:
         raise OutOfBounds(f"--{name.replace('_', '-')} {value}: must be between {low} and {high}")
 
 
+def check_bounds(**values: int | None) -> None:
+    for name, value in values.items():
+        check_bound(name, value)
+
+
 def bounded(name: str):
     """An argparse `type` for the argument `name`."""
     def parse(text: str) -> int:

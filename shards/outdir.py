@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 from cmgl_dist.shards.provenance import differences
@@ -88,6 +89,7 @@ def _check_same_inputs(out: Path, inputs: dict, replace: bool) -> None:
                          "another --out, or pass --replace to rewrite this pack (cmgl main: --repack)")
     if changed:
         log.warning("replacing the pack in %s: %s", out, "; ".join(changed))
+        shutil.rmtree(out / STAGED_IMAGES, ignore_errors=True)  # staged from the old inputs
 
 
 def _refuse_foreign_shards(out: Path) -> None:

@@ -14,30 +14,34 @@ from pathlib import Path
 
 from cmgl_dist.shards.writer import sha256_file
 
-# The arguments that change a pack's bytes (not --workers, not --out).
+# The arguments that change an IU-RR pack's bytes (not --workers, not --out).
 CONTENT_ARGUMENTS = ("image_size", "samples_per_shard", "seed", "limit")
 
 
 def content_sha256(path: str | Path) -> str:
-    """sha256 of a file; of a folder, over (relative path, sha256) of every regular file in it."""
+    """sha256 of a file's content; of a folder, over its listing (relative path, size, modification
+    time of every regular file): corpus folders hold up to terabytes, and each shard's own
+    fingerprint covers the images it uses by content."""
     path = Path(path)
     if not path.is_dir():
         return sha256_file(path)
     digest = hashlib.sha256()
     for file in sorted(path.rglob("*")):
-        if stat.S_ISREG(os.stat(file).st_mode):
-            digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
+        info = os.stat(file)
+        if stat.S_ISREG(info.st_mode):
+            digest.update(f"{file.relative_to(path).as_posix()}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
-def _source(path: str | Path | None) -> dict | None:
-    return None if path is None else {"path": str(path), "sha256": content_sha256(path)}
+def _source(path: str | Path | None) -> dict | str | None:
+    if path is None or path == "phantom":
+        return path
+    return {"path": str(path), "sha256": content_sha256(path)}
 
 
-def pack_inputs(*, reports: str | Path, images: str, metadata: str | Path | None, arguments: dict) -> dict:
-    return {"reports": _source(reports), "metadata": _source(metadata),
-            "images": "phantom" if images == "phantom" else _source(images),
-            "arguments": {k: arguments[k] for k in CONTENT_ARGUMENTS}}
+def pack_inputs(sources: dict[str, str | Path | None], arguments: dict) -> dict:
+    """{input name: {path, sha256} | "phantom" | None, ..., "arguments": arguments}."""
+    return {**{name: _source(path) for name, path in sources.items()}, "arguments": dict(arguments)}
 
 
 def _content(value):
@@ -46,13 +50,12 @@ def _content(value):
 
 def differences(recorded: dict, wanted: dict) -> list[str]:
     """Readable lines, one per input or argument whose content differs (empty when none does)."""
-    lines = []
-    for name in ("reports", "metadata", "images"):
-        before, after = recorded.get(name), wanted.get(name)
-        if _content(before) != _content(after):
-            lines.append(f"{name}: {_describe(before)} -> {_describe(after)}")
-    old_args, new_args = recorded.get("arguments", {}), wanted["arguments"]
-    lines += [f"{k}: {old_args.get(k)} -> {new_args[k]}" for k in CONTENT_ARGUMENTS if old_args.get(k) != new_args[k]]
+    names = sorted((set(recorded) | set(wanted)) - {"arguments"})
+    lines = [f"{name}: {_describe(recorded.get(name))} -> {_describe(wanted.get(name))}"
+             for name in names if _content(recorded.get(name)) != _content(wanted.get(name))]
+    old_args, new_args = recorded.get("arguments") or {}, wanted.get("arguments") or {}
+    lines += [f"{k}: {old_args.get(k)} -> {new_args.get(k)}" for k in sorted(set(old_args) | set(new_args))
+              if old_args.get(k) != new_args.get(k)]
     return lines
 
 

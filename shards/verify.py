@@ -23,8 +23,8 @@ from cmgl_dist.shards.archive import TAR_ERRORS, member_problem
 from cmgl_dist.shards.keys import key_problem
 from cmgl_dist.shards.writer import sha256_file
 
-REQUIRED = {schema.FRONTAL, schema.REPORT, schema.LABELS, schema.META}
-OPTIONAL = {schema.LATERAL, schema.MASKS}
+REQUIRED = {schema.FRONTAL, schema.LABELS, schema.META}
+OPTIONAL = {schema.LATERAL, schema.MASKS, schema.REPORT}  # report.json: required for IU-RR (no meta `source`)
 MAX_PRINTED = 50
 # manifest field -> the type it must have
 _MANIFEST_FIELDS = {"shards": list, "splits": dict, "arguments": dict, "image_source": str,
@@ -78,14 +78,18 @@ def check_sample(key: str, members: dict[str, bytes], split: str, image_source: 
     problems += [f"{where}: unexpected member {m}" for m in sorted(names - REQUIRED - OPTIONAL)]
     if problems:
         return problems
-    parsed = {name: _json_object(members, name) for name in (schema.LABELS, schema.META, schema.REPORT)}
+    parsed = {name: _json_object(members, name) for name in (schema.LABELS, schema.META, schema.REPORT)
+              if name in members}
     problems = [f"{where}: {problem}" for _, problem in parsed.values() if problem]
     if problems:
         return problems
-    labels, meta, report = (parsed[n][0] for n in (schema.LABELS, schema.META, schema.REPORT))
+    labels, meta = parsed[schema.LABELS][0], parsed[schema.META][0]
+    if schema.REPORT not in members and "source" not in meta:
+        return [f"{where}: missing {schema.REPORT}"]
+    report = parsed[schema.REPORT][0] if schema.REPORT in members else None
     if not _valid_labels(labels):
         problems.append(f"{where}: labels.json keys/values wrong: {labels}")
-    if not (report.get("findings") or report.get("impression")):
+    if report is not None and not (report.get("findings") or report.get("impression")):
         problems.append(f"{where}: report.json has neither findings nor impression")
     if meta.get("uid") != key or meta.get("split") != split or meta.get("image_source") != image_source:
         problems.append(f"{where}: meta.json uid/split/source {meta.get('uid')}/{meta.get('split')}/"

@@ -13,6 +13,7 @@ from cmgl_dist.shards.pack import main
 from cmgl_dist.shards.schema import MANIFEST
 from cmgl_dist.shards.verify import verify
 from pack_inputs import write_inputs
+from test_pack_sources import chexpert  # noqa: F401 - a fixture
 
 UIDS = ["CXR1", "CXR2", "CXR3", "CXR4"]
 
@@ -139,3 +140,23 @@ def test_a_pack_that_produced_nothing_does_not_hold_its_folder(tmp_path):
     empty.mkdir()
     assert _pack(reports, empty, out) == 1  # claimed, but no usable image
     assert _pack(reports, images, out) == 0  # the corrected inputs are not refused
+
+
+def test_corpus_packs_claim_their_folder_and_record_their_inputs(chexpert, tmp_path):
+    from cmgl_dist.shards.corpus_pack import pack_corpus
+    from cmgl_dist.shards.outdir import OutRefused
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "draft.tmp").write_text("mine")
+    with pytest.raises(OutRefused, match="draft.tmp"):
+        pack_corpus(source="chexpert", images=str(chexpert), out=out, image_size=32, workers=1)
+    assert (out / "draft.tmp").read_text() == "mine"
+    out = tmp_path / "fresh"
+    first = pack_corpus(source="chexpert", images=str(chexpert), out=out, image_size=32, workers=1)
+    assert first["inputs"]["arguments"]["uncertain"] == "zeros" and len(first["shards_sha256"]) == 64
+    with pytest.raises(OutRefused, match="uncertain: zeros -> ones"):
+        pack_corpus(source="chexpert", images=str(chexpert), out=out, image_size=32, workers=1, uncertain="ones")
+    again = pack_corpus(source="chexpert", images=str(chexpert), out=out, image_size=32, workers=1,
+                        uncertain="ones", replace=True)
+    assert again["shards_sha256"] != first["shards_sha256"] and verify(out) == []

@@ -148,3 +148,13 @@ def test_when_no_report_is_usable_the_reasons_are_shown(tmp_path, caplog):
     with caplog.at_level(logging.ERROR, logger="cmgl.pack"):
         assert _pack(reports, empty, tmp_path / "out") == 1
     assert "missing file" in caplog.text and "CXR1 IMG0" in caplog.text
+
+
+def test_corpus_ids_map_to_safe_distinct_keys():
+    from cmgl_dist.shards.keys import key_problem
+    from cmgl_dist.shards.sources.record import sample_key
+
+    ids = ["a.b/c", "x y\nz", "../../etc", "p" * 200, "p" * 199 + "q"]
+    keys = [sample_key("csv", i) for i in ids]
+    assert all(key_problem(k) is None for k in keys) and len(set(keys)) == len(keys)
+    assert sample_key("nih", "00000001_000") == "nih_00000001_000"
