@@ -10,6 +10,7 @@ from cmgl_dist.config import load_config
 from cmgl_dist.engine.export import export_model
 from cmgl_dist.evaluate.run import main as evaluate_main
 from cmgl_dist.model import build_model
+from cmgl_dist.shards.manifest import shards_sha256
 from cmgl_dist.shards.schema import PATHOLOGIES
 
 AUC_HEADER = ["Setting", "Atelectasis", "Cardiomegaly", "Edema", "Pleural effusion", "Consolidation", "Mean"]
@@ -119,6 +120,7 @@ def test_a_repack_in_place_is_not_served_from_old_results_or_features(tiny_expor
     manifest = json.loads((shards / "manifest.json").read_text())
     dropped = [s for s in manifest["shards"] if s["split"] == "test"][-1]
     manifest["shards"].remove(dropped)
+    manifest["shards_sha256"] = shards_sha256(manifest["shards"])
     (shards / "manifest.json").write_text(json.dumps(manifest))
     assert evaluate_main(argv) == 0
     before, after = _retrieval_records(tmp_path / "eval")

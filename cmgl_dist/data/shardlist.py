@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import braceexpand
 
-from cmgl_dist.shards.manifest import manifest_fingerprint, read_manifest
+from cmgl_dist.shards.manifest import pack_sha256, read_manifest
 from cmgl_dist.shards.schema import MANIFEST, SPLITS
 
 # `pipe:cmd`, `http://...`, `s3://...`: opened by webdataset's gopen, never touched here.
@@ -72,11 +72,11 @@ def shard_sample_counts(urls: Sequence[str]) -> Optional[list[int]]:
 
 
 def shards_fingerprint(shards: str) -> str:
-    """Content id of `shards` for keying cached results: the manifest's fingerprint for a packed
-    folder; for a pattern of local files without one, their names, sizes and modification times;
+    """Content id of `shards` for keying cached results: the pack's content fingerprint for a packed
+    folder (`pack_sha256`: its shards' names and sha256s); for a pattern of local files without one, their names, sizes and modification times;
     for remote URLs only the URLs (a remote pack that changes in place is not detected)."""
     if not is_passthrough(shards) and Path(shards).is_dir():
-        return manifest_fingerprint(shards)
+        return pack_sha256(shards)[:16]
     urls = list(braceexpand.braceexpand(shards))
     parts = [u if is_passthrough(u) or not os.path.exists(u) else f"{u}:{os.stat(u).st_size}:{os.stat(u).st_mtime_ns}"
              for u in urls]
