@@ -8,6 +8,9 @@ For text t and image i (words w, regions r), as GLoRIA's public `local_loss`/`at
     S[t, i]   = log sum_{real w} exp(gamma2 * cos(word_w, ctx_w))
 
 Padded words (word_mask False) take no part in the softmax over words nor in the sum.
+`word_pooling="max"` replaces the log-sum-exp by gamma2 * max over real words of the cosine:
+GLoRIA's zero-shot score (`get_local_similarities`: log of the max of exp(gamma2 * cos)),
+offered for evaluation; the loss always uses the log-sum-exp.
 The cosine is GLoRIA's: `(x . y) / max(|x| |y|, 1e-8)` (the eps clamps the product of the norms,
 not each norm as `torch.nn.functional.cosine_similarity` does).
 
@@ -52,7 +55,11 @@ def check_local_inputs(words: torch.Tensor, word_mask: torch.Tensor, regions: to
         raise ValueError(f"texts {empty.tolist()[:10]} have no words (word_mask all False); S would be -inf")
 
 
-def _block_similarity(words, word_mask, regions, gamma1: float, gamma2: float) -> torch.Tensor:
+WORD_POOLINGS = ("logsumexp", "max")
+
+
+def _block_similarity(words, word_mask, regions, gamma1: float, gamma2: float,
+                      word_pooling: str = "logsumexp") -> torch.Tensor:
     """S for every pair of a block of texts [t, W, D] and images [i, R, D] -> [t, i]."""
     with torch.autocast(device_type=words.device.type, enabled=False):
         logits = torch.einsum("twd,ird->tiwr", words, regions)
@@ -63,7 +70,8 @@ def _block_similarity(words, word_mask, regions, gamma1: float, gamma2: float) -
         dot = torch.einsum("twd,tiwd->tiw", words, context)
         norms = words.norm(dim=-1)[:, None, :] * context.norm(dim=-1)
         cosine = dot / norms.clamp(min=COSINE_EPS)
-        return (gamma2 * cosine).masked_fill(~word_mask[:, None, :], float("-inf")).logsumexp(dim=2)
+        scores = (gamma2 * cosine).masked_fill(~word_mask[:, None, :], float("-inf"))
+        return scores.amax(dim=2) if word_pooling == "max" else scores.logsumexp(dim=2)
 
 
 def _blocks(words: torch.Tensor, regions: torch.Tensor, block_elements: int):
@@ -80,20 +88,20 @@ def _blocks(words: torch.Tensor, regions: torch.Tensor, block_elements: int):
 
 class _ChunkedLocalSimilarity(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, words, word_mask, regions, gamma1, gamma2, block_elements):
+    def forward(ctx, words, word_mask, regions, gamma1, gamma2, block_elements, word_pooling):
         ctx.save_for_backward(words, word_mask, regions)
-        ctx.hyper = (gamma1, gamma2, block_elements)
+        ctx.hyper = (gamma1, gamma2, block_elements, word_pooling)
         similarity = words.new_empty(words.shape[0], regions.shape[0])
         for texts, images in _blocks(words, regions, block_elements):
             similarity[texts, images] = _block_similarity(
-                words[texts], word_mask[texts], regions[images], gamma1, gamma2)
+                words[texts], word_mask[texts], regions[images], gamma1, gamma2, word_pooling)
         return similarity
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_similarity):
         words, word_mask, regions = ctx.saved_tensors
-        gamma1, gamma2, block_elements = ctx.hyper
+        gamma1, gamma2, block_elements, word_pooling = ctx.hyper
         need_words, _, need_regions = ctx.needs_input_grad[:3]
         grad_words = torch.zeros_like(words) if need_words else None
         grad_regions = torch.zeros_like(regions) if need_regions else None
@@ -101,14 +109,14 @@ class _ChunkedLocalSimilarity(torch.autograd.Function):
             with torch.enable_grad():
                 block_words = words[texts].detach().requires_grad_(need_words)
                 block_regions = regions[images].detach().requires_grad_(need_regions)
-                block = _block_similarity(block_words, word_mask[texts], block_regions, gamma1, gamma2)
+                block = _block_similarity(block_words, word_mask[texts], block_regions, gamma1, gamma2, word_pooling)
                 wanted = [x for x in (block_words, block_regions) if x.requires_grad]
                 grads = list(torch.autograd.grad(block, wanted, grad_similarity[texts, images]))
             if need_words:
                 grad_words[texts] += grads.pop(0)
             if need_regions:
                 grad_regions[images] += grads.pop(0)
-        return grad_words, None, grad_regions, None, None, None
+        return grad_words, None, grad_regions, None, None, None, None
 
 
 def local_similarity_reference(
@@ -119,11 +127,14 @@ def local_similarity_reference(
     gamma2: float = 5.0,
     *,
     block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+    word_pooling: str = "logsumexp",
 ) -> torch.Tensor:
     """S [T, I] from words [T, W, D], word_mask [T, W] (bool), regions [I, R, D]; see module doc."""
     check_local_inputs(words, word_mask, regions)
     if block_elements < 1:
         raise ValueError(f"block_elements must be >= 1, got {block_elements}")
+    if word_pooling not in WORD_POOLINGS:
+        raise ValueError(f"word_pooling={word_pooling!r} is not one of {WORD_POOLINGS}")
     dtype = torch.promote_types(torch.promote_types(words.dtype, regions.dtype), torch.float32)
     return _ChunkedLocalSimilarity.apply(
-        words.to(dtype), word_mask, regions.to(dtype), float(gamma1), float(gamma2), block_elements)
+        words.to(dtype), word_mask, regions.to(dtype), float(gamma1), float(gamma2), block_elements, word_pooling)

@@ -48,14 +48,17 @@ def local_similarity(
     gamma1: float = 4.0,
     gamma2: float = 5.0,
     backend: str = "auto",
+    word_pooling: str = "logsumexp",
 ) -> torch.Tensor:
     """S [T, I] from words [T, W, D], word_mask [T, W] (bool), regions [I, R, D].
+
+    `word_pooling="max"` (GLoRIA's zero-shot score, see `local_reference`) runs the reference.
 
     Each backend validates its inputs. The kernel is imported only when chosen, so the reference
     runs where triton is absent.
     """
-    if resolve_backend(backend, words.device, words.dtype) == "reference":
-        return local_similarity_reference(words, word_mask, regions, gamma1, gamma2)
+    if word_pooling != "logsumexp" or resolve_backend(backend, words.device, words.dtype) == "reference":
+        return local_similarity_reference(words, word_mask, regions, gamma1, gamma2, word_pooling=word_pooling)
     from cmgl_dist.kernels import local_similarity_triton
 
     return local_similarity_triton(words, word_mask, regions, gamma1, gamma2)
