@@ -112,7 +112,8 @@ def run_zero_shot(job: Job, settings: EvalSettings, export) -> dict:
     cfg = export.cfg
     scores = class_scores(export.model, feats, class_prompts(settings.n_prompts, seed=job.seed),
                           max_length=cfg.data.max_length, gamma1=cfg.loss.gamma1, gamma2=cfg.loss.gamma2,
-                          negatives=NEGATIVE_PROMPTS if job.task == "zero_shot_negated" else None)
+                          negatives=NEGATIVE_PROMPTS if job.task == "zero_shot_negated" else None,
+                          special_words=cfg.data.special_words, word_pooling=cfg.eval.word_pooling)
     return _auc_result(settings, job, _finding_labels(feats), scores, feats.keys)
 
 
@@ -159,7 +160,7 @@ def run_retrieval(job: Job, settings: EvalSettings, export) -> dict:
     feats = cached_features(export, settings.shards, settings.split, settings.cache_dir, with_text=True,
                             batch_size=settings.batch_size, workers=settings.workers)
     cfg = export.cfg
-    return retrieval_recalls(feats, gamma1=cfg.loss.gamma1, gamma2=cfg.loss.gamma2)
+    return retrieval_recalls(feats, gamma1=cfg.loss.gamma1, gamma2=cfg.loss.gamma2, word_pooling=cfg.eval.word_pooling)
 
 
 def run_localisation(job: Job, settings: EvalSettings, export) -> dict:
