@@ -20,8 +20,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class SourceWeight(_Section):
+    shards: str = Field(description="A folder written by `cmgl pack` (holds manifest.json), or a shard URL pattern.")
+    weight: float = Field(1.0, gt=0, description="Relative share of this corpus in every stream.")
+
+
 class DataConfig(_Section):
     shards: str = Field("", description="Folder written by `cmgl pack` (holds manifest.json), or a shard URL pattern.")
+    sources: list[SourceWeight] = Field(
+        default_factory=list, description="Several packed corpora mixed by weight in every training stream "
+        "(instead of data.shards), e.g. [{shards: data/mimic, weight: 3}, {shards: data/iurr, weight: 1}].")
+    text_from_labels: bool = Field(
+        False, description="Train on samples without a report (NIH, label-only packs) with a sentence built "
+        "from their labels; false: such packs are refused for training.")
     image_size: int = Field(256, ge=32, description="Longest side after resize, then padded to square (GLoRIA: 256).")
     crop_size: int = Field(224, ge=32, description="Random crop (train) / centre crop (eval) (GLoRIA: 224; 299 for 19x19 ResNet-50 regions).")
     text_mode: Literal["report", "sentence"] = Field("report", description="findings + impression, or one sampled sentence.")
@@ -152,6 +163,8 @@ class CMGLConfig(_Section):
             # LAMB's trust ratio needs each whole parameter; ZeRO hands the optimizer flat partitions.
             raise ValueError(f"optimizer.name=fused_lamb needs zero.stage=0 (got {self.zero.stage}): "
                              "set zero.stage=0 or optimizer.name=adamw")
+        if self.data.sources and self.data.shards:
+            raise ValueError("data.shards and data.sources are both set: use data.sources alone to mix corpora")
         if self.data.resample and self.train.batches_per_epoch is None:
             raise ValueError("data.resample=true streams without end: set train.batches_per_epoch")
         return self

@@ -46,19 +46,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def preflight(cfg: CMGLConfig, resume: Optional[str]) -> list[str]:
-    """Checks that need the machine, not only the config. Returns the train shard URLs."""
-    from cmgl_dist.data.shardlist import shard_urls
+def preflight(cfg: CMGLConfig, resume: Optional[str]):
+    """Checks that need the machine, not only the config. Returns the train shards (a Mixture)."""
+    from cmgl_dist.data.shardlist import samples_without_text, source_folders, training_mixture
 
     require_apex(cfg.optimizer)
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.precision=fp16 needs CUDA (DeepSpeed's loss scaling runs on GPUs): "
                           "set train.precision=fp32 on a CPU machine")
     try:
-        urls = shard_urls(cfg.data.shards, "train")
+        urls = training_mixture(cfg.data)
+        untexted = {shards: samples_without_text(shards, "train") for shards, _ in source_folders(cfg.data)}
     except (ValueError, OSError) as err:
-        raise ConfigError(f"data.shards={cfg.data.shards!r}: {err}; pack shards with `cmgl pack` "
+        field = "data.sources" if cfg.data.sources else f"data.shards={cfg.data.shards!r}"
+        raise ConfigError(f"{field}: {err}; pack shards with `cmgl pack` "
                           "and pass the folder with --set data.shards=DIR") from None
+    for shards, count in untexted.items():
+        if count and not cfg.data.text_from_labels:
+            raise ConfigError(f"{shards}: {count} train samples have no report, and contrastive training needs "
+                              "text: set data.text_from_labels=true to train on sentences built from their labels, "
+                              "or train on a corpus with reports")
     checkpoints = Path(cfg.train.run_dir) / "checkpoints"
     if resume is None and Checkpointer(checkpoints, 1, 0).complete_tags():
         raise ConfigError(f"train.run_dir={cfg.train.run_dir} already holds checkpoints: pass --resume auto "
@@ -91,7 +98,7 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: CMGLConfig, urls: list[str], resume: Optional[str]) -> TrainState:
+def train(cfg: CMGLConfig, urls, resume: Optional[str]) -> TrainState:
     import deepspeed
     import torch.distributed as dist
 
