@@ -77,8 +77,10 @@ class LossConfig(_Section):
     global_temperature: float = Field(0.1, gt=0, description="Global InfoNCE temperature (GLoRIA: cosine x 10).")
     local_weight: float = Field(1.0, ge=0, description="Weight of the local loss; the global loss has weight 1.")
     global_weight: float = Field(1.0, ge=0, description="Weight of the global loss.")
-    local_backend: Literal["auto", "triton", "reference"] = Field(
-        "auto", description="auto: Triton on CUDA tensors, the PyTorch reference elsewhere.")
+    local_backend: Literal["auto", "reference", "compiled", "triton"] = Field(
+        "auto", description="auto: on CUDA the fastest of triton / compiled / reference that agrees with "
+                            "the reference, timed once per (device, dtype, shape bucket) on its first batch "
+                            "and logged; the reference on CPU. A named backend is used as is.")
     gather_negatives: bool = Field(True, description="Use every rank's samples as negatives (features gathered with gradient).")
 
 

@@ -55,11 +55,6 @@ def to_device(batch: dict, device: torch.device) -> dict:
             for key, value in batch.items()}
 
 
-def to_fp32(out: dict) -> dict:
-    """Model outputs for the loss: its softmaxes and log-sum-exps run in fp32 even in 16-bit runs."""
-    return {key: value.float() if value.is_floating_point() else value for key, value in out.items()}
-
-
 class Trainer:
     def __init__(self, cfg: CMGLConfig, world: World, engine, loss_fn, checkpointer: Checkpointer,
                  telemetry: Telemetry, resolved_config: dict):
@@ -99,7 +94,9 @@ class Trainer:
             waited = time.perf_counter()
             epoch, position, batch = next(batches)
             window.data_wait += time.perf_counter() - waited
-            parts = self.loss_fn(to_fp32(self.engine(to_device(batch, self.world.device))))
+            # The model's outputs go to the loss in the compute dtype (bf16 under autocast): the
+            # losses run softmaxes and log-sum-exps in fp32 themselves (cmgl_dist.losses).
+            parts = self.loss_fn(self.engine(to_device(batch, self.world.device)))
             shared = self._all_reduce(parts, batch.get("skipped", 0))
             state.samples_skipped += int(shared[_SKIPPED])
             if shared[_NONFINITE] > 0:
