@@ -37,6 +37,9 @@ class DataConfig(_Section):
     crop_size: int = Field(224, ge=32, description="Random crop (train) / centre crop (eval) (GLoRIA: 224; 299 for 19x19 ResNet-50 regions).")
     text_mode: Literal["report", "sentence"] = Field("report", description="findings + impression, or one sampled sentence.")
     max_length: int = Field(97, ge=8, le=512, description="Maximum tokens per text (GLoRIA: 97).")
+    special_words: Literal["none", "sep", "cls_sep"] = Field(
+        "none", description="Special tokens that are local words too: none (cmgl), sep (GLoRIA's slots "
+                            "1..cap_len: the words + [SEP]), cls_sep ([CLS], the words, [SEP]).")
     shuffle_buffer: int = Field(1000, ge=0, description="Sample shuffle buffer per worker (0 disables).")
     shard_shuffle: bool = Field(True, description="Shuffle the shard order each epoch (seeded).")
     resample: bool = Field(False, description="Sample shards with replacement (infinite stream, fixed epoch length).")
@@ -57,6 +60,11 @@ class ModelConfig(_Section):
     embed_dim: int = Field(256, ge=8, description="Shared projection dimension for global and local features.")
     freeze_text_layers: int = Field(0, ge=0, description="Freeze the embeddings and the first N transformer layers of the text encoder.")
     freeze_image: bool = Field(False, description="Freeze the image backbone (projection heads still train).")
+    local_init_gain: float = Field(
+        1.0, gt=0, description="Multiplies the initial weights of the region and word heads. Their outputs "
+                               "feed the attention's softmax over words unnormalised: at 1.0 with locked "
+                               "encoders the word-region dot products start in the hundreds, the softmax is "
+                               "saturated (one word takes each region) and passes almost no gradient.")
 
     @model_validator(mode="after")
     def _check_pretrained(self):
@@ -136,6 +144,9 @@ class EvalConfig(_Section):
     n_prompts: int = Field(20, ge=1, description="Zero-shot prompts per class (--n-prompts).")
     n_figures: int = Field(4, ge=1, description="Reports drawn as attention-map figures.")
     workers: int = Field(0, ge=0, description="DataLoader worker processes of the evaluation loaders.")
+    word_pooling: Literal["logsumexp", "max"] = Field(
+        "logsumexp", description="Local score over words in zero-shot and retrieval: logsumexp (cmgl, the "
+                                 "training loss's) or max (GLoRIA's zero-shot: gamma2 * max cosine).")
 
 
 class CMGLConfig(_Section):

@@ -11,17 +11,23 @@ Findings (what a reader and a detector can look for):
 - cardiomegaly: a wider, taller cardiac silhouette (cardiothoracic ratio 0.56-0.68 vs 0.40-0.48);
 - pleural_effusion: dense fluid filling the lung base up to a meniscus that rises laterally,
   blunting the costophrenic angle;
-- atelectasis: a thin, near-horizontal plate-like opacity;
+- atelectasis: a near-horizontal plate-like band of opacity;
 - edema: bilateral perihilar (bat-wing) haze with a reticular texture;
 - consolidation: a focal, dense, lobulated opacity.
 Side and zone come from the MeSH qualifiers of the finding's major term (left/right/bilateral;
 upper lobe/apex, middle lobe/lingula/hilum, base/lower lobe); a missing side is drawn at random
 per patient, a missing zone is the base. Size follows borderline/mild/small/moderate/large/severe.
+
+Incidental findings (no label, no mask) are drawn too, from the MeSH headings most IU-RR reports
+without one of the five carry, so that an image shows what its report says even then: calcified
+granulomas, nodules, opacities, scars, degenerative spine, scoliosis, tortuous aorta, lines and
+surgical material, low or hyperinflated lung volumes, an elevated hemidiaphragm, a hiatal hernia
+(`INCIDENTAL_HEADINGS`). A normal report gets none of them.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -36,6 +42,23 @@ ZONE_WORDS = {
     "lower": ("base", "lower lobe", "costophrenic angle", "basilar", "lower", "retrocardiac"),
 }
 SEVERITY_WORDS = {"borderline": 0.6, "mild": 0.8, "small": 0.8, "moderate": 1.2, "large": 1.5, "severe": 1.5}
+# MeSH major heading (exact, lower case) -> incidental finding kind; ("lung", qualifier) for
+# headings whose meaning is in the qualifier.
+INCIDENTAL_HEADINGS = {
+    "calcified granuloma": "granuloma", "granulomatous disease": "granuloma", "granuloma": "granuloma",
+    "calcinosis": "granuloma", "nodule": "nodule", "mass": "nodule", "opacity": "opacity",
+    "density": "opacity", "infiltrate": "opacity", "airspace disease": "opacity", "pneumonia": "opacity",
+    "cicatrix": "scar", "markings": "scar", "fibrosis": "scar", "thoracic vertebrae": "spine",
+    "spine": "spine", "osteophyte": "spine", "spondylosis": "spine", "scoliosis": "scoliosis",
+    "surgical instruments": "device", "catheters, indwelling": "device", "implanted medical device": "device",
+    "pacemaker, artificial": "device", "sutures": "device", "stents": "device", "tube, inserted": "device",
+    "aorta": "aorta", "aorta, thoracic": "aorta", "atherosclerosis": "aorta", "emphysema": "hyperinflated",
+    "pulmonary disease, chronic obstructive": "hyperinflated", "diaphragm": "elevated_diaphragm",
+    "hernia, hiatal": "hiatal_hernia",
+    ("lung", "hypoinflation"): "low_volumes", ("lung", "hyperdistention"): "hyperinflated",
+}
+# Kinds that change the anatomy (lung volumes, diaphragm, spine) rather than add a density.
+ANATOMY_KINDS = ("low_volumes", "hyperinflated", "elevated_diaphragm", "scoliosis")
 
 
 @dataclass(frozen=True)
@@ -65,6 +88,7 @@ class Anatomy:
     gamma: float
     offset: float
     noise: float
+    spine_curve: float = 0.0  # amplitude of a scoliotic curve of the spine (0: straight)
 
 
 def patient_rng(seed: int, uid: str, stream: str) -> np.random.Generator:
@@ -104,6 +128,42 @@ def plan_findings(labels: dict[str, int], mesh_major, rng: np.random.Generator) 
         zone = next((z for z, keys in ZONE_WORDS.items() if any(k in w for w in words for k in keys)), "lower")
         findings.append(Finding(pathology, sides, zone, severity))
     return findings
+
+
+def plan_incidentals(mesh_major, rng: np.random.Generator) -> list[Finding]:
+    """One Finding per incidental MeSH heading (kind in `pathology`), placed by its qualifiers."""
+    out, seen = [], set()
+    for term in mesh_major:
+        heading, *qualifiers = [part.strip().lower() for part in term.split("/")]
+        kind = INCIDENTAL_HEADINGS.get(heading) or next(
+            (INCIDENTAL_HEADINGS[(heading, q)] for q in qualifiers if (heading, q) in INCIDENTAL_HEADINGS), None)
+        if kind is None or kind in seen:
+            continue
+        seen.add(kind)
+        sides = tuple(s for s in ("right", "left") if s in qualifiers) or ((("right",), ("left",))[rng.integers(2)])
+        if "bilateral" in qualifiers:
+            sides = ("right", "left")
+        zone = next((z for z, keys in ZONE_WORDS.items() if any(k in q for q in qualifiers for k in keys)),
+                    ("upper", "middle", "lower")[rng.integers(3)])
+        severity = max((SEVERITY_WORDS[q] for q in qualifiers if q in SEVERITY_WORDS), default=1.0)
+        out.append(Finding(kind, sides, zone, severity))
+    return out
+
+
+def reshape_anatomy(a: Anatomy, incidentals: list[Finding]) -> Anatomy:
+    """The anatomy with the incidental findings that change it: volumes, diaphragm, spine."""
+    base = list(a.base)
+    for f in incidentals:
+        if f.pathology == "low_volumes":
+            base = [b - 0.10 for b in base]
+        elif f.pathology == "hyperinflated":
+            base = [b + 0.09 for b in base]
+            a = replace(a, dome=a.dome * 0.35)
+        elif f.pathology == "elevated_diaphragm":
+            base[f.sides[0] == "left"] -= 0.13
+        elif f.pathology == "scoliosis":
+            a = replace(a, spine_curve=0.06 * f.severity)
+    return replace(a, base=(base[0], base[1]))
 
 
 def _ramp(x: np.ndarray, width: float) -> np.ndarray:
@@ -184,7 +244,8 @@ def _atelectasis(cv: _Canvas, f: Finding, side: str, rng) -> np.ndarray:
     along = (cv.u - cu) * np.cos(angle) + (cv.v - cv_) * np.sin(angle)
     across = -(cv.u - cu) * np.sin(angle) + (cv.v - cv_) * np.cos(angle)
     half_length = cv.a.lung_half_width * (0.55 + 0.25 * f.severity)
-    thickness = 0.018 + 0.010 * f.severity
+    # a band a few regions of a stride-16 grid can resolve (about 4-6% of the image height)
+    thickness = 0.035 + 0.015 * f.severity
     return _ramp(1.0 - np.abs(across) / thickness, cv.edge / thickness) * _ramp(1.0 - np.abs(along) / half_length, 0.15)
 
 
@@ -216,15 +277,20 @@ MASK_LEVEL = 0.25  # a pixel belongs to a lesion where its finding reaches this 
 
 def _density(anatomy: Anatomy, findings: list[Finding], size: int, seed: int, uid: str
              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Attenuation map [size, size] and each finding's soft shape (0..1) on the same grid."""
-    cv = _Canvas(anatomy, size)
-    a = anatomy
+    """Attenuation map [size, size] and each finding's soft shape (0..1) on the same grid.
+
+    `findings` may hold incidental findings (kinds outside PATHOLOGIES): they get no shape."""
+    incidentals = [f for f in findings if f.pathology not in PATHOLOGIES]
+    findings = [f for f in findings if f.pathology in PATHOLOGIES]
+    cv = _Canvas(reshape_anatomy(anatomy, incidentals), size)
+    a = cv.a
     by_name = {f.pathology: f for f in findings}
     torso = cv.ellipse(0.0, 0.15, a.thorax_half_width, 1.05)
     lungs = {side: cv.lung(side) for side in ("right", "left")}
     lung_any = np.maximum(lungs["right"], lungs["left"])
     heart = _heart(cv, by_name.get("cardiomegaly"))
-    spine = _ramp(0.07 - np.abs(cv.u), cv.edge) * torso
+    spine_u = a.spine_curve * np.sin(np.pi * (cv.v + 0.9) / 1.6)
+    spine = _ramp(0.07 - np.abs(cv.u - spine_u), cv.edge) * torso
     ribs = np.clip((np.sin(2 * np.pi * (cv.v + 0.35 * (np.abs(cv.u) - 0.4) ** 2) / a.rib_period + a.rib_phase) - 0.55) / 0.45, 0, 1)
     clavicle_v = a.lung_top + 0.08 + 0.18 * (np.abs(cv.u) - 0.15)
     clavicles = _ramp(0.022 - np.abs(cv.v - clavicle_v), cv.edge) * _ramp(0.72 - np.abs(cv.u), 0.05) * _ramp(np.abs(cv.u) - 0.08, 0.02)
@@ -251,7 +317,48 @@ def _density(anatomy: Anatomy, findings: list[Finding], size: int, seed: int, ui
             shape = np.maximum(shape, part)
         density += DENSITY[f.pathology] * shape
         shapes[f.pathology] = shape
+    for f in incidentals:
+        if f.pathology not in ANATOMY_KINDS:
+            rng = patient_rng(seed, uid, f"incidental:{f.pathology}")
+            density += _incidental(cv, f, lungs, spine_u, heart, rng)
     return density, shapes
+
+
+def _incidental(cv: _Canvas, f: Finding, lungs: dict, spine_u: np.ndarray, heart: np.ndarray, rng) -> np.ndarray:
+    """Added density of one incidental finding (negative for air)."""
+    a = cv.a
+    side = f.sides[0]
+    cu, cv_ = cv.zone_center(side, f.zone)
+    cu += rng.uniform(-0.08, 0.08)
+    cv_ += rng.uniform(-0.06, 0.06)
+    if f.pathology == "granuloma":  # small, very dense, sharp; sometimes a second one
+        dots = cv.ellipse(cu, cv_, 0.028, 0.028)
+        if rng.uniform() < 0.5:
+            dots = np.maximum(dots, cv.ellipse(cu + rng.uniform(-0.1, 0.1), cv_ + rng.uniform(-0.1, 0.1), 0.022, 0.022))
+        return 0.50 * dots
+    if f.pathology == "nodule":
+        return 0.30 * cv.ellipse(cu, cv_, 0.05 * f.severity, 0.05 * f.severity) * lungs[side]
+    if f.pathology == "opacity":
+        return 0.16 * _ramp(1.0 - np.hypot(cv.u - cu, cv.v - cv_) / 0.11, 0.3) * lungs[side]
+    if f.pathology == "scar":  # a thin oblique line
+        angle = rng.uniform(0.3, 1.2) * SIDE_SIGN[side]
+        across = -(cv.u - cu) * np.sin(angle) + (cv.v - cv_) * np.cos(angle)
+        along = (cv.u - cu) * np.cos(angle) + (cv.v - cv_) * np.sin(angle)
+        return 0.22 * _ramp(0.012 - np.abs(across), cv.edge) * _ramp(0.12 - np.abs(along), 0.02) * lungs[side]
+    if f.pathology == "spine":  # osteophytes: bright spurs off both edges of the spine at a few levels
+        spurs = np.zeros_like(cv.u)
+        for v in rng.uniform(-0.4, 0.5, size=3):
+            for sign in (-1.0, 1.0):
+                spurs = np.maximum(spurs, cv.ellipse(float(sign * 0.085), float(v), 0.03, 0.014))
+        return 0.35 * spurs
+    if f.pathology == "device":  # a catheter: a bright line from the right shoulder into the mediastinum
+        path_u = -0.55 + 0.5 * np.clip((cv.v + 0.85) / 0.75, 0, 1)
+        return 0.60 * _ramp(0.010 - np.abs(cv.u - path_u), cv.edge) * _ramp(cv.v + 0.85, 0.01) * _ramp(-0.10 - cv.v, 0.01)
+    if f.pathology == "aorta":  # a prominent aortic knob, left of the upper mediastinum
+        return 0.16 * cv.ellipse(0.13, a.lung_top + 0.28, 0.08, 0.07)
+    if f.pathology == "hiatal_hernia":  # a retrocardiac air bubble
+        return -0.25 * cv.ellipse(a.heart_center[0] - 0.04, a.heart_center[1] + 0.05, 0.07, 0.05) * heart
+    raise ValueError(f"no drawing for incidental finding {f.pathology!r}")
 
 
 def _upsample(array: np.ndarray, size: int) -> np.ndarray:
@@ -282,8 +389,10 @@ def render(anatomy: Anatomy, findings: list[Finding], size: int, uid_seed: tuple
 
 
 def phantom_for_report(uid: str, labels: dict[str, int], mesh_major, size: int, seed: int):
-    """The phantom for one report: (image uint8 [size, size], masks, findings)."""
+    """The phantom for one report: (image uint8 [size, size], masks, findings, incidental ones included)."""
     anatomy = draw_anatomy(patient_rng(seed, uid, "anatomy"))
     findings = plan_findings(labels, mesh_major, patient_rng(seed, uid, "placement"))
+    if not labels.get("normal"):
+        findings += plan_incidentals(mesh_major, patient_rng(seed, uid, "incidental-placement"))
     image, masks = render(anatomy, findings, size, (seed, uid))
     return image, masks, findings

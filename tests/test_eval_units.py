@@ -96,6 +96,35 @@ def test_results_log_drops_a_partial_last_line(tmp_path):
     assert completed_ids(read_records(path)) == {"a", "c"}
 
 
+def test_localisation_scores_the_words_that_name_the_finding():
+    from cmgl_dist.config import load_config
+    from cmgl_dist.data import tokenize_texts
+    from cmgl_dist.evaluate.localisation import finding_word_rows
+    from cmgl_dist.model import build_model
+
+    cfg = load_config("debug")
+    model = build_model(cfg.model).eval()
+    prompts = ["small pleural effusion on the left", "pleural fluid", "no finding here"]
+    words, rows = finding_word_rows(model, prompts, "pleural_effusion", cfg.data)
+    assert rows == [[2], [1]], "the third prompt names no effusion and is dropped"
+    names = tokenize_texts(model.tokenizer, prompts[:2], cfg.data.max_length)["words"]
+    assert [len(w) for w in words] == [len(n) for n in names]
+    with pytest.raises(ValueError, match="no prompt for edema"):
+        finding_word_rows(model, ["clear lungs"], "edema", cfg.data)
+
+
+def test_mean_of_every_words_attention_is_near_uniform():
+    """Why localisation scores only the finding words: GLoRIA's softmax over words shares each
+    region among the words, so the average of all the words' maps is flat whatever the features."""
+    from cmgl_dist.evaluate.similarity import word_region_attention
+
+    g = torch.Generator().manual_seed(0)
+    words, regions = torch.randn(12, 16, generator=g), torch.randn(100, 16, generator=g)
+    attention = word_region_attention(words, regions, gamma1=4.0)
+    assert attention.max(dim=1).values.mean() > 5 / 100  # single words are peaked
+    assert attention.mean(dim=0).max() < 2.5 / 100  # their mean is not
+
+
 def test_patient_folds_keep_patients_together_and_spread_rare_positives():
     from cmgl_dist.evaluate.probe import cross_validated_scores, patient_folds
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from cmgl_dist.evaluate.metrics import auc, bootstrap_aucs, recall_at_k, roc_points
+from cmgl_dist.evaluate.metrics import (auc, bootstrap_aucs, finding_set_precision, recall_at_k, recall_chance,
+                                      roc_points)
 
 NAMES = ("a", "b", "c")
 
@@ -89,3 +90,30 @@ def test_recall_at_k():
     assert recall_at_k(sim, (1, 2, 3)) == {"R@1": pytest.approx(1 / 3), "R@2": pytest.approx(2 / 3), "R@3": 1.0}
     with pytest.raises(ValueError, match="square"):
         recall_at_k(sim[:2])
+
+
+def test_recall_chance_is_k_over_n():
+    assert recall_chance(776) == {"R@1": pytest.approx(1 / 776), "R@5": pytest.approx(5 / 776),
+                                  "R@10": pytest.approx(10 / 776)}
+    assert recall_chance(4, (1, 10))["R@10"] == 1.0
+
+
+def test_finding_set_precision_counts_equal_label_rows_and_its_chance():
+    sets = np.array([[1, 0], [1, 0], [0, 1], [0, 0]], bool)
+    # query 0 ranks 1, 0 first (both {a}); query 2 ranks 3 then 2; others rank in index order
+    sim = np.array([[5, 9, 1, 0], [3, 2, 1, 0], [0, 0, 1, 2], [0, 0, 0, 1]], float)
+    precision, chance = finding_set_precision(sim, sets, sets, k=2)
+    assert precision == pytest.approx(np.mean([2 / 2, 2 / 2, 1 / 2, 1 / 2]))
+    assert chance == pytest.approx(np.mean([2 / 4, 2 / 4, 1 / 4, 1 / 4]))
+    with pytest.raises(ValueError, match="does not match"):
+        finding_set_precision(sim[:3], sets, sets)
+
+
+def test_finding_set_precision_of_random_scores_sits_at_chance():
+    rng = np.random.default_rng(0)
+    sets = rng.random((600, 3)) < [0.5, 0.2, 0.1]
+    precision, chance = finding_set_precision(rng.random((600, 600)), sets, sets, k=10)
+    assert abs(precision - chance) < 0.03
+    same = (sets[:, None] == sets[None]).all(-1)
+    perfect, _ = finding_set_precision(same.astype(float), sets, sets)
+    assert perfect == pytest.approx(np.minimum(same.sum(1), 10).mean() / 10)  # rare sets have < 10 members

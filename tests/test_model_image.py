@@ -101,3 +101,16 @@ def test_forward_gives_every_trainable_parameter_a_gradient():
     loss.backward()
     missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing
+
+
+def test_local_init_gain_scales_only_the_region_and_word_heads():
+    from cmgl_dist.config import load_config
+
+    heads = {}
+    for gain in (1.0, 0.1):
+        torch.manual_seed(0)
+        heads[gain] = build_model(load_config("debug", [f"model.local_init_gain={gain}"]).model).state_dict()
+    for name in ("image_region_head.weight", "word_head.weight"):
+        torch.testing.assert_close(heads[0.1][name], 0.1 * heads[1.0][name])
+    for name in ("image_global_head.weight", "sentence_head.weight", "word_head.bias"):
+        assert torch.equal(heads[0.1][name], heads[1.0][name])

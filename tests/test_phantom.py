@@ -2,12 +2,14 @@
 import numpy as np
 import pytest
 
-from cmgl_dist.shards.phantom import Finding, draw_anatomy, patient_rng, phantom_for_report, plan_findings, render
+from cmgl_dist.shards.phantom import (INCIDENTAL_HEADINGS, Finding, draw_anatomy, patient_rng, phantom_for_report,
+                                      plan_findings, plan_incidentals, render, reshape_anatomy)
 from cmgl_dist.shards.reports import labels_from_mesh
 from cmgl_dist.shards.schema import PATHOLOGIES
 
 SIZE = 128
 NORMAL = dict.fromkeys(PATHOLOGIES, 0) | {"normal": 1}
+NO_LABEL = dict.fromkeys(PATHOLOGIES, 0) | {"normal": 0}  # none of the five, not normal either
 
 
 def _dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
@@ -94,3 +96,37 @@ def test_upsampled_sizes_keep_masks_aligned():
     large = phantom_for_report("CXR11", labels, ["Consolidation/lung/middle lobe/right"], 512, 0)[1]["consolidation"]
     assert large.shape == (512, 512)
     assert abs(large.mean() - small.mean()) < 0.002
+
+
+def test_incidental_findings_are_drawn_where_their_mesh_words_say_without_masks():
+    """A report with none of the five findings still shows what it says: here a right upper granuloma."""
+    plain, masks_plain, _ = phantom_for_report("CXR12", NO_LABEL, [], SIZE, 0)
+    image, masks, findings = phantom_for_report("CXR12", NO_LABEL, ["Calcified Granuloma/lung/upper lobe/right"], SIZE, 0)
+    assert findings == [Finding("granuloma", ("right",), "upper", 1.0)] and masks == masks_plain == {}
+    diff = np.abs(image.astype(np.int16) - plain.astype(np.int16)) > 30
+    ys, xs = np.nonzero(diff)
+    assert 10 < diff.sum() < 0.02 * SIZE * SIZE, "a small, dense dot"
+    assert xs.mean() < SIZE / 2 and ys.mean() < SIZE / 2  # patient's right = image left; upper lobe
+
+
+def test_normal_report_gets_no_incidental_and_every_kind_draws():
+    assert plan_incidentals(["normal"], patient_rng(0, "CXR1", "x")) == []
+    assert phantom_for_report("CXR1", NORMAL, ["normal", "Calcified Granuloma"], SIZE, 0)[2] == []
+    headings = sorted({h if isinstance(h, str) else "/".join(h) for h in INCIDENTAL_HEADINGS})
+    kinds = set()
+    for heading in headings:
+        plain = phantom_for_report("CXR13", NO_LABEL, [], SIZE, 0)[0]
+        image, masks, findings = phantom_for_report("CXR13", NO_LABEL, [heading], SIZE, 0)
+        assert masks == {} and len(findings) == 1, heading
+        assert np.abs(image.astype(np.int16) - plain.astype(np.int16)).mean() > 0.05, f"{heading} draws nothing"
+        kinds.add(findings[0].pathology)
+    assert kinds == set(INCIDENTAL_HEADINGS.values())
+
+
+def test_lung_volumes_move_the_diaphragm():
+    anatomy = draw_anatomy(patient_rng(0, "CXR14", "anatomy"))
+    low = reshape_anatomy(anatomy, [Finding("low_volumes", ("right",), "lower", 1.0)])
+    high = reshape_anatomy(anatomy, [Finding("hyperinflated", ("right",), "lower", 1.0)])
+    raised = reshape_anatomy(anatomy, [Finding("elevated_diaphragm", ("left",), "lower", 1.0)])
+    assert low.base[0] < anatomy.base[0] < high.base[0] and high.dome < anatomy.dome
+    assert raised.base[1] < anatomy.base[1] and raised.base[0] == anatomy.base[0]

@@ -1,6 +1,7 @@
 """`cmgl evaluate` on a tiny exported model: results.jsonl, table.md and the PNGs, well-formed."""
 import json
 import shutil
+import re
 
 import pytest
 import torch
@@ -65,8 +66,12 @@ def test_table_has_the_paper_shape(evaluated):
     assert [row[0] for row in auc[2:]] == ["zero-shot", "zero-shot vs negation", "probe 10%", "probe 100%"]
     for row in auc[2:]:
         assert all(_cell_ok(cell) for cell in row[1:]), row
-    assert retrieval[0] == ["Direction", "R@1", "R@5", "R@10"] and len(retrieval) == 4
-    assert localisation[0][:2] == ["Finding", "Masks"] and localisation[-1][0] == "All"
+    assert retrieval[0] == ["Direction", "R@1 (chance)", "R@5 (chance)", "R@10 (chance)"] and len(retrieval) == 4
+    n_test = int(re.search(r"Candidates: (\d+) test pairs", (out / "table.md").read_text()).group(1))
+    assert all(cell.endswith(f"({10 / n_test:.3f})") for cell in [row[3] for row in retrieval[2:]])
+    assert re.search(r"precision, image -> report P@10 .*: \d\.\d{3} \(\d\.\d{3}\)\.", (out / "table.md").read_text())
+    assert localisation[0] == ["Finding", "Masks", "Attention mass in mask", "Pointing game", "Chance (mask share)"]
+    assert localisation[-1][0] == "All"
 
 
 def test_roc_and_attention_pngs_open(evaluated):

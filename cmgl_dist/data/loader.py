@@ -46,11 +46,11 @@ from cmgl_dist.data.streams import StreamSpec, mixed_records, stream_sample_coun
 from cmgl_dist.data.text import tokenize_texts
 
 
-def collate(examples: list[dict], tokenizer, max_length: int, skipped: int) -> dict:
+def collate(examples: list[dict], tokenizer, max_length: int, skipped: int, special_words: str = "none") -> dict:
     texts = [e["text"] for e in examples]
     return {
         "images": torch.stack([e["image"] for e in examples]),
-        **tokenize_texts(tokenizer, texts, max_length),
+        **tokenize_texts(tokenizer, texts, max_length, special_words),
         "labels": torch.stack([e["labels"] for e in examples]),
         "keys": [e["key"] for e in examples],
         "texts": texts,
@@ -120,12 +120,12 @@ class ShardBatches(IterableDataset):
                 continue
             pending.append(example)
             if len(pending) == self.batch_size:
-                yield collate(pending, self.tokenizer, self.cfg.max_length, counter.take())
+                yield collate(pending, self.tokenizer, self.cfg.max_length, counter.take(), self.cfg.special_words)
                 pending, emitted = [], emitted + 1
                 if emitted == limit:
                     return
         if pending:  # only evaluation streams end
-            yield collate(pending, self.tokenizer, self.cfg.max_length, counter.take())
+            yield collate(pending, self.tokenizer, self.cfg.max_length, counter.take(), self.cfg.special_words)
 
 
 class ShardLoader:

@@ -12,6 +12,12 @@ tokens get word id -1, like [CLS], [SEP] and padding, and the local loss never a
 
 Truncation at `max_length` keeps the map consistent: a word cut mid-way keeps the pieces
 that fit, and its string in `words` is the part of the text those pieces cover.
+
+`special_words` chooses whether the tokenizer's special tokens are local words too:
+- "none" (cmgl): only the words of the text;
+- "sep": the words, then [SEP], GLoRIA's slots 1..cap_len (its local loss and zero-shot score
+  skip [CLS] at slot 0 and take cap_len = words + 1 slots, so [SEP] is the last local word);
+- "cls_sep": [CLS], the words, [SEP]: GLoRIA's whole aggregated word tensor.
 """
 from __future__ import annotations
 
@@ -23,7 +29,10 @@ import torch
 _WORD_CHARACTER = re.compile(r"\w")
 
 
-def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int) -> dict:
+SPECIAL_WORDS = ("none", "sep", "cls_sep")
+
+
+def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int, special_words: str = "none") -> dict:
     """Tokenize a batch of texts, padded to the longest one (at most `max_length` tokens).
 
     Returns input_ids, attention_mask, word_ids (long [B, L]: the index of the word each
@@ -34,6 +43,8 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int) -> dict:
         raise TypeError(
             f"{type(tokenizer).__name__} is not a fast (Rust) tokenizer: word ids need one; "
             "load it with AutoTokenizer.from_pretrained(..., use_fast=True)")
+    if special_words not in SPECIAL_WORDS:
+        raise ValueError(f"special_words={special_words!r} is not one of {SPECIAL_WORDS} (data.special_words)")
     texts = list(texts)
     if not texts:
         raise ValueError("tokenize_texts needs at least one text")
@@ -46,6 +57,9 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int) -> dict:
     for row, text in enumerate(texts):
         row_words = _assign_words(text, encoding.word_ids(row), encoding["offset_mapping"][row].tolist(),
                                   word_ids[row])
+        if special_words != "none":
+            row_words = _add_special_words(row_words, encoding["input_ids"][row], word_ids[row], tokenizer,
+                                           with_cls=special_words == "cls_sep")
         words.append(row_words)
 
     most_words = max(1, max(len(row_words) for row_words in words))
@@ -76,3 +90,14 @@ def _assign_words(text: str, token_words: list, offsets: list, row_word_ids: tor
         if word in index_of:
             row_word_ids[position] = index_of[word]
     return [text[spans[word][0]:spans[word][1]] for word in kept]
+
+
+def _add_special_words(words: list[str], input_ids: torch.Tensor, row_word_ids: torch.Tensor, tokenizer,
+                       with_cls: bool) -> list[str]:
+    """Make [SEP] (and [CLS] first, `with_cls`) words of their own, in place; return the word strings."""
+    if with_cls:
+        row_word_ids[row_word_ids >= 0] += 1
+        row_word_ids[input_ids == tokenizer.cls_token_id] = 0
+        words = [tokenizer.cls_token, *words]
+    row_word_ids[input_ids == tokenizer.sep_token_id] = len(words)
+    return [*words, tokenizer.sep_token]

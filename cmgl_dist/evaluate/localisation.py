@@ -2,11 +2,17 @@
 
 For every test sample with a lesion mask (phantom images carry `masks.npz`, one bool mask per
 present finding at the stored image's resolution), the class prompts' words attend over the
-image's regions (GLoRIA attention); the map, averaged over the words and prompts, is upsampled to
-the crop and scored two ways:
-- mass: the share of attention inside the mask (chance level = the mask's share of the crop,
-  reported beside it as `mask_share`);
+image's regions (GLoRIA attention); the map of the words that name the finding
+(`prompts.FINDING_WORDS`: "effusion", "cardiomegaly", ...), averaged over those words and the
+prompts, is upsampled to the crop and scored two ways:
+- mass: the share of attention inside the mask;
 - pointing game: whether the map's maximum falls inside the mask.
+Both have the same chance level, the mask's share of the crop (a uniform map's mass; the hit
+rate of a peak placed at random), reported beside them as `mask_share`.
+
+Only the finding words are scored: GLoRIA's attention first shares each region among the text's
+words (softmax over words, so the shares of a region sum to 1), and the mean of every word's map
+is therefore close to uniform whatever the model learnt.
 Masks go through the eval image transform (`cmgl_dist.data.images`: longest side to
 data.image_size, centred zero-padding to a square, centre crop), so they align with the
 pixels the model saw.
@@ -62,7 +68,6 @@ def score_map(heatmap: torch.Tensor, mask: torch.Tensor) -> tuple[float, bool]:
 def localisation_scores(ctx) -> dict:
     """Per-pathology and overall mean mass, pointing-game accuracy and chance level."""
     from cmgl_dist.evaluate.prompts import class_prompts
-    from cmgl_dist.evaluate.zero_shot import encode_texts
 
     cfg = ctx.cfg
     masks = read_masks(ctx.shards, ctx.split)
@@ -74,8 +79,7 @@ def localisation_scores(ctx) -> dict:
     prompts = class_prompts(ctx.settings.n_prompts, seed=0)
     rows: dict[str, list[tuple[float, bool, float]]] = {p: [] for p in PATHOLOGIES}
     for pathology in PATHOLOGIES:
-        _, words, word_mask = encode_texts(ctx.model, prompts[pathology], cfg.data.max_length)
-        words = [w[m].cpu() for w, m in zip(words, word_mask)]
+        words, finding = finding_word_rows(ctx.model, prompts[pathology], pathology, cfg.data)
         for key, sample_masks in masks.items():
             if pathology not in sample_masks or key not in row_of:
                 continue
@@ -83,7 +87,8 @@ def localisation_scores(ctx) -> dict:
             if not mask.any():
                 continue  # the lesion lies outside the centre crop
             regions = feats.regions[row_of[key]]
-            attention = torch.stack([ctx.attention(w, regions).mean(0) for w in words])
+            attention = torch.stack([ctx.attention(w, regions)[rows].mean(0)
+                                     for w, rows in zip(words, finding)])
             heatmap = attention_heatmap(attention.mean(0), cfg.data.crop_size)
             mass, hit = score_map(heatmap, mask)
             rows[pathology].append((mass, hit, float(mask.float().mean())))
@@ -93,6 +98,27 @@ def localisation_scores(ctx) -> dict:
         raise ValueError("no lesion mask falls inside the centre crop of any test sample")
     summary["all"] = _summarise(everything)
     return {"localisation": summary}
+
+
+def finding_word_rows(model, prompts: list[str], pathology: str, data_cfg) -> tuple[list, list]:
+    """([real words [W, D] per prompt], [indices of the words naming `pathology` per prompt]).
+
+    Prompts without such a word are dropped; every pathology's prompt set has some."""
+    from cmgl_dist.data import tokenize_texts
+    from cmgl_dist.evaluate.prompts import FINDING_WORDS
+    from cmgl_dist.evaluate.zero_shot import encode_texts
+
+    _, words, word_mask = encode_texts(model, prompts, data_cfg.max_length, data_cfg.special_words)
+    strings = tokenize_texts(model.tokenizer, prompts, data_cfg.max_length, data_cfg.special_words)["words"]
+    kept_words, kept_rows = [], []
+    for w, m, names in zip(words, word_mask, strings):
+        rows = [i for i, name in enumerate(names) if name.lower() in FINDING_WORDS[pathology]]
+        if rows:
+            kept_words.append(w[m].cpu())
+            kept_rows.append(rows)
+    if not kept_words:
+        raise ValueError(f"no prompt for {pathology} contains one of {sorted(FINDING_WORDS[pathology])}")
+    return kept_words, kept_rows
 
 
 def _summarise(rows: list[tuple[float, bool, float]]) -> dict:

@@ -108,3 +108,28 @@ def recall_at_k(similarity: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[
     # rank of the correct candidate = number of candidates scored strictly higher
     rank = (similarity > correct).sum(axis=1)
     return {f"R@{k}": float((rank < k).mean()) for k in ks}
+
+
+def recall_chance(n_candidates: int, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Recall@k of a random ranking with one correct candidate among n: k / n."""
+    return {f"R@{k}": min(1.0, k / n_candidates) for k in ks}
+
+
+def finding_set_precision(similarity: np.ndarray, query_sets: np.ndarray, candidate_sets: np.ndarray,
+                          k: int = 10) -> tuple[float, float]:
+    """(precision@k, its chance level) of finding-aware retrieval.
+
+    similarity [Q, C]; query_sets [Q, L] and candidate_sets [C, L] bool label rows. A retrieved
+    candidate counts when its whole label row equals the query's. Chance: the expected precision
+    of a random ranking, the mean over queries of the share of candidates with the same row.
+    """
+    similarity = np.asarray(similarity, float)
+    if similarity.shape != (len(query_sets), len(candidate_sets)):
+        raise ValueError(f"similarity {similarity.shape} does not match {len(query_sets)} queries x "
+                         f"{len(candidate_sets)} candidates")
+    same = (np.asarray(query_sets)[:, None, :] == np.asarray(candidate_sets)[None, :, :]).all(-1)  # [Q, C]
+    k = min(k, similarity.shape[1])
+    # ties broken by candidate index, so the figure is deterministic
+    top = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    precision = np.take_along_axis(same, top, axis=1).mean()
+    return float(precision), float(same.mean())

@@ -45,6 +45,18 @@ PROMPT_PARTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
 }
 
 
+# pathology -> the words of its prompts that name the finding itself (lower case). Localisation
+# scores where these words look; severity, location and filler words ("the", "left") do not
+# name the lesion, and averaging every word's map would flatten it (see localisation.py).
+FINDING_WORDS: dict[str, frozenset[str]] = {
+    "atelectasis": frozenset({"atelectasis"}),
+    "cardiomegaly": frozenset({"cardiomegaly", "enlargement", "enlarged", "cardiac", "heart", "cardiomediastinal"}),
+    "edema": frozenset({"edema", "congestion"}),
+    "pleural_effusion": frozenset({"effusion", "fluid"}),
+    "consolidation": frozenset({"consolidation", "airspace", "infiltrate"}),
+}
+
+
 # pathology -> statements that the finding is absent, as IU-RR reports phrase them. Used by the
 # negation-contrasted zero-shot score (CheXzero's positive-vs-negative prompts): nearly every
 # IU-RR report says "no pleural effusion", so a positive prompt alone also matches negated

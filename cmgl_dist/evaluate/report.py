@@ -71,18 +71,32 @@ def auc_table(records: list[dict]) -> list[str]:
 
 
 def retrieval_table(records: list[dict]) -> list[str]:
-    ks = sorted(records[0]["image_to_text"], key=lambda k: int(k.removeprefix("R@")))
-    header = ["Direction"] + ks
-    rows = [[label] + [f"{records[0][name][k]:.3f}" for k in ks]
+    record = records[0]
+    ks = sorted(record["image_to_text"], key=lambda k: int(k.removeprefix("R@")))
+    chance = record.get("chance", {})
+    header = ["Direction"] + [f"{k} (chance)" if k in chance else k for k in ks]
+    rows = [[label] + [_with_chance(record[name][k], chance.get(k)) for k in ks]
             for name, label in (("image_to_text", "image -> report"), ("text_to_image", "report -> image"))]
-    return _markdown(header, rows) + ["", f"Candidates: {records[0]['n_test']} test pairs."]
+    lines = _markdown(header, rows) + ["", f"Candidates: {record['n_test']} test pairs."]
+    if "finding_precision" in record:
+        (name, value), = ((k, v) for k, v in record["finding_precision"].items() if k != "chance")
+        lines.append(f"Finding-aware precision, image -> report {name} (retrieved reports whose finding set, "
+                     f"five pathologies + normal, equals the image's): "
+                     f"{_with_chance(value, record['finding_precision']['chance'])}.")
+    return lines
+
+
+def _with_chance(value: float, chance) -> str:
+    return f"{value:.3f}" if chance is None else f"{value:.3f} ({chance:.3f})"
 
 
 def localisation_table(records: list[dict]) -> list[str]:
     scores = records[0]["localisation"]
-    rows = [[TITLES.get(name, "All"), str(s["n"]), f"{s['mass']:.3f}", f"{s['mask_share']:.3f}", f"{s['pointing']:.3f}"]
+    rows = [[TITLES.get(name, "All"), str(s["n"]), f"{s['mass']:.3f}", f"{s['pointing']:.3f}", f"{s['mask_share']:.3f}"]
             for name, s in ((n, scores[n]) for n in PATHOLOGIES + ("all",) if n in scores)]
-    return _markdown(["Finding", "Masks", "Attention mass in mask", "Chance (mask share)", "Pointing game"], rows)
+    return _markdown(["Finding", "Masks", "Attention mass in mask", "Pointing game", "Chance (mask share)"], rows) + [
+        "", "Chance is the same for both: a uniform map's mass in the mask, and the hit rate of a peak "
+            "placed at random."]
 
 
 def build_table(records: list[dict]) -> str:

@@ -11,13 +11,16 @@ from cmgl_dist.losses import local_similarity
 @torch.inference_mode()
 def image_text_similarity(image_global: torch.Tensor, regions: torch.Tensor, sentence: torch.Tensor,
                           words: torch.Tensor, word_mask: torch.Tensor, *, gamma1: float,
-                          gamma2: float) -> torch.Tensor:
-    """[N_images, N_texts]: (global cosine + local similarity) / 2, as GLoRIA's `get_similarities`."""
+                          gamma2: float, word_pooling: str = "logsumexp") -> torch.Tensor:
+    """[N_images, N_texts]: (global cosine + local similarity) / 2, as GLoRIA's `get_similarities`.
+
+    The local similarity pools the words with the training log-sum-exp, or with GLoRIA's
+    zero-shot max (`word_pooling="max"`, `eval.word_pooling`)."""
     device = words.device
     global_sim = F.normalize(image_global.to(device).float(), dim=-1) @ F.normalize(sentence.float(), dim=-1).T
     # local_similarity works in memory-bounded blocks of (texts x images) itself
     local = local_similarity(words.float(), word_mask.bool(), regions.to(device).float(),
-                             gamma1=gamma1, gamma2=gamma2)            # [T, I]
+                             gamma1=gamma1, gamma2=gamma2, word_pooling=word_pooling)  # [T, I]
     return (global_sim + local.T) / 2
 
 

@@ -19,28 +19,31 @@ from cmgl_dist.evaluate.similarity import image_text_similarity
 
 
 @torch.inference_mode()
-def encode_texts(model, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def encode_texts(model, texts: list[str], max_length: int, special_words: str = "none"
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sentence [T, D], words [T, W, D], word_mask [T, W]) through the training text path."""
     device = next(model.parameters()).device
-    batch = tokenize_texts(model.tokenizer, texts, max_length)
+    batch = tokenize_texts(model.tokenizer, texts, max_length, special_words)
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     sentence, words, word_mask = model.encode_text(batch)
     return sentence.float(), words.float(), word_mask.bool()
 
 
 def mean_similarity(model, feats: SplitFeatures, texts: list[str], *, max_length: int, gamma1: float,
-                    gamma2: float) -> torch.Tensor:
+                    gamma2: float, special_words: str = "none", word_pooling: str = "logsumexp") -> torch.Tensor:
     """[N]: each image's similarity to the texts, averaged over the texts."""
-    sentence, words, word_mask = encode_texts(model, texts, max_length)
+    sentence, words, word_mask = encode_texts(model, texts, max_length, special_words)
     sim = image_text_similarity(feats.image_global, feats.regions, sentence, words, word_mask,
-                                gamma1=gamma1, gamma2=gamma2)   # [N, T]
+                                gamma1=gamma1, gamma2=gamma2, word_pooling=word_pooling)   # [N, T]
     return sim.mean(dim=1).cpu()
 
 
 def class_scores(model, feats: SplitFeatures, prompts: dict[str, list[str]], *, max_length: int,
-                 gamma1: float, gamma2: float, negatives: Optional[dict[str, Sequence[str]]] = None) -> np.ndarray:
+                 gamma1: float, gamma2: float, negatives: Optional[dict[str, Sequence[str]]] = None,
+                 special_words: str = "none", word_pooling: str = "logsumexp") -> np.ndarray:
     """[N, C] standardised zero-shot scores, classes in `prompts` order."""
-    common = dict(max_length=max_length, gamma1=gamma1, gamma2=gamma2)
+    common = dict(max_length=max_length, gamma1=gamma1, gamma2=gamma2, special_words=special_words,
+                  word_pooling=word_pooling)
     columns = []
     for pathology, texts in prompts.items():
         score = mean_similarity(model, feats, texts, **common)

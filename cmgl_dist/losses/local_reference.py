@@ -8,6 +8,9 @@ For text t and image i (words w, regions r), as GLoRIA's public `local_loss`/`at
     S[t, i]   = log sum_{real w} exp(gamma2 * cos(word_w, ctx_w))
 
 Padded words (word_mask False) take no part in the softmax over words nor in the sum.
+`word_pooling="max"` replaces the log-sum-exp by gamma2 * max over real words of the cosine:
+GLoRIA's zero-shot score (`get_local_similarities`: log of the max of exp(gamma2 * cos)),
+offered for evaluation; the loss always uses the log-sum-exp.
 The cosine is GLoRIA's: `(x . y) / max(|x| |y|, 1e-8)` (the eps clamps the product of the norms,
 not each norm as `torch.nn.functional.cosine_similarity` does).
 
@@ -20,6 +23,8 @@ Half-precision inputs are computed in float32 (autocast off); S comes back in th
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -28,9 +33,11 @@ from cmgl_dist.kernels.inputs import COSINE_EPS, check_local_inputs
 # Elements of one block's [t, i, W, 2R + D] working set; backward keeps ~3x this alive at once
 # (about 0.8 GB in float32 at the default).
 DEFAULT_BLOCK_ELEMENTS = 1 << 26
+WORD_POOLINGS = ("logsumexp", "max")
 
 
-def block_similarity(words, word_mask, regions, gamma1: float, gamma2: float) -> torch.Tensor:
+def block_similarity(words, word_mask, regions, gamma1: float, gamma2: float,
+                     word_pooling: str = "logsumexp") -> torch.Tensor:
     """S [t, i] (float32, or float64 for float64 inputs) for every pair of a block of texts
     [t, W, D] and images [i, R, D]. The two products take the inputs' dtype (bf16 operands on
     tensor cores for 16-bit inputs); softmaxes, norms and the log-sum-exp run in float32."""
@@ -43,7 +50,8 @@ def block_similarity(words, word_mask, regions, gamma1: float, gamma2: float) ->
         dot = torch.einsum("twd,tiwd->tiw", words, context)
         norms = words.norm(dim=-1)[:, None, :] * context.norm(dim=-1)
         cosine = dot / norms.clamp(min=COSINE_EPS)
-        return (gamma2 * cosine).masked_fill(~word_mask[:, None, :], float("-inf")).logsumexp(dim=2)
+        scores = (gamma2 * cosine).masked_fill(~word_mask[:, None, :], float("-inf"))
+        return scores.amax(dim=2) if word_pooling == "max" else scores.logsumexp(dim=2)
 
 
 def _blocks(words: torch.Tensor, regions: torch.Tensor, block_elements: int):
@@ -105,11 +113,15 @@ def local_similarity_reference(
     gamma2: float = 5.0,
     *,
     block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+    word_pooling: str = "logsumexp",
 ) -> torch.Tensor:
     """S [T, I] from words [T, W, D], word_mask [T, W] (bool), regions [I, R, D]; see module doc."""
     check_local_inputs(words, word_mask, regions)
     if block_elements < 1:
         raise ValueError(f"block_elements must be >= 1, got {block_elements}")
+    if word_pooling not in WORD_POOLINGS:
+        raise ValueError(f"word_pooling={word_pooling!r} is not one of {WORD_POOLINGS}")
+    block_fn = block_similarity if word_pooling == "logsumexp" else partial(block_similarity, word_pooling=word_pooling)
     dtype = torch.promote_types(torch.promote_types(words.dtype, regions.dtype), torch.float32)
     return ChunkedLocalSimilarity.apply(words.to(dtype), word_mask, regions.to(dtype), float(gamma1),
-                                        float(gamma2), block_elements, block_similarity)
+                                        float(gamma2), block_elements, block_fn)

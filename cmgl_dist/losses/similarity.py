@@ -83,13 +83,17 @@ def local_similarity(
     gamma1: float = 4.0,
     gamma2: float = 5.0,
     backend: str = "auto",
+    word_pooling: str = "logsumexp",
 ) -> torch.Tensor:
     """S [T, I] from words [T, W, D], word_mask [T, W] (bool), regions [I, R, D].
 
+    `word_pooling="max"` (GLoRIA's zero-shot score, see `local_reference`) runs the reference.
     Each backend validates its inputs. The kernel is imported only when chosen, so the other
     backends run where triton is absent.
     """
     words, regions = common_dtype(words, regions)
+    if word_pooling != "logsumexp":
+        return local_similarity_reference(words, word_mask, regions, gamma1, gamma2, word_pooling=word_pooling)
     name = resolve_backend(backend, words.device, words.dtype)
     if name == "auto":
         candidates = {key: RUN[key] for key in auto_candidates(words.device, words.dtype)}

@@ -19,7 +19,7 @@ from cmgl_dist.model.text_backbone import TextBackbone, freeze_text_layers, load
 
 class CMGLModel(nn.Module):
     def __init__(self, image_backbone: nn.Module, text_backbone: TextBackbone, tokenizer, embed_dim: int,
-                 freeze_image: bool = False):
+                 freeze_image: bool = False, local_init_gain: float = 1.0):
         super().__init__()
         self.image_backbone = image_backbone
         self.text_backbone = text_backbone
@@ -32,6 +32,9 @@ class CMGLModel(nn.Module):
         self.image_region_head = nn.Conv2d(image_backbone.region_dim, embed_dim, kernel_size=1, bias=False)
         self.sentence_head = nn.Linear(text_backbone.hidden_dim, embed_dim)
         self.word_head = nn.Linear(text_backbone.hidden_dim, embed_dim)
+        with torch.no_grad():  # see ModelConfig.local_init_gain
+            for head in (self.image_region_head, self.word_head):
+                head.weight.mul_(local_init_gain)
 
     def train(self, mode: bool = True) -> "CMGLModel":
         super().train(mode)
@@ -67,4 +70,4 @@ def build_model(model_cfg: ModelConfig) -> CMGLModel:
     freeze_text_layers(transformer, model_cfg.freeze_text_layers)
     text_backbone = TextBackbone(transformer, model_cfg.text_last_layers)
     return CMGLModel(image_backbone, text_backbone, tokenizer, model_cfg.embed_dim,
-                     freeze_image=model_cfg.freeze_image)
+                     freeze_image=model_cfg.freeze_image, local_init_gain=model_cfg.local_init_gain)
