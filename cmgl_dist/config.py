@@ -30,6 +30,9 @@ class DataConfig(_Section):
     shard_shuffle: bool = Field(True, description="Shuffle the shard order each epoch (seeded).")
     resample: bool = Field(False, description="Sample shards with replacement (infinite stream, fixed epoch length).")
     workers: int = Field(2, ge=0, description="DataLoader worker processes per rank.")
+    persistent_workers: bool = Field(
+        True, description="Keep the loader's worker processes from one epoch to the next (saves their start-up "
+                          "at every epoch boundary; batches are the same either way).")
     augment: bool = Field(True, description="GLoRIA's training augmentation (crop, small affine, colour jitter).")
 
 
@@ -101,6 +104,14 @@ class TrainConfig(_Section):
         None, ge=1, description="Batches per rank in one pass of the loader (None: one pass over the shards). "
                                 "Needed when data.resample is true.")
     export: bool = Field(True, description="Export the encoders to <run_dir>/export at the end of the run.")
+    channels_last: bool = Field(True, description="On CUDA: images and the image encoder in channels-last memory "
+                                                  "format (tensor-core convolutions without layout transposes).")
+    cudnn_benchmark: bool = Field(True, description="On CUDA: let cuDNN pick the fastest convolution algorithms "
+                                                    "for the (fixed) input shapes.")
+
+    def global_batch(self, world_size: int) -> int:
+        """Samples per optimizer step over all ranks: micro_batch x grad_accum x world_size."""
+        return self.micro_batch * self.grad_accum * world_size
 
 
 class EvalConfig(_Section):

@@ -1,0 +1,207 @@
+"""`cmgl bench step`: where one training step spends its time, phase by phase.
+
+    cmgl bench step --config debug --steps 20 --out bench/step            # 2 CPU ranks (gloo) or every GPU
+    cmgl bench step --config gloria_r50_bert --set data.shards=S --nproc 1 --steps 30 --out bench/h200
+
+Runs the training loop itself (the same engine, loader, loss and `Trainer.step` as `cmgl train`),
+with a `PhaseTimer` installed: warm-up steps, then `--steps` timed ones. Writes to DIR:
+  step_breakdown.csv   phase, ms_p50, share (of the step's p50) for every phase, `unattributed`
+                       and the measured `step`; the named phases sum to the step within a few %
+  step_breakdown.png   the breakdown as stacked bars, one per rank
+  summary.json         step time, samples/s, peak memory per rank, DeepSpeed bytes per step
+  results.csv          the same figures in the harness's long format (`--results` to append elsewhere)
+  trace_rank0.json     on CUDA, a torch.profiler Chrome trace of two more steps
+Without `data.shards`, small phantom shards are packed into DIR/shards first (once).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+from cmgl_dist.benchmarking import append_results, percentiles
+
+PHASES = ("data_wait", "host_to_device", "image_encoder_fwd", "text_encoder_fwd", "feature_all_gather",
+          "global_loss", "local_loss", "loss_all_reduce", "backward", "gradient_reduction", "optimizer_step",
+          "zero_param_gather")
+PHANTOM_REPORTS = 400  # enough for a few batches per epoch per rank at small micro batches
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="cmgl bench step", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="a YAML file or a shipped config name")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--nproc", type=int, default=None, help="ranks on this machine (default: GPUs, else 2 CPU ranks)")
+    p.add_argument("--results", type=Path, default=None, help="long-format CSV to append to (default OUT/results.csv)")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    from cmgl_dist.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"cmgl bench step: {err}", file=sys.stderr)
+        return 2
+    if "RANK" in os.environ:
+        run_rank(cfg, args)
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not cfg.data.shards:
+        shards = ensure_phantom_shards(args.out / "shards", cfg.data.image_size)
+        argv += ["--set", f"data.shards={shards}"]
+    return launch(argv, args.nproc)
+
+
+def ensure_phantom_shards(folder: Path, image_size: int) -> Path:
+    """Phantom shards from the packaged IU-RR reports, packed once per image size."""
+    from cmgl_dist.shards.pack import pack
+    from cmgl_dist.shards.schema import MANIFEST
+
+    folder = folder / f"phantom_{image_size}px"
+    if not (folder / MANIFEST).exists():
+        pack(images="phantom", out=folder, image_size=image_size, samples_per_shard=32, seed=0,
+             workers=min(2, os.cpu_count() or 1), limit=PHANTOM_REPORTS)
+    return folder
+
+
+def launch(argv: list[str], nproc: Optional[int]) -> int:
+    """This command again under torchrun, `nproc` ranks on this machine (CPU ranks share its cores)."""
+    from cmgl_dist.pipeline import cmgl_script, default_world_size
+
+    nproc = nproc or default_world_size()
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           cmgl_script(), "bench", "step", *argv]
+    return subprocess.run(cmd, env=env).returncode
+
+
+def run_rank(cfg, args) -> None:
+    """One rank: build what `cmgl train` builds, time the steps, rank 0 writes the results."""
+    import torch.distributed as dist
+
+    from cmgl_dist.bench.profiler import PhaseTimer, deepspeed_comm_totals, enable_deepspeed_comm_logging
+    from cmgl_dist.engine.checkpoint import TrainState
+    from cmgl_dist.engine.deepspeed_config import deepspeed_config
+    from cmgl_dist.engine.distributed import init_distributed
+    from cmgl_dist.engine.loop import Trainer, epoch_batches
+    from cmgl_dist.engine.telemetry import peak_memory_mb
+    from cmgl_dist.engine.train import build_engine, epoch_loaders, make_metrics
+    from cmgl_dist.losses import CMGLLoss
+    from cmgl_dist.phases import installed
+
+    cfg.train.run_dir = str(args.out / "run")
+    cfg.train.tensorboard = False
+    cfg.train.steps = args.warmup + args.steps + 2
+    world = init_distributed()
+    enable_deepspeed_comm_logging()
+    model, engine = build_engine(cfg, world, deepspeed_config(cfg, world_size=world.world_size, cuda=world.cuda))
+    Path(cfg.train.run_dir).mkdir(parents=True, exist_ok=True)
+    metrics = make_metrics(cfg, world, Path(cfg.train.run_dir), 0)
+    trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss), None, metrics, cfg.model_dump(mode="json"))
+    engine.train()
+    state = TrainState()
+    batches = epoch_batches(epoch_loaders(cfg, [*shard_list(cfg)], model.tokenizer, world), state)
+    for _ in range(args.warmup):
+        trainer.step(batches, state)
+    timer = PhaseTimer(world.device, comm_ms=lambda: deepspeed_comm_totals()[0])
+    comm_before = deepspeed_comm_totals()[1]
+    with installed(timer):
+        for _ in range(args.steps):
+            timer.begin_step()
+            trainer.step(batches, state)
+            timer.end_step()
+    mine = {"steps": timer.steps, "peak_mem_mb": peak_memory_mb(world.device),
+            "comm_bytes_per_step": (deepspeed_comm_totals()[1] - comm_before) / args.steps}
+    if world.cuda:
+        chrome_trace(trainer, batches, state, args.out, world.rank)
+    every = [None] * world.world_size
+    dist.all_gather_object(every, mine)
+    metrics.telemetry.close()
+    if world.rank == 0:
+        write_results(args, cfg, world, every)
+    dist.destroy_process_group()
+
+
+def shard_list(cfg) -> list[str]:
+    from cmgl_dist.data.shardlist import shard_urls
+
+    return shard_urls(cfg.data.shards, "train")
+
+
+def chrome_trace(trainer, batches, state, out: Path, rank: int, steps: int = 2) -> None:
+    import torch
+
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            trainer.step(batches, state)
+    if rank == 0:
+        prof.export_chrome_trace(str(out / "trace_rank0.json"))
+
+
+def summarise(per_rank: list[dict]) -> dict[str, float]:
+    """{phase: p50 ms over steps} of the per-step mean over ranks."""
+    names = {name for rank in per_rank for step in rank["steps"] for name in step}
+    steps = len(per_rank[0]["steps"])
+    out = {}
+    for name in names:
+        per_step = [sum(rank["steps"][i].get(name, 0.0) for rank in per_rank) / len(per_rank) for i in range(steps)]
+        out[name] = percentiles(per_step, (0.5,))[0]
+    return out
+
+
+def breakdown_rows(p50: dict[str, float]) -> list[tuple[str, float, float]]:
+    """(phase, ms_p50, share of the step) in PHASES order, then unattributed, the phases' sum and the step."""
+    step = p50["step"]
+    named = [name for name in PHASES if name in p50] + sorted(set(p50) - set(PHASES) - {"unattributed", "step"})
+    rows = [(name, p50[name], p50[name] / step) for name in named]
+    total = sum(ms for _, ms, _ in rows)
+    rows += [("unattributed", p50["unattributed"], p50["unattributed"] / step),
+             ("sum_of_phases", total, total / step), ("step", step, 1.0)]
+    return rows
+
+
+def write_results(args, cfg, world, per_rank: list[dict]) -> None:
+    from cmgl_dist.atomic import write_text_atomic
+    from cmgl_dist.bench.plots import stacked_breakdown
+
+    p50 = summarise(per_rank)
+    rows = breakdown_rows(p50)
+    text = "phase,ms_p50,share\n" + "".join(f"{name},{ms:.3f},{share:.4f}\n" for name, ms, share in rows)
+    write_text_atomic(args.out / "step_breakdown.csv", text)
+    global_batch = cfg.train.global_batch(world.world_size)
+    summary = {"config": args.config, "overrides": args.overrides, "world_size": world.world_size,
+               "device": "cuda" if world.cuda else "cpu", "global_batch": global_batch,
+               "micro_batch": cfg.train.micro_batch, "zero_stage": cfg.zero.stage,
+               "offload_optimizer": cfg.zero.offload_optimizer, "steps": args.steps,
+               "step_ms_p50": p50["step"], "samples_per_s": global_batch / p50["step"] * 1e3,
+               "phases_sum_share": rows[-2][2],
+               "peak_mem_mb_per_rank": [r["peak_mem_mb"] for r in per_rank],
+               "comm_bytes_per_step_per_rank": [r["comm_bytes_per_step"] for r in per_rank]}
+    write_text_atomic(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    config = {"config": Path(args.config).stem, "world_size": world.world_size, "device": summary["device"],
+              "micro_batch": cfg.train.micro_batch, "zero": cfg.zero.stage,
+              "set": " ".join(o for o in args.overrides if not o.startswith("data.shards=")) or "-"}
+    append_results(args.results or args.out / "results.csv", "bench_step", config, {
+        **{f"{name}_ms_p50": round(ms, 4) for name, ms, _ in rows},
+        "samples_per_s": round(summary["samples_per_s"], 3),
+        "peak_mem_mb_rank0": round(per_rank[0]["peak_mem_mb"], 1),
+        "comm_bytes_per_step_rank0": per_rank[0]["comm_bytes_per_step"]})
+    stacked_breakdown(per_rank, rows, args.out / "step_breakdown.png",
+                      title=f"{Path(args.config).stem}: {world.world_size} x {summary['device']}, "
+                            f"micro-batch {cfg.train.micro_batch}, ZeRO {cfg.zero.stage}")
+    for name, ms, share in rows:
+        print(f"{name:<20} {ms:10.2f} ms  {share:6.1%}")
+    print(f"wrote {args.out / 'step_breakdown.csv'} and .png")
