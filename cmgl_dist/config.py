@@ -64,6 +64,10 @@ class LossConfig(_Section):
     local_backend: Literal["auto", "triton", "reference"] = Field(
         "auto", description="auto: Triton on CUDA tensors, the PyTorch reference elsewhere.")
     gather_negatives: bool = Field(True, description="Use every rank's samples as negatives (features gathered with gradient).")
+    local_negatives: Optional[int] = Field(
+        None, ge=1, description="Cap on the gathered texts each rank's images are scored against in the local loss "
+                                "(a window from the rank's own texts on; None: all N x B). Its cost grows with the "
+                                "global batch; the cap keeps it flat. Must be >= train.micro_batch.")
 
 
 class OptimizerConfig(_Section):
@@ -152,6 +156,10 @@ class CMGLConfig(_Section):
             # LAMB's trust ratio needs each whole parameter; ZeRO hands the optimizer flat partitions.
             raise ValueError(f"optimizer.name=fused_lamb needs zero.stage=0 (got {self.zero.stage}): "
                              "set zero.stage=0 or optimizer.name=adamw")
+        if self.loss.local_negatives is not None and self.loss.local_negatives < self.train.micro_batch:
+            raise ValueError(f"loss.local_negatives={self.loss.local_negatives} < train.micro_batch="
+                             f"{self.train.micro_batch}: the cap must keep a rank's own texts (its positives); "
+                             "raise it or leave it unset")
         if self.data.resample and self.train.batches_per_epoch is None:
             raise ValueError("data.resample=true streams without end: set train.batches_per_epoch")
         return self

@@ -68,8 +68,18 @@ class CMGLLoss(nn.Module):
 
     def _local_loss(self, all_words, all_mask, regions, offset, batch, world_size):
         cfg = self.cfg
+        total = all_words.shape[0]
+        texts = None
+        if cfg.local_negatives is not None:
+            # A window of texts from this rank's own on (wrapping): rank r scores texts rB .. rB + k - 1,
+            # so every text is scored by the images of the k/B ranks before it, positives included.
+            texts = (offset + torch.arange(min(cfg.local_negatives, total), device=all_words.device)) % total
+            all_words, all_mask = all_words[texts], all_mask[texts]
         image_rows = local_similarity(
             all_words, all_mask, regions, cfg.gamma1, cfg.gamma2, backend=cfg.local_backend).T
-        all_image_rows = gather_with_grad(image_rows) if world_size > 1 else image_rows
+        if texts is not None:  # unscored pairs take no part in either softmax
+            image_rows = image_rows.new_full((batch, total), float("-inf")).index_copy(1, texts, image_rows)
+        with phase("feature_all_gather"):
+            all_image_rows = gather_with_grad(image_rows) if world_size > 1 else image_rows
         text_rows = all_image_rows[:, offset:offset + batch].T
         return symmetric_cross_entropy(cfg.gamma3 * image_rows, cfg.gamma3 * text_rows, offset)
