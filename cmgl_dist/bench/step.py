@@ -1,7 +1,7 @@
 """`cmgl bench step`: where one training step spends its time, phase by phase.
 
     cmgl bench step --config debug --steps 20 --out bench/step            # 2 CPU ranks (gloo) or every GPU
-    cmgl bench step --config gloria_r50_bert --set data.shards=S --nproc 1 --steps 30 --out bench/h200
+    cmgl bench step --config gloria_r50_bert --set data.shards=S --ranks 1 --steps 30 --out bench/h200
 
 Runs the training loop itself (the same engine, loader, loss and `Trainer.step` as `cmgl train`),
 with a `PhaseTimer` installed: warm-up steps, then `--steps` timed ones. Writes to DIR:
@@ -38,7 +38,7 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--nproc", type=int, default=None, help="ranks on this machine (default: GPUs, else 2 CPU ranks)")
+    p.add_argument("--ranks", type=int, default=None, help="ranks on this machine (default: GPUs, else 2 CPU ranks)")
     p.add_argument("--results", type=Path, default=None, help="long-format CSV to append to (default OUT/results.csv)")
     return p.parse_args(argv)
 
@@ -60,7 +60,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not cfg.data.shards:
         shards = ensure_phantom_shards(args.out / "shards", cfg.data.image_size)
         argv += ["--set", f"data.shards={shards}"]
-    return launch(argv, args.nproc)
+    return launch(argv, args.ranks)
 
 
 def ensure_phantom_shards(folder: Path, image_size: int) -> Path:
@@ -123,7 +123,9 @@ def run_rank(cfg, args) -> None:
             trainer.step(batches, state)
             timer.end_step()
     mine = {"steps": timer.steps, "peak_mem_mb": peak_memory_mb(world.device),
-            "comm_bytes_per_step": (deepspeed_comm_totals()[1] - comm_before) / args.steps}
+            "comm_bytes_per_step": (deepspeed_comm_totals()[1] - comm_before) / args.steps,
+            "param_bytes": sum(p.numel() * 4 for p in model.parameters() if p.requires_grad),  # fp32 grads
+            **(calibrate_all_reduce(world) if world.world_size > 1 else {})}
     if world.cuda:
         chrome_trace(trainer, batches, state, args.out, world.rank)
     every = [None] * world.world_size
@@ -132,6 +134,20 @@ def run_rank(cfg, args) -> None:
     if world.rank == 0:
         write_results(args, cfg, world, every)
     dist.destroy_process_group()
+
+
+def calibrate_all_reduce(world, big_bytes: int = 16 * 2**20) -> dict:
+    """p50 ms of a 4-byte and a 16 MiB all-reduce: what the scaling model's link figures come from."""
+    import torch
+    import torch.distributed as dist
+
+    from cmgl_dist.benchmarking import measure
+
+    small = torch.zeros(1, device=world.device)
+    big = torch.zeros(big_bytes // 4, device=world.device)
+    return {"all_reduce_small_ms": measure(lambda: dist.all_reduce(small), device=world.device, reps=9).p50_ms,
+            "all_reduce_big_ms": measure(lambda: dist.all_reduce(big), device=world.device, reps=5).p50_ms,
+            "all_reduce_big_bytes": big_bytes}
 
 
 def shard_list(cfg) -> list[str]:
@@ -189,7 +205,10 @@ def write_results(args, cfg, world, per_rank: list[dict]) -> None:
                "step_ms_p50": p50["step"], "samples_per_s": global_batch / p50["step"] * 1e3,
                "phases_sum_share": rows[-2][2],
                "peak_mem_mb_per_rank": [r["peak_mem_mb"] for r in per_rank],
-               "comm_bytes_per_step_per_rank": [r["comm_bytes_per_step"] for r in per_rank]}
+               "comm_bytes_per_step_per_rank": [r["comm_bytes_per_step"] for r in per_rank],
+               "embed_dim": cfg.model.embed_dim, "words": cfg.data.max_length,
+               "local_negatives": cfg.loss.local_negatives, "param_bytes": per_rank[0]["param_bytes"],
+               **{k: v for k, v in per_rank[0].items() if k.startswith("all_reduce_")}}
     write_text_atomic(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     config = {"config": Path(args.config).stem, "world_size": world.world_size, "device": summary["device"],
               "micro_batch": cfg.train.micro_batch, "zero": cfg.zero.stage,
