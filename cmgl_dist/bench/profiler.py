@@ -49,8 +49,8 @@ class _Span:
 
 
 class PhaseTimer:
-    def __init__(self, device=None, comm_ms: Optional[Callable[[], float]] = None):
-        self.clock = Clock(device)
+    def __init__(self, device=None, comm_ms: Optional[Callable[[], float]] = None, clock: Optional[Clock] = None):
+        self.clock = clock or Clock(device)
         self.comm_ms = comm_ms or (lambda: 0.0)
         self._stack: list[_Span] = []
         self.steps: list[dict[str, float]] = []

@@ -35,6 +35,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="cmgl bench scaling", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--measured", type=Path, help="a 1-rank `cmgl bench step` folder (default: measure it here)")
+    p.add_argument("--workload", type=Path, help="a JSON of scaling_model.Workload's fields (and a 'source') "
+                                                 "instead of a measured folder; no check")
     p.add_argument("--config", default="debug", help="config measured when --measured is not given")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--steps", type=int, default=12)
@@ -42,7 +44,6 @@ def parse_args(argv):
     p.add_argument("--zero-stage", type=int, choices=range(4), help="default: the measured run's")
     p.add_argument("--local-negatives", type=int, help="loss.local_negatives to model (default: the run's)")
     p.add_argument("--max-gpus", type=int, default=512)
-    defaults = Network()
     for field in dataclasses.fields(Network):
         p.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default,
                        help=f"(default {field.default}: H100/H200 HGX node)")
@@ -78,31 +79,40 @@ def workload(folder: Path, args) -> Workload:
         zero_stage=summary["zero_stage"] if args.zero_stage is None else args.zero_stage)
 
 
-def check_rows(work: Workload, two_ranks: Path) -> list[dict]:
-    """Measured 2-rank step against the model's prediction with the link those ranks measured."""
-    p50, summary = read_breakdown(two_ranks)
+def measured_row(folder: Path, work: Workload) -> dict:
+    """A measured `cmgl bench step` folder as a scaling.csv row (its phases grouped as the model's parts)."""
+    p50, summary = read_breakdown(folder)
+    group = {"loss_ms": ("local_loss", "global_loss"), "feature_comm_ms": ("feature_all_gather", "loss_all_reduce"),
+             "gradient_comm_ms": ("gradient_reduction", "zero_param_gather")}
+    parts = {name: sum(p50.get(phase, 0.0) for phase in phases) for name, phases in group.items()}
+    compute = sum(ms for name, ms in p50.items() if name not in ("step", "sum_of_phases")) - sum(parts.values())
+    return {"kind": "measured", "gpus": summary["world_size"], "nodes": 1, "compute_ms": compute, **parts,
+            "step_ms": p50["step"], "samples_per_s": summary["samples_per_s"],
+            "efficiency": (work.fixed_ms + work.loss_ms) / p50["step"]}
+
+
+def check_rows(work: Workload, one_rank: Path, two_ranks: Path) -> list[dict]:
+    """Measured 1- and 2-rank steps, and the model's 2-rank prediction with the link those ranks measured."""
+    summary = read_breakdown(two_ranks)[1]
     gbps, latency_us = link_from_all_reduce(summary["all_reduce_small_ms"], summary["all_reduce_big_ms"],
                                             summary["all_reduce_big_bytes"], 2)
     local = Network(gpus_per_node=2, nvlink_gbps=gbps, nvlink_latency_us=latency_us)
     predicted = {"kind": "predicted_local", **predict(work, 2, local)}
-    measured = {"kind": "measured", "gpus": 2, "nodes": 1, "step_ms": p50["step"],
-                "samples_per_s": summary["samples_per_s"], "efficiency": (work.fixed_ms + work.loss_ms) / p50["step"],
-                "compute_ms": sum(v for k, v in p50.items() if k not in ("step", "sum_of_phases"))
-                - sum(p50.get(k, 0.0) for k in ("local_loss", "global_loss", "feature_all_gather",
-                                                "gradient_reduction", "loss_all_reduce")),
-                "loss_ms": p50.get("local_loss", 0.0) + p50.get("global_loss", 0.0),
-                "feature_comm_ms": p50.get("feature_all_gather", 0.0),
-                "gradient_comm_ms": p50.get("gradient_reduction", 0.0)}
-    print(f"check on this machine: 2 ranks measured {measured['step_ms']:.1f} ms, predicted "
+    measured = [measured_row(one_rank, work), measured_row(two_ranks, work)]
+    print(f"check on this machine: 2 ranks measured {measured[1]['step_ms']:.1f} ms, predicted "
           f"{predicted['step_ms']:.1f} ms (link {gbps:.2f} GB/s, {latency_us:.0f} us from the ranks' all-reduces)")
-    return [measured, predicted]
+    return [*measured, predicted]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     args.out.mkdir(parents=True, exist_ok=True)
-    one = args.measured or measure_step(args, args.out / "measured_1rank", 1)
-    work = workload(one, args)
+    if args.workload:
+        fields = {k: v for k, v in json.loads(args.workload.read_text()).items() if k != "source"}
+        work, args.check = Workload(**fields), False
+    else:
+        one = args.measured or measure_step(args, args.out / "measured_1rank", 1)
+        work = workload(one, args)
     net = Network(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Network)})
     rows = []
     gpus = 1
@@ -110,7 +120,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows.append({"kind": "predicted", **predict(work, gpus, net)})
         gpus *= 2
     if args.check:
-        rows += check_rows(work, measure_step(args, args.out / "measured_2rank", 2))
+        rows += check_rows(work, one, measure_step(args, args.out / "measured_2rank", 2))
     write_outputs(args, work, net, rows)
     return 0
 
