@@ -34,6 +34,7 @@ COLUMNS = ("kind", "gpus", "nodes", "compute_ms", "loss_ms", "feature_comm_ms", 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="cmgl bench scaling", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--results", type=Path, default=None, help="long-format CSV to append to (default OUT/results.csv)")
     p.add_argument("--measured", type=Path, help="a 1-rank `cmgl bench step` folder (default: measure it here)")
     p.add_argument("--workload", type=Path, help="a JSON of scaling_model.Workload's fields (and a 'source') "
                                                  "instead of a measured folder; no check")
@@ -125,6 +126,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """scaling.csv as a Markdown table (for READMEs: pasted from here, never typed)."""
+    head = ("kind", "GPUs", "nodes", "compute ms", "loss ms", "feature comm ms", "gradient comm ms", "step ms",
+            "samples/s", "efficiency")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["kind"], r["gpus"], r["nodes"], *(f"{r[k]:.1f}" for k in COLUMNS[3:9]), f"{r['efficiency']:.2f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_outputs(args, work: Workload, net: Network, rows: list[dict]) -> None:
     from cmgl_dist.bench.plots import scaling_lines
 
@@ -143,8 +155,9 @@ def write_outputs(args, work: Workload, net: Network, rows: list[dict]) -> None:
     for row in rows:
         config = {"kind": row["kind"], "gpus": row["gpus"], "zero": work.zero_stage,
                   "micro_batch": work.micro_batch, "local_negatives": work.local_negatives or "all"}
-        append_results(args.out / "results.csv", "scaling", config,
+        append_results(args.results or args.out / "results.csv", "scaling", config,
                        {k: round(row[k], 4) for k in ("step_ms", "samples_per_s", "efficiency")})
+    write_text_atomic(args.out / "scaling.md", markdown_table(rows))
     print(buffer.getvalue())
     print(f"the loss compute outgrows the rest of the step at {limit} GPUs" if limit else
           f"the loss compute stays below the rest of the step up to {args.max_gpus} GPUs")

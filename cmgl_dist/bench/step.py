@@ -212,7 +212,7 @@ def write_results(args, cfg, world, per_rank: list[dict]) -> None:
     write_text_atomic(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     config = {"config": Path(args.config).stem, "world_size": world.world_size, "device": summary["device"],
               "micro_batch": cfg.train.micro_batch, "zero": cfg.zero.stage,
-              "set": " ".join(o for o in args.overrides if not o.startswith("data.shards=")) or "-"}
+              "set": " ".join(o.replace("=", ":") for o in args.overrides if not o.startswith("data.shards=")) or "-"}
     append_results(args.results or args.out / "results.csv", "bench_step", config, {
         **{f"{name}_ms_p50": round(ms, 4) for name, ms, _ in rows},
         "samples_per_s": round(summary["samples_per_s"], 3),

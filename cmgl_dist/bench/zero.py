@@ -32,6 +32,7 @@ def parse_args(argv):
     p.add_argument("--ranks", type=int, default=None, help="ranks on this machine (default: GPUs, else 2 CPU ranks)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--results", type=Path, default=None, help="long-format CSV to append to (default OUT/results.csv)")
     return p.parse_args(argv)
 
 
@@ -74,7 +75,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     write_text_atomic(args.out / "zero.csv", ",".join(header) + "\n"
                       + "".join(",".join(str(r[k]) for k in header) + "\n" for r in rows))
     for r in rows:
-        append_results(args.out / "results.csv", "bench_zero",
+        append_results(args.results or args.out / "results.csv", "bench_zero",
                        {"config": Path(args.config).stem, "variant": r["variant"], "ranks": r["ranks"]},
                        {k: r[k] for k in ("step_ms_p50", "samples_per_s", "peak_mem_mb_max", "comm_mb_per_step")})
     grouped_bars([r["variant"] for r in rows],
