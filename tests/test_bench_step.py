@@ -56,9 +56,10 @@ def test_breakdown_takes_the_median_of_the_rank_mean_and_sums_the_phases():
     ranks = [{"steps": [{"backward": 10, "step": 12, "unattributed": 2}, {"backward": 30, "step": 33, "unattributed": 3}]},
              {"steps": [{"backward": 20, "step": 22, "unattributed": 2}, {"backward": 40, "step": 41, "unattributed": 1}]}]
     p50 = summarise(ranks)
-    assert p50 == {"backward": 25.0, "step": 27.0, "unattributed": 2.0}
+    assert p50 == {"backward": 25.0, "step": 27.0, "unattributed": 2.0, "sum_of_phases": 25.0}
     rows = {name: (ms, share) for name, ms, share in breakdown_rows(p50)}
     assert rows["sum_of_phases"] == (25.0, 25.0 / 27.0) and rows["step"] == (27.0, 1.0)
+    assert list(rows) == ["backward", "unattributed", "sum_of_phases", "step"]
 
 
 def test_two_cpu_ranks_write_a_breakdown_that_adds_up(small_shards, tmp_path):

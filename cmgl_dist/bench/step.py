@@ -125,6 +125,7 @@ def run_rank(cfg, args) -> None:
     mine = {"steps": timer.steps, "peak_mem_mb": peak_memory_mb(world.device),
             "comm_bytes_per_step": (deepspeed_comm_totals()[1] - comm_before) / args.steps,
             "param_bytes": sum(p.numel() * 4 for p in model.parameters() if p.requires_grad),  # fp32 grads
+            "model_state_bytes": model_state_bytes(engine),
             **(calibrate_all_reduce(world) if world.world_size > 1 else {})}
     if world.cuda:
         chrome_trace(trainer, batches, state, args.out, world.rank)
@@ -134,6 +135,23 @@ def run_rank(cfg, args) -> None:
     if world.rank == 0:
         write_results(args, cfg, world, every)
     dist.destroy_process_group()
+
+
+def model_state_bytes(engine) -> int:
+    """Bytes of parameters, master weights and optimizer state this rank holds (what ZeRO partitions).
+
+    Parameters count by their ZeRO-3 partition (`ds_tensor`) when they have one; tensors are
+    counted once even when the optimizer's and the module's share storage (stage 0).
+    """
+    import torch
+
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # ZeRO wraps torch's optimizer
+    tensors = [getattr(p, "ds_tensor", None) if getattr(p, "ds_tensor", None) is not None else p.data
+               for p in engine.module.parameters()]
+    tensors += [p.data for group in inner.param_groups for p in group["params"]]
+    tensors += [v for state in inner.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    seen = {(t.data_ptr(), t.numel(), t.dtype): t.numel() * t.element_size() for t in tensors if t.numel()}
+    return sum(seen.values())
 
 
 def calibrate_all_reduce(world, big_bytes: int = 16 * 2**20) -> dict:
@@ -168,25 +186,23 @@ def chrome_trace(trainer, batches, state, out: Path, rank: int, steps: int = 2) 
 
 
 def summarise(per_rank: list[dict]) -> dict[str, float]:
-    """{phase: p50 ms over steps} of the per-step mean over ranks."""
+    """{phase: p50 ms over steps} of the per-step mean over ranks, and `sum_of_phases`: the p50 of
+    each step's named phases added up (what is compared with the step)."""
     names = {name for rank in per_rank for step in rank["steps"] for name in step}
     steps = len(per_rank[0]["steps"])
-    out = {}
-    for name in names:
-        per_step = [sum(rank["steps"][i].get(name, 0.0) for rank in per_rank) / len(per_rank) for i in range(steps)]
-        out[name] = percentiles(per_step, (0.5,))[0]
-    return out
+    mean = [{name: sum(rank["steps"][i].get(name, 0.0) for rank in per_rank) / len(per_rank) for name in names}
+            for i in range(steps)]
+    for step in mean:
+        step["sum_of_phases"] = sum(ms for name, ms in step.items() if name not in ("step", "unattributed"))
+    return {name: percentiles([step[name] for step in mean], (0.5,))[0] for name in mean[0]}
 
 
 def breakdown_rows(p50: dict[str, float]) -> list[tuple[str, float, float]]:
     """(phase, ms_p50, share of the step) in PHASES order, then unattributed, the phases' sum and the step."""
     step = p50["step"]
-    named = [name for name in PHASES if name in p50] + sorted(set(p50) - set(PHASES) - {"unattributed", "step"})
-    rows = [(name, p50[name], p50[name] / step) for name in named]
-    total = sum(ms for _, ms, _ in rows)
-    rows += [("unattributed", p50["unattributed"], p50["unattributed"] / step),
-             ("sum_of_phases", total, total / step), ("step", step, 1.0)]
-    return rows
+    named = [name for name in PHASES if name in p50]
+    named += sorted(set(p50) - set(PHASES) - {"unattributed", "sum_of_phases", "step"})
+    return [(name, p50[name], p50[name] / step) for name in (*named, "unattributed", "sum_of_phases", "step")]
 
 
 def write_results(args, cfg, world, per_rank: list[dict]) -> None:
@@ -206,6 +222,7 @@ def write_results(args, cfg, world, per_rank: list[dict]) -> None:
                "phases_sum_share": rows[-2][2],
                "peak_mem_mb_per_rank": [r["peak_mem_mb"] for r in per_rank],
                "comm_bytes_per_step_per_rank": [r["comm_bytes_per_step"] for r in per_rank],
+               "model_state_bytes_per_rank": [r["model_state_bytes"] for r in per_rank],
                "embed_dim": cfg.model.embed_dim, "words": cfg.data.max_length,
                "local_negatives": cfg.loss.local_negatives, "param_bytes": per_rank[0]["param_bytes"],
                **{k: v for k, v in per_rank[0].items() if k.startswith("all_reduce_")}}

@@ -3,9 +3,12 @@
     cmgl bench zero --config debug --steps 10 --out bench/zero
 
 Runs `cmgl bench step` once per variant (into DIR/<variant>/) and collects step time, samples/s,
-peak memory per rank and the bytes DeepSpeed's collectives moved per step (its comms logger: the
-gradient reduction, and under ZeRO-3 the parameter gathers; the loss's feature gathers are the
-same in every variant and not counted). Writes zero.csv, zero.png and long rows in results.csv.
+peak memory per rank (CUDA allocator peak; on CPU the process's peak resident set, mostly the
+runtime itself), the model state a rank holds (parameters or their ZeRO-3 partition, master
+weights, optimizer state: what ZeRO divides) and the bytes DeepSpeed's collectives moved per step
+(its comms logger: the gradient reduction, and under ZeRO-3 the parameter gathers; the loss's
+feature gathers are the same in every variant and not counted). ZeRO-3 keeps parameters under
+`stage3_param_persistence_threshold` elements (DeepSpeed's default 1e5) whole on every rank. Writes zero.csv, zero.png and long rows in results.csv.
 A variant that fails is reported and the others still run.
 """
 from __future__ import annotations
@@ -55,6 +58,7 @@ def row_of(name: str, summary: dict) -> dict:
             "ranks": summary["world_size"], "step_ms_p50": round(summary["step_ms_p50"], 2),
             "samples_per_s": round(summary["samples_per_s"], 2), "peak_mem_mb_max": round(max(peaks), 1),
             "peak_mem_mb_per_rank": " ".join(f"{p:.0f}" for p in peaks),
+            "model_state_mb_per_rank": round(max(summary["model_state_bytes_per_rank"]) / 2**20, 3),
             "comm_mb_per_step": round(max(summary["comm_bytes_per_step_per_rank"]) / 2**20, 3)}
 
 
@@ -77,10 +81,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     for r in rows:
         append_results(args.results or args.out / "results.csv", "bench_zero",
                        {"config": Path(args.config).stem, "variant": r["variant"], "ranks": r["ranks"]},
-                       {k: r[k] for k in ("step_ms_p50", "samples_per_s", "peak_mem_mb_max", "comm_mb_per_step")})
+                       {k: r[k] for k in ("step_ms_p50", "samples_per_s", "peak_mem_mb_max", "model_state_mb_per_rank",
+                                          "comm_mb_per_step")})
     grouped_bars([r["variant"] for r in rows],
                  {"step ms (p50)": [r["step_ms_p50"] for r in rows],
                   "peak memory MB (max over ranks)": [r["peak_mem_mb_max"] for r in rows],
+                  "model state MB per rank": [r["model_state_mb_per_rank"] for r in rows],
                   "DeepSpeed MB moved per step": [r["comm_mb_per_step"] for r in rows]},
                  args.out / "zero.png", f"{Path(args.config).stem}: ZeRO variants on {rows[0]['ranks']} ranks")
     print("\n".join(",".join(str(r[k]) for k in header) for r in rows))
