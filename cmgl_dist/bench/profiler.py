@@ -16,6 +16,7 @@ from typing import Callable, Optional
 from cmgl_dist.benchmarking import Clock
 
 GRADIENT_PHASES = ("backward", "optimizer_step")
+COLLECTIVE_PHASES = ("feature_all_gather", "loss_all_reduce", "gradient_reduction", "zero_param_gather")
 
 
 def deepspeed_comm_totals() -> tuple[float, int]:

@@ -28,7 +28,7 @@ from cmgl_dist.bench.scaling_model import (Network, Workload, link_from_all_redu
 from cmgl_dist.benchmarking import append_results
 
 COLUMNS = ("kind", "gpus", "nodes", "compute_ms", "loss_ms", "feature_comm_ms", "gradient_comm_ms", "step_ms",
-           "samples_per_s", "efficiency")
+           "samples_per_s", "efficiency", "rank_skew_ms")
 
 
 def parse_args(argv):
@@ -89,7 +89,7 @@ def measured_row(folder: Path, work: Workload) -> dict:
     compute = sum(ms for name, ms in p50.items() if name not in ("step", "sum_of_phases")) - sum(parts.values())
     return {"kind": "measured", "gpus": summary["world_size"], "nodes": 1, "compute_ms": compute, **parts,
             "step_ms": p50["step"], "samples_per_s": summary["samples_per_s"],
-            "efficiency": (work.fixed_ms + work.loss_ms) / p50["step"]}
+            "efficiency": (work.fixed_ms + work.loss_ms) / p50["step"], "rank_skew_ms": summary.get("rank_skew_ms_p50", "")}
 
 
 def check_rows(work: Workload, one_rank: Path, two_ranks: Path) -> list[dict]:
@@ -101,7 +101,9 @@ def check_rows(work: Workload, one_rank: Path, two_ranks: Path) -> list[dict]:
     predicted = {"kind": "predicted_local", **predict(work, 2, local)}
     measured = [measured_row(one_rank, work), measured_row(two_ranks, work)]
     print(f"check on this machine: 2 ranks measured {measured[1]['step_ms']:.1f} ms, predicted "
-          f"{predicted['step_ms']:.1f} ms (link {gbps:.2f} GB/s, {latency_us:.0f} us from the ranks' all-reduces)")
+          f"{predicted['step_ms']:.1f} ms (link {gbps:.2f} GB/s, {latency_us:.0f} us from the ranks' all-reduces); "
+          f"the ranks' work outside collectives differed by {measured[1]['rank_skew_ms']:.1f} ms per step (p50), "
+          "time a collective spends waiting that the lock-step model leaves out")
     return [*measured, predicted]
 
 

@@ -24,9 +24,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from cmgl_dist.bench.profiler import COLLECTIVE_PHASES
+
 GRADIENT_VOLUME = {0: 2.0, 1: 2.0, 2: 2.0, 3: 3.0}  # x (n-1)/n x parameter bytes, per rank
 LOSS_PHASES = ("local_loss", "global_loss")
-COMM_PHASES = ("feature_all_gather", "gradient_reduction", "loss_all_reduce", "zero_param_gather")
+COMM_PHASES = COLLECTIVE_PHASES
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from cmgl_dist.bench.profiler import COLLECTIVE_PHASES
 from cmgl_dist.benchmarking import append_results, percentiles
 
 PHASES = ("data_wait", "host_to_device", "image_encoder_fwd", "text_encoder_fwd", "feature_all_gather",
@@ -205,6 +206,16 @@ def breakdown_rows(p50: dict[str, float]) -> list[tuple[str, float, float]]:
     return [(name, p50[name], p50[name] / step) for name in (*named, "unattributed", "sum_of_phases", "step")]
 
 
+def rank_skew_ms(per_rank: list[dict]) -> float:
+    """p50 over steps of the spread between ranks' work outside collectives: how long the fastest
+    rank waits in its collectives for the slowest, a wait that lock-step models leave out."""
+    spreads = []
+    for i in range(len(per_rank[0]["steps"])):
+        work = [rank["steps"][i]["step"] - sum(rank["steps"][i].get(c, 0.0) for c in COLLECTIVE_PHASES) for rank in per_rank]
+        spreads.append(max(work) - min(work))
+    return percentiles(spreads, (0.5,))[0]
+
+
 def write_results(args, cfg, world, per_rank: list[dict]) -> None:
     from cmgl_dist.atomic import write_text_atomic
     from cmgl_dist.bench.plots import stacked_breakdown
@@ -219,7 +230,7 @@ def write_results(args, cfg, world, per_rank: list[dict]) -> None:
                "micro_batch": cfg.train.micro_batch, "zero_stage": cfg.zero.stage,
                "offload_optimizer": cfg.zero.offload_optimizer, "steps": args.steps,
                "step_ms_p50": p50["step"], "samples_per_s": global_batch / p50["step"] * 1e3,
-               "phases_sum_share": rows[-2][2],
+               "phases_sum_share": rows[-2][2], "rank_skew_ms_p50": rank_skew_ms(per_rank),
                "peak_mem_mb_per_rank": [r["peak_mem_mb"] for r in per_rank],
                "comm_bytes_per_step_per_rank": [r["comm_bytes_per_step"] for r in per_rank],
                "model_state_bytes_per_rank": [r["model_state_bytes"] for r in per_rank],
