@@ -31,7 +31,7 @@ def first_batch_timer(urls, cfg: DataConfig, tokenizer, batch_size: int, batches
         for _ in state["iterator"]:
             pass
 
-    def timed():
+    def timed(_previous_drained):
         epoch = next(epochs)
         loader = kept.set_epoch(epoch) if persistent else make_loader(urls, cfg, tokenizer, epoch=epoch, **common)
         state["iterator"] = iter(loader)
