@@ -1,7 +1,8 @@
 """PhaseTimer: the exclusive time of every named phase of a step (see `cmgl_dist.phases`).
 
-Each phase is bracketed by two clock marks (CUDA events on a GPU, so nothing waits until the
-step is read; wall clock on CPU). A phase's exclusive time is its span minus its children's spans
+Each phase is bracketed by two clock marks (CUDA events on a GPU, read once per step; wall clock
+on CPU). DeepSpeed's comms logger, on while benchmarking, waits for each of its collectives to
+finish, so those are timed exactly and the gradient reduction does not overlap backward here. A phase's exclusive time is its span minus its children's spans
 minus the DeepSpeed collectives that ran inside it and not inside a child: those become their own
 phase (`gradient_reduction` inside backward and the optimizer step, `zero_param_gather` in the
 forward under ZeRO-3). The top-level phases and those collectives partition the step; what no
@@ -19,18 +20,29 @@ GRADIENT_PHASES = ("backward", "optimizer_step")
 COLLECTIVE_PHASES = ("feature_all_gather", "loss_all_reduce", "gradient_reduction", "zero_param_gather")
 
 
-def deepspeed_comm_totals() -> tuple[float, int]:
-    """(milliseconds, bytes) of every DeepSpeed collective so far, from its comms logger.
+class DeepSpeedComms:
+    """Running totals of DeepSpeed's collectives, from its comms logger: ms and bytes so far.
 
-    The logger's per-op latency lists hold cumulative timer readings, so the time is read from
-    its timers (one per op name), each the running total of its op's calls.
+    The logger keeps one timer per op name, whose records grow with every call; each read takes
+    the new records and clears them (`elapsed(reset=True)`), so a read costs what happened since
+    the last one. (The logger's own latency lists are running sums of those timers; not used.)
     """
-    from deepspeed.comm import comm as ds_comm
 
-    records = ds_comm.comms_logger.comms_dict
-    ms = sum(ds_comm.timers(name).elapsed(reset=False) for name in records)
-    sent = sum(size * entry[0] for by_size in records.values() for size, entry in by_size.items())
-    return ms, sent
+    def __init__(self):
+        self._ms = 0.0
+
+    def ms(self) -> float:
+        from deepspeed.comm import comm as ds_comm
+
+        self._ms += sum(ds_comm.timers(name).elapsed(reset=True) for name in ds_comm.comms_logger.comms_dict)
+        return self._ms
+
+    @staticmethod
+    def bytes() -> int:
+        from deepspeed.comm import comm as ds_comm
+
+        records = ds_comm.comms_logger.comms_dict
+        return sum(size * entry[0] for by_size in records.values() for size, entry in by_size.items())
 
 
 def enable_deepspeed_comm_logging() -> None:

@@ -92,7 +92,7 @@ def run_rank(cfg, args) -> None:
     """One rank: build what `cmgl train` builds, time the steps, rank 0 writes the results."""
     import torch.distributed as dist
 
-    from cmgl_dist.bench.profiler import PhaseTimer, deepspeed_comm_totals, enable_deepspeed_comm_logging
+    from cmgl_dist.bench.profiler import DeepSpeedComms, PhaseTimer, enable_deepspeed_comm_logging
     from cmgl_dist.engine.checkpoint import TrainState
     from cmgl_dist.engine.deepspeed_config import deepspeed_config
     from cmgl_dist.engine.distributed import init_distributed
@@ -116,15 +116,16 @@ def run_rank(cfg, args) -> None:
     batches = epoch_batches(epoch_loaders(cfg, [*shard_list(cfg)], model.tokenizer, world), state)
     for _ in range(args.warmup):
         trainer.step(batches, state)
-    timer = PhaseTimer(world.device, comm_ms=lambda: deepspeed_comm_totals()[0])
-    comm_before = deepspeed_comm_totals()[1]
+    comms = DeepSpeedComms()
+    timer = PhaseTimer(world.device, comm_ms=comms.ms)
+    comm_before = comms.bytes()
     with installed(timer):
         for _ in range(args.steps):
             timer.begin_step()
             trainer.step(batches, state)
             timer.end_step()
     mine = {"steps": timer.steps, "peak_mem_mb": peak_memory_mb(world.device),
-            "comm_bytes_per_step": (deepspeed_comm_totals()[1] - comm_before) / args.steps,
+            "comm_bytes_per_step": (comms.bytes() - comm_before) / args.steps,
             "param_bytes": sum(p.numel() * 4 for p in model.parameters() if p.requires_grad),  # fp32 grads
             "model_state_bytes": model_state_bytes(engine),
             **(calibrate_all_reduce(world) if world.world_size > 1 else {})}

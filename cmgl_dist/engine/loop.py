@@ -127,7 +127,8 @@ class Trainer:
     def _all_reduce(self, parts: dict, skipped: int) -> torch.Tensor:
         losses = [parts[name].detach().float() for name in LOSS_PARTS]
         flag = (~torch.isfinite(torch.stack(losses))).any().float()
-        shared = torch.stack([*losses, flag, torch.tensor(float(skipped), device=flag.device)])
+        # new_full launches a fill: unlike torch.tensor(x, device=cuda) it does not wait for the GPU.
+        shared = torch.stack([*losses, flag, flag.new_full((), float(skipped))])
         dist.all_reduce(shared)
         return shared
 
