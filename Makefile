@@ -1,13 +1,17 @@
 # The two entry points of the README. Both create ./.venv and install cmgl into it on first use.
 #   make main   pack IU-RR (real reports + phantom images unless IMAGES=...), train, evaluate
 #   make test   the test suite (what CI runs)
+#   make eval-nih  external evaluation of a trained export (EXPORT=...) on the 354 real NIH images
 # Run pytest as `pytest`, not `python -m pytest`: the latter puts the repo root on sys.path,
 # where the folder kernels/ would shadow the PyPI package `kernels` that transformers probes for.
 PYTHON ?= python3
 VENV   ?= .venv
 STAMP  := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: main test install
+NIH_IMAGES ?= ../shared/data/real-cxr/nih-cxr14-reproduce-chexnet
+EXPORT     ?= outputs/run/export
+
+.PHONY: main test install eval-nih
 install: $(STAMP)
 
 $(STAMP): setup.py
@@ -21,3 +25,10 @@ main: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Zero-shot and a 5-fold (by patient) linear probe over every image of the NIH pack, with CIs.
+eval-nih: $(STAMP)
+	$(VENV)/bin/cmgl pack --source nih --images $(NIH_IMAGES) --image-size 256 --out outputs/shards-nih
+	$(VENV)/bin/cmgl verify outputs/shards-nih
+	$(VENV)/bin/cmgl evaluate --exports $(EXPORT) --shards outputs/shards-nih --out outputs/eval-nih \
+		--split all --tasks zero_shot probe_cv --folds 5

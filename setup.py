@@ -20,6 +20,7 @@ setup(
         "cmgl_dist.evaluate",
         "cmgl_dist.kernels",
         "cmgl_dist.shards",
+        "cmgl_dist.shards.sources",
         "cmgl_dist.configs",
     ],
     package_dir={

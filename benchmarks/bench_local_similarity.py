@@ -2,6 +2,8 @@
 
 Providers:
   triton            cmgl_dist.kernels.local_similarity_triton
+  compiled          cmgl_dist.losses.local_similarity_compiled (torch.compile over bounded blocks)
+  auto              cmgl_dist.losses.local_similarity(backend="auto"): its choice, timed on warm-up
   reference         cmgl_dist.losses.local_similarity_reference (chunked, recomputing backward)
   loop              the public GLoRIA code's algorithm: one text at a time against all images
   compile_vectorised torch.compile of all pairs at once ([T, I, W, R] and [T, I, W, D] tensors)
@@ -22,10 +24,10 @@ from pathlib import Path
 import torch
 
 from cmgl_dist.benchmarking import Timing, append_results, measure
-from cmgl_dist.losses import local_similarity_reference
+from cmgl_dist.losses import local_similarity, local_similarity_compiled, local_similarity_reference
 
 log = logging.getLogger("bench_local_similarity")
-PROVIDERS = ("triton", "reference", "loop", "compile_vectorised", "compile_gram")
+PROVIDERS = ("triton", "compiled", "auto", "reference", "loop", "compile_vectorised", "compile_gram")
 MODES = ("fwd", "bwd", "fwdbwd")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Nominal matrix work per (text, image) pair in units of mean_words x R x D: the forward's two
@@ -79,6 +81,11 @@ def make_provider(name: str):
     if name == "triton":
         from cmgl_dist.kernels import local_similarity_triton
         return local_similarity_triton
+    if name == "compiled":
+        return local_similarity_compiled
+    if name == "auto":
+        return lambda words, word_mask, regions, gamma1, gamma2: local_similarity(
+            words, word_mask, regions, gamma1, gamma2, backend="auto")
     if name == "reference":
         return local_similarity_reference
     if name == "loop":

@@ -26,6 +26,9 @@ METRICS = {
     "local_similarity": ("p20_ms", "p50_ms", "p80_ms", "peak_extra_mb", "nominal_tflops"),
     "pack_throughput": ("samples", "images_written", "seconds", "images_per_s", "mbytes", "verify_seconds"),
     "png_compress_level": ("ms_per_image", "kbytes_per_image"),
+    "e2e_throughput": ("windows", "last_step", "samples_per_s_p50", "samples_per_s_max", "step_time_s_p50",
+                       "gpu_util_pct_p50", "peak_mem_mb", "loss_local_last"),
+    "kernel_compile_sm90": ("shared_bytes", "registers", "spill_store_bytes", "spill_load_bytes", "stack_frame_bytes"),
 }
 
 

@@ -1,15 +1,17 @@
-# GPU stage "step" for benchmarks/gpu_check.sh (sourced by it; uses its $PY, $WORK, $OUT, $DRY,
-# limited and log, and the shards and random BERT-base that its stage e2e_setup makes):
+# GPU stage "step" of benchmarks/gpu_check.sh (its stage_step sources this file and calls
+# bench_step_stage; uses its $PY, $WORK, $OUT, $DRY, limited and log, and the shards and random
+# BERT-base that its stage e2e_setup makes):
 #   - `cmgl bench step` of the GLoRIA recipe, global-only, micro-batch 128, bf16, ZeRO-1, random
 #     weights (../shared/device/README.md's set-up): step_breakdown.csv/.png to $OUT, the summary,
 #     results.csv and a gzipped Chrome trace into $WORK/logs;
-#   - when gpu_check's e2e_run is there, the global-only throughput with each efficiency knob off
-#     in turn (STEP_ABLATIONS="" skips them), rows beside the other e2e runs.
-#     STAGES="setup e2e_setup step" bash benchmarks/gpu_check.sh
-# Limits (seconds): STEP_BENCH_S (default 150; 240 on DRY), each ablation as gpu_check's E2E_S.
+#   - with STEP_ABLATIONS (overrides, e.g. "train.channels_last=false train.cudnn_benchmark=false
+#     data.persistent_workers=false"), the global-only throughput with each of them in turn, through
+#     gpu_check's e2e_run (rows beside the other e2e runs; E2E_S each):
+#     STAGES="setup e2e_setup step" STEP_ABLATIONS="..." bash benchmarks/gpu_check.sh   # ~5 min
+# Limit (seconds): STEP_BENCH_S (default 90; 240 on DRY).
 
-stage_step() {
-    local out=$WORK/logs/bench_step limit=${STEP_BENCH_S:-$([ "$DRY" = 1 ] && echo 240 || echo 150)}
+bench_step_stage() {
+    local out=$WORK/logs/bench_step limit=${STEP_BENCH_S:-$([ "$DRY" = 1 ] && echo 240 || echo 90)}
     [ -d "$WORK/shards" ] || { log "step: no $WORK/shards (run the stage e2e_setup first)"; return 1; }
     local sets=(data.shards="$WORK/shards" data.workers=12 model.image_pretrained=false
                 model.text_encoder="$WORK/bert_base_random" loss.local_weight=0 train.micro_batch=128
@@ -27,11 +29,9 @@ stage_step() {
     cp "$out/step_breakdown.csv" "$out/step_breakdown.png" "$OUT/" 2>/dev/null
     gzip -f "$out/trace_rank0.json" 2>/dev/null
     rm -rf "$out/run"
-    if [ "$DRY" != 1 ] && declare -F e2e_run > /dev/null; then
-        local ablation
-        for ablation in ${STEP_ABLATIONS-"train.channels_last=false train.cudnn_benchmark=false data.persistent_workers=false"}; do
-            e2e_run "global_only_${ablation//[.=]/_}" loss.local_weight=0 "$ablation"
-        done
-    fi
+    local ablation
+    for ablation in ${STEP_ABLATIONS:-}; do
+        e2e_run "global_only_${ablation//[.=]/_}" loss.local_weight=0 "$ablation"
+    done
     return $rc
 }

@@ -1,6 +1,7 @@
 """Packing throughput: a whole `cmgl pack` (phantom images by default), timed, as CSV rows.
 
     python benchmarks/pack_throughput.py [--image-size 512 256] [--workers 2] [--limit N]
+    python benchmarks/pack_throughput.py --source nih --workers 1 2   # the 354 real 1024-px NIH PNGs
     python benchmarks/pack_throughput.py --png-levels 0 1 3 6   # PNG encode time/size per zlib level
 
 Each run packs into a fresh temporary folder (so nothing is resumed), then runs `cmgl verify`
@@ -22,6 +23,7 @@ from PIL import Image
 from cmgl_dist.benchmarking import append_results
 from cmgl_dist.shards.download import default_reports, packaged_file
 from cmgl_dist.shards.images import PNG_COMPRESS_LEVEL
+from cmgl_dist.shards.corpus_pack import pack_corpus
 from cmgl_dist.shards.pack import pack
 from cmgl_dist.shards.phantom import phantom_for_report
 from cmgl_dist.shards.reports import labels_from_mesh, read_reports
@@ -30,19 +32,31 @@ from cmgl_dist.shards.verify import verify
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def run_pack(args, out: str, image_size: int, workers: int) -> dict:
+    common = dict(images=args.images, out=out, image_size=image_size, samples_per_shard=args.samples_per_shard,
+                  seed=0, workers=workers, limit=args.limit)
+    if args.source == "iurr":
+        return pack(reports=args.reports, metadata=args.metadata, **common)
+    return pack_corpus(source=args.source, **common)
+
+
+def images_column(args) -> str:
+    if args.source != "iurr":
+        return f"real-{args.source}"
+    return args.images if args.images == "phantom" else "real"
+
+
 def time_pack(args, image_size: int, workers: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="pack_bench_") as out:
         start = time.perf_counter()
-        manifest = pack(reports=args.reports, images=args.images, metadata=args.metadata, out=out,
-                        image_size=image_size, samples_per_shard=args.samples_per_shard, seed=0,
-                        workers=workers, limit=args.limit)
+        manifest = run_pack(args, out, image_size, workers)
         seconds = time.perf_counter() - start
         start = time.perf_counter()
         problems = verify(out)
         verify_seconds = time.perf_counter() - start
     if problems:
         raise SystemExit(f"verify failed: {problems[:5]}")
-    config = {"images": args.images if args.images == "phantom" else "real", "image_size": image_size,
+    config = {"images": images_column(args), "image_size": image_size,
               "workers": workers, "png_level": PNG_COMPRESS_LEVEL, "cpus": os.cpu_count()}
     metrics = {"samples": manifest["samples_written"], "images_written": manifest["images_written"],
                "seconds": round(seconds, 2), "images_per_s": round(manifest["images_written"] / seconds, 1),
@@ -72,7 +86,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reports", default=None, help="default: ../shared/data/iu-rr, else torchxrayvision's copy")
     p.add_argument("--metadata", default=None)
-    p.add_argument("--images", default="phantom")
+    p.add_argument("--source", default="iurr", help="pack's --source; nih defaults --images to the 354 real PNGs")
+    p.add_argument("--images", default=None, help="default: phantom (iurr), ../shared/data/real-cxr/... (nih)")
     p.add_argument("--image-size", type=int, nargs="+", default=[512, 256])
     p.add_argument("--workers", type=int, nargs="+", default=[2])
     p.add_argument("--samples-per-shard", type=int, default=128)
@@ -80,6 +95,8 @@ def main(argv=None) -> None:
     p.add_argument("--png-levels", type=int, nargs="*", help="time PNG levels instead of packing")
     args = p.parse_args(argv)
     shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "iu-rr"
+    if args.images is None:
+        args.images = str(shared.parent / "real-cxr" / "nih-cxr14-reproduce-chexnet") if args.source == "nih" else "phantom"
     if args.reports is None:
         args.reports = shared / "NLMCXR_reports.tgz" if (shared / "NLMCXR_reports.tgz").is_file() else default_reports()
     if args.metadata is None:

@@ -202,9 +202,11 @@ def append_rows(csv_path: str | os.PathLike, rows: list[dict], stamp_with: Optio
         writer.writerows(stamped)
 
 
-def append_results(csv_path: str | os.PathLike, benchmark: str, config: dict | str, metrics: dict) -> None:
-    """Append one measured case: one long row per metric, all with the same stamp."""
-    append_rows(csv_path, result_rows(benchmark, config, metrics))
+def append_results(csv_path: str | os.PathLike, benchmark: str, config: dict | str, metrics: dict,
+                   stamp_with: Optional[dict] = None) -> None:
+    """Append one measured case: one long row per metric, all with the same stamp (this machine's,
+    or `stamp_with` for figures measured elsewhere)."""
+    append_rows(csv_path, result_rows(benchmark, config, metrics), stamp_with)
 
 
 def read_rows(csv_path: str | os.PathLike) -> list[dict]:

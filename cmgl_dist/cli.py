@@ -5,7 +5,7 @@ import sys
 # sub-command -> (module, function, one-line help). Modules are imported lazily so that
 # `cmgl pack` does not pay for importing deepspeed, and `cmgl train` not for ray.
 COMMANDS = {
-    "pack": ("cmgl_dist.shards.pack", "main", "pack IU-RR reports + images into WebDataset shards"),
+    "pack": ("cmgl_dist.shards.pack", "main", "pack IU-RR (or --source nih/chexpert/mimic/padchest/csv) into WebDataset shards"),
     "verify": ("cmgl_dist.shards.verify", "main", "re-read shards and check them against manifest.json"),
     "train": ("cmgl_dist.engine.train", "main", "train with DeepSpeed ZeRO from a config"),
     "evaluate": ("cmgl_dist.evaluate.run", "main", "evaluate one checkpoint (zero-shot, probe, retrieval)"),

@@ -20,8 +20,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class SourceWeight(_Section):
+    shards: str = Field(description="A folder written by `cmgl pack` (holds manifest.json), or a shard URL pattern.")
+    weight: float = Field(1.0, gt=0, description="Relative share of this corpus in every stream.")
+
+
 class DataConfig(_Section):
     shards: str = Field("", description="Folder written by `cmgl pack` (holds manifest.json), or a shard URL pattern.")
+    sources: list[SourceWeight] = Field(
+        default_factory=list, description="Several packed corpora mixed by weight in every training stream "
+        "(instead of data.shards), e.g. [{shards: data/mimic, weight: 3}, {shards: data/iurr, weight: 1}].")
+    text_from_labels: bool = Field(
+        False, description="Train on samples without a report (NIH, label-only packs) with a sentence built "
+        "from their labels; false: such packs are refused for training.")
     image_size: int = Field(256, ge=32, description="Longest side after resize, then padded to square (GLoRIA: 256).")
     crop_size: int = Field(224, ge=32, description="Random crop (train) / centre crop (eval) (GLoRIA: 224; 299 for 19x19 ResNet-50 regions).")
     text_mode: Literal["report", "sentence"] = Field("report", description="findings + impression, or one sampled sentence.")
@@ -61,8 +72,10 @@ class LossConfig(_Section):
     global_temperature: float = Field(0.1, gt=0, description="Global InfoNCE temperature (GLoRIA: cosine x 10).")
     local_weight: float = Field(1.0, ge=0, description="Weight of the local loss; the global loss has weight 1.")
     global_weight: float = Field(1.0, ge=0, description="Weight of the global loss.")
-    local_backend: Literal["auto", "triton", "reference"] = Field(
-        "auto", description="auto: Triton on CUDA tensors, the PyTorch reference elsewhere.")
+    local_backend: Literal["auto", "reference", "compiled", "triton"] = Field(
+        "auto", description="auto: on CUDA the fastest of triton / compiled / reference that agrees with "
+                            "the reference, timed once per (device, dtype, shape bucket) on its first batch "
+                            "and logged; the reference on CPU. A named backend is used as is.")
     gather_negatives: bool = Field(True, description="Use every rank's samples as negatives (features gathered with gradient).")
     local_negatives: Optional[int] = Field(
         None, ge=1, description="Cap on the gathered texts each rank's images are scored against in the local loss "
@@ -160,6 +173,8 @@ class CMGLConfig(_Section):
             raise ValueError(f"loss.local_negatives={self.loss.local_negatives} < train.micro_batch="
                              f"{self.train.micro_batch}: the cap must keep a rank's own texts (its positives); "
                              "raise it or leave it unset")
+        if self.data.sources and self.data.shards:
+            raise ValueError("data.shards and data.sources are both set: use data.sources alone to mix corpora")
         if self.data.resample and self.train.batches_per_epoch is None:
             raise ValueError("data.resample=true streams without end: set train.batches_per_epoch")
         return self

@@ -3,14 +3,15 @@
 PyTorch on purpose: a figure needs a handful of pairs, so the work (P x W x R x D) is
 negligible and the [P, W, R] result is the output itself; the fused kernel never materialises b
 (it is recomputed in registers), so exposing it there would only add a store path to the hot loop.
-The formula is the kernel's (`_attention` in local_similarity.py): the tests check that these
-maps reproduce the kernel's S.
+The formula is `attention.word_region_attention`, the one definition; the tests check that
+these maps reproduce the kernel's S. Evaluation's figures and localisation call this function.
 """
 from __future__ import annotations
 
 import torch
 
-from cmgl_dist.losses.local_reference import check_local_inputs
+from cmgl_dist.kernels.attention import word_region_attention
+from cmgl_dist.kernels.inputs import check_local_inputs
 
 
 def local_attention_maps(words: torch.Tensor, word_mask: torch.Tensor, regions: torch.Tensor,
@@ -30,6 +31,4 @@ def local_attention_maps(words: torch.Tensor, word_mask: torch.Tensor, regions: 
     with torch.no_grad(), torch.autocast(device_type=words.device.type, enabled=False):
         mask = word_mask[texts]
         scores = torch.einsum("pwd,prd->pwr", words[texts].to(dtype), regions[images].to(dtype))
-        over_words = scores.masked_fill(~mask[:, :, None], float("-inf")).softmax(dim=1)
-        over_regions = (gamma1 * over_words).softmax(dim=2)
-        return over_regions * mask[:, :, None]
+        return word_region_attention(scores, mask, gamma1) * mask[:, :, None]

@@ -5,6 +5,7 @@
 
 Steps: read reports -> pick images -> split -> plan shards (all deterministic) -> write shards
 in parallel (finished shards of an interrupted run are kept) -> manifest.json, written last.
+Other corpora (`--source nih|chexpert|mimic|padchest|csv`) are packed by `corpus_pack.py`.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from cmgl_dist.shards.plan import plan_samples, plan_shards
 from cmgl_dist.shards.reports import read_reports
 from cmgl_dist.shards.sample import PROGRESS_DIR, pack_shard
 from cmgl_dist.shards.schema import MANIFEST, SHARD_FILE
+from cmgl_dist.shards.sources import SOURCE_NAMES, UNCERTAIN_POLICIES
 from cmgl_dist.shards.writer import write_json_atomic
 
 log = logging.getLogger("cmgl.pack")
@@ -39,8 +41,16 @@ class NothingUsable(RuntimeError):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cmgl pack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--reports", help="NLMCXR_reports.tgz or a folder of report XML (default: torchxrayvision's copy, else download)")
-    p.add_argument("--images", required=True, help="NLMCXR_png.tgz, a folder of PNG/JPEG named by image id, or 'phantom'")
+    p.add_argument("--source", default="iurr", choices=SOURCE_NAMES,
+                   help="corpus layout (default iurr); the others are described in shards/SCHEMA.md")
+    p.add_argument("--reports", help="iurr: NLMCXR_reports.tgz or a folder of report XML (default: torchxrayvision's "
+                   "copy, else download); chexpert: CheXpert Plus report CSV; mimic: folder holding files/pNN/.../sN.txt")
+    p.add_argument("--images", required=True, help="iurr: NLMCXR_png.tgz, a folder of PNG/JPEG named by image id, or "
+                   "'phantom'; other sources: the corpus folder, or a tar or zip archive of it")
+    p.add_argument("--labels", help="label CSV (not iurr; default: the table shipped in torchxrayvision or found "
+                   "in the corpus folder; required for --source csv)")
+    p.add_argument("--uncertain", choices=UNCERTAIN_POLICIES, default="zeros",
+                   help="CheXpert/MIMIC/csv labels of -1: ones (U-Ones), zeros (U-Zeros) or ignore (leave the image out)")
     p.add_argument("--metadata", help="DICOM metadata CSV (gzip accepted) for view positions "
                    "(default: torchxrayvision's copy when installed; 'none' for the XML-order fallback)")
     p.add_argument("--out", required=True, help="output folder")
@@ -141,7 +151,12 @@ def pack(*, images: str, out: str | Path, reports: str | Path | None = None, met
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.source != "iurr":
+        return pack_other_source(parser, args)
+    if args.labels or args.uncertain != "zeros":
+        parser.error("--labels and --uncertain are for --source nih/chexpert/mimic/padchest/csv, not iurr")
     try:
         manifest = pack(images=args.images, out=args.out, reports=args.reports, metadata=args.metadata,
                         image_size=args.image_size, samples_per_shard=args.samples_per_shard, seed=args.seed,
@@ -150,4 +165,22 @@ def main(argv=None) -> int:
         log.error("%s", e)
         return 1
     log.info("skips: %s; wrote %s", manifest["skip_reasons"], Path(args.out) / MANIFEST)
+    return 0
+
+
+def pack_other_source(parser: argparse.ArgumentParser, args) -> int:
+    from cmgl_dist.shards.corpus_pack import pack_corpus
+    from cmgl_dist.shards.sources import SourceError
+
+    if args.metadata:
+        parser.error("--metadata is IU-RR's DICOM table; other sources read views from their own tables")
+    try:
+        manifest = pack_corpus(source=args.source, images=args.images, out=args.out, labels=args.labels,
+                               reports=args.reports, uncertain=args.uncertain, image_size=args.image_size,
+                               samples_per_shard=args.samples_per_shard, seed=args.seed, workers=args.workers,
+                               limit=args.limit)
+    except (SourceError, OSError) as e:
+        log.error("%s", e)
+        return 1
+    log.info("wrote %s", Path(args.out) / MANIFEST)
     return 0

@@ -64,15 +64,37 @@ def real_sample(spec: SampleSpec, task: ShardTask, skips: list[Skip]) -> dict[st
     return members
 
 
-def pack_shard(task: ShardTask) -> dict:
-    """Write one shard (unless already finished) and return its progress record."""
-    out = Path(task.out_dir)
-    shard, sidecar = out / task.name, out / PROGRESS_DIR / f"{task.name}.json"
-    fingerprint = task.fingerprint()
+def finished_record(out: Path, name: str, fingerprint: str) -> dict | None:
+    """The progress record of a shard already written for this exact task, else None."""
+    shard, sidecar = out / name, out / PROGRESS_DIR / f"{name}.json"
     if shard.exists() and sidecar.exists():
         record = json.loads(sidecar.read_text())
         if record.get("fingerprint") == fingerprint and record.get("sha256") == sha256_file(shard):
             return {**record, "resumed": True}
+    return None
+
+
+def commit_shard(out: Path, name: str, split: str, fingerprint: str, samples: list, written: list[dict],
+                 images: int, skips: list[Skip]) -> dict:
+    """Write the tar under a temporary name, then its progress record, then rename it into place."""
+    sidecar = out / PROGRESS_DIR / f"{name}.json"
+    sidecar.parent.mkdir(exist_ok=True)
+    tmp_shard = out / f".{name}.unrenamed"
+    sha256 = write_shard(tmp_shard, samples)
+    record = {"name": name, "split": split, "fingerprint": fingerprint, "sha256": sha256,
+              "bytes": tmp_shard.stat().st_size, "samples": written, "images_written": images,
+              "skips": [s.to_json() for s in skips]}
+    write_json_atomic(sidecar, record)
+    tmp_shard.replace(out / name)
+    return {**record, "resumed": False}
+
+
+def pack_shard(task: ShardTask) -> dict:
+    """Write one shard (unless already finished) and return its progress record."""
+    out = Path(task.out_dir)
+    fingerprint = task.fingerprint()
+    if (record := finished_record(out, task.name, fingerprint)) is not None:
+        return record
     samples, skips, images, written = [], [], 0, []
     for spec in task.samples:
         if task.images == "phantom":
@@ -86,12 +108,4 @@ def pack_shard(task: ShardTask) -> dict:
         images += sum(m in (schema.FRONTAL, schema.LATERAL) for m in members)
         samples.append((spec.report.uid, members))
         written.append({"uid": spec.report.uid, "labels": spec.labels})
-    sidecar.parent.mkdir(exist_ok=True)
-    tmp_shard = out / f".{task.name}.unrenamed"
-    sha256 = write_shard(tmp_shard, samples)
-    record = {"name": task.name, "split": task.split, "fingerprint": fingerprint, "sha256": sha256,
-              "bytes": tmp_shard.stat().st_size, "samples": written, "images_written": images,
-              "skips": [s.to_json() for s in skips]}
-    write_json_atomic(sidecar, record)
-    tmp_shard.replace(shard)
-    return {**record, "resumed": False}
+    return commit_shard(out, task.name, task.split, fingerprint, samples, written, images, skips)

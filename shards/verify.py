@@ -21,8 +21,8 @@ from PIL import Image
 from cmgl_dist.shards import schema
 from cmgl_dist.shards.writer import sha256_file
 
-REQUIRED = {schema.FRONTAL, schema.REPORT, schema.LABELS, schema.META}
-OPTIONAL = {schema.LATERAL, schema.MASKS}
+REQUIRED = {schema.FRONTAL, schema.LABELS, schema.META}
+OPTIONAL = {schema.LATERAL, schema.MASKS, schema.REPORT}  # report.json: required for IU-RR (no meta `source`)
 MAX_PRINTED = 50
 
 
@@ -53,10 +53,12 @@ def check_sample(key: str, members: dict[str, bytes], split: str, image_source: 
     if problems:
         return problems
     labels, meta = json.loads(members[schema.LABELS]), json.loads(members[schema.META])
-    report = json.loads(members[schema.REPORT])
+    if schema.REPORT not in members and "source" not in meta:
+        return [f"{where}: missing {schema.REPORT}"]
+    report = json.loads(members[schema.REPORT]) if schema.REPORT in members else None
     if set(labels) != set(schema.LABEL_KEYS) or any(v not in (0, 1) for v in labels.values()):
         problems.append(f"{where}: labels.json keys/values wrong: {labels}")
-    if not (report.get("findings") or report.get("impression")):
+    if report is not None and not (report.get("findings") or report.get("impression")):
         problems.append(f"{where}: report.json has neither findings nor impression")
     if meta.get("uid") != key or meta.get("split") != split or meta.get("image_source") != image_source:
         problems.append(f"{where}: meta.json uid/split/source {meta.get('uid')}/{meta.get('split')}/"

@@ -94,3 +94,26 @@ def test_results_log_drops_a_partial_last_line(tmp_path):
     lines = path.read_text().splitlines()
     assert [json.loads(line)["job_id"] for line in lines] == ["a", "b", "c"]
     assert completed_ids(read_records(path)) == {"a", "c"}
+
+
+def test_patient_folds_keep_patients_together_and_spread_rare_positives():
+    from cmgl_dist.evaluate.probe import cross_validated_scores, patient_folds
+
+    rng = np.random.default_rng(0)
+    patients = [f"p{i // 3}" for i in range(300)]  # 100 patients, 3 images each
+    labels = np.zeros((300, 5), bool)
+    labels[:, 0] = rng.random(300) < 0.4
+    labels[rng.choice(300, 15, replace=False), 4] = True  # a rare class
+    fold_of = patient_folds(labels, patients, 5, seed=1)
+    assert sorted(set(fold_of)) == [0, 1, 2, 3, 4]
+    assert all(len({fold_of[i] for i in range(300) if patients[i] == p}) == 1 for p in set(patients))
+    assert all(labels[fold_of == f, 4].any() for f in range(5))
+    assert (fold_of == patient_folds(labels, patients, 5, seed=1)).all()
+    x = labels[:, :1] * 2.0 + rng.normal(size=(300, 4))  # class 0 is linearly visible
+    scores, unfittable = cross_validated_scores(x, labels, fold_of, seed=0)
+    assert scores.shape == (300, 5) and unfittable == [[1, 2, 3]] * 5  # no positives: 0.5 everywhere
+    from cmgl_dist.evaluate.metrics import auc
+
+    assert auc(labels[:, 0], scores[:, 0]) > 0.8
+    with pytest.raises(ValueError, match="at least 5 patients"):
+        patient_folds(labels[:9], patients[:9], 5, seed=0)

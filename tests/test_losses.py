@@ -6,9 +6,6 @@ import torch
 import torch.nn as nn
 from model_outputs import random_model_outputs
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when cmgl_dist.kernels is imported
-
 from cmgl_dist.config import LossConfig
 from cmgl_dist.losses import (CMGLLoss, global_contrastive_loss, local_contrastive_loss, local_similarity,
                               local_similarity_reference, resolve_backend)

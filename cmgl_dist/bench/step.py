@@ -11,7 +11,7 @@ with a `PhaseTimer` installed: warm-up steps, then `--steps` timed ones. Writes 
   summary.json         step time, samples/s, peak memory per rank, DeepSpeed bytes per step
   results.csv          the same figures in the harness's long format (`--results` to append elsewhere)
   trace_rank0.json     on CUDA, a torch.profiler Chrome trace of two more steps
-Without `data.shards`, small phantom shards are packed into DIR/shards first (once).
+Without `data.shards` (or `data.sources`), small phantom shards are packed into DIR/shards first (once).
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         run_rank(cfg, args)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    if not cfg.data.shards:
+    if not cfg.data.shards and not cfg.data.sources:
         shards = ensure_phantom_shards(args.out / "shards", cfg.data.image_size)
         argv += ["--set", f"data.shards={shards}"]
     return launch(argv, args.ranks)
@@ -93,6 +93,7 @@ def run_rank(cfg, args) -> None:
     import torch.distributed as dist
 
     from cmgl_dist.bench.profiler import DeepSpeedComms, PhaseTimer, enable_deepspeed_comm_logging
+    from cmgl_dist.data.shardlist import training_mixture
     from cmgl_dist.engine.checkpoint import TrainState
     from cmgl_dist.engine.deepspeed_config import deepspeed_config
     from cmgl_dist.engine.distributed import init_distributed
@@ -113,7 +114,7 @@ def run_rank(cfg, args) -> None:
     trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss), None, metrics, cfg.model_dump(mode="json"))
     engine.train()
     state = TrainState()
-    batches = epoch_batches(epoch_loaders(cfg, [*shard_list(cfg)], model.tokenizer, world), state)
+    batches = epoch_batches(epoch_loaders(cfg, training_mixture(cfg.data), model.tokenizer, world), state)
     for _ in range(args.warmup):
         trainer.step(batches, state)
     comms = DeepSpeedComms()
@@ -168,12 +169,6 @@ def calibrate_all_reduce(world, big_bytes: int = 16 * 2**20) -> dict:
     return {"all_reduce_small_ms": measure(lambda: dist.all_reduce(small), device=world.device, reps=9).p50_ms,
             "all_reduce_big_ms": measure(lambda: dist.all_reduce(big), device=world.device, reps=5).p50_ms,
             "all_reduce_big_bytes": big_bytes}
-
-
-def shard_list(cfg) -> list[str]:
-    from cmgl_dist.data.shardlist import shard_urls
-
-    return shard_urls(cfg.data.shards, "train")
 
 
 def chrome_trace(trainer, batches, state, out: Path, rank: int, steps: int = 2) -> None:

@@ -40,8 +40,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cmgl_dist.config import DataConfig
 from cmgl_dist.data.samples import SkipCounter, to_example
-from cmgl_dist.data.shardlist import shard_sample_counts
-from cmgl_dist.data.streams import StreamSpec, records, stream_sample_counts
+from cmgl_dist.data.shardlist import Mixture, shard_sample_counts
+from cmgl_dist.data.streams import StreamSpec, mixed_records, stream_sample_counts
 from cmgl_dist.data.text import tokenize_texts
 
 
@@ -60,11 +60,11 @@ def collate(examples: list[dict], tokenizer, max_length: int, skipped: int) -> d
 class ShardBatches(IterableDataset):
     """Batches of one rank; in a DataLoader each worker process yields its logical worker's share."""
 
-    def __init__(self, urls: Sequence[str], data_cfg: DataConfig, tokenizer, *, train: bool, batch_size: int,
+    def __init__(self, mixture: Mixture, data_cfg: DataConfig, tokenizer, *, train: bool, batch_size: int,
                  seed: int, rank: int, world_size: int, epoch: int, start_batch: int,
                  batches_per_epoch: Optional[int]):
         super().__init__()
-        self.urls = tuple(urls)
+        self.mixture = mixture
         self.cfg = data_cfg
         self.tokenizer = tokenizer
         self.train = train
@@ -87,12 +87,14 @@ class ShardBatches(IterableDataset):
     def set_position(self, epoch: int, start_batch: int) -> None:
         self._position[0], self._position[1] = epoch, start_batch
 
-    def spec(self, logical_worker: int) -> StreamSpec:
+    def spec(self, logical_worker: int, part: int = 0) -> StreamSpec:
+        """The stream of one logical worker over one corpus of the mixture."""
         return StreamSpec(
-            urls=self.urls, seed=self.seed, epoch=self.epoch,
+            urls=self.mixture.parts[part][0], seed=self.seed, epoch=self.epoch,
             stream=self.rank * self.workers + logical_worker, streams=self.world_size * self.workers,
             repeat=self.train, shard_shuffle=self.cfg.shard_shuffle, resample=self.train and self.cfg.resample,
-            shuffle_buffer=self.cfg.shuffle_buffer if self.train else 0)
+            shuffle_buffer=self.cfg.shuffle_buffer if self.train else 0,
+            require_text=self.train and not self.cfg.text_from_labels)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -100,9 +102,9 @@ class ShardBatches(IterableDataset):
         if info is not None and info.num_workers != self.workers:
             raise RuntimeError(f"DataLoader has {info.num_workers} workers, data.workers={self.cfg.workers}")
         logical = (physical + self.start_batch) % self.workers
-        spec = self.spec(logical)
         counter = SkipCounter()
-        items = records(spec, counter)
+        specs = [self.spec(logical, part) for part in range(len(self.mixture.parts))]
+        items = mixed_records(specs, [weight for _, weight in self.mixture.parts], counter)
         if not self.train:
             yield from self._batches(items, counter, limit=None)
             return
@@ -166,28 +168,35 @@ class ShardLoader:
         return self.num_batches
 
 
-def make_loader(urls: Sequence[str], data_cfg: DataConfig, tokenizer, *, train: bool, batch_size: int, seed: int,
-                rank: int = 0, world_size: int = 1, epoch: int = 0, start_batch: int = 0,
+def make_loader(urls: Sequence[str] | Mixture, data_cfg: DataConfig, tokenizer, *, train: bool, batch_size: int,
+                seed: int, rank: int = 0, world_size: int = 1, epoch: int = 0, start_batch: int = 0,
                 batches_per_epoch: Optional[int] = None, num_samples: Optional[int] = None,
                 persistent_workers: bool = False) -> ShardLoader:
     """One epoch of `rank`'s batches (see the module docstring). For the next epoch build a new
     loader, or, with `persistent_workers`, call `set_epoch` on this one to keep its workers.
 
+    `urls` is one corpus's shard URLs, or a `Mixture` of several corpora with weights (training
+    only): every stream then interleaves them by weight (`streams.mixed_records`), and the epoch
+    counts the samples of all of them.
+
     `num_samples` (the split's size) sets the default epoch length when the shards have no
     manifest.json beside them. The loader's `len()` counts the batches it yields (those from
     `start_batch` on); `batches_per_epoch` holds the whole epoch's count.
     """
-    if not urls:
+    mixture = urls if isinstance(urls, Mixture) else Mixture.single(urls)
+    if not all(part_urls for part_urls, _ in mixture.parts):
         raise ValueError("make_loader needs at least one shard URL")
+    if len(mixture.parts) > 1 and not train:
+        raise ValueError("evaluation reads one corpus: pass its shard URLs, not a Mixture")
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size (got {batch_size}, {rank}, {world_size})")
-    shard_counts = shard_sample_counts(urls)
+    shard_counts = shard_sample_counts(mixture.urls)
     common = dict(train=train, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
                   epoch=epoch, start_batch=start_batch)
     if not train:
         if start_batch or batches_per_epoch is not None:
             raise ValueError("evaluation makes one full pass: start_batch and batches_per_epoch are for training")
-        dataset = ShardBatches(urls, data_cfg, tokenizer, batches_per_epoch=None, **common)
+        dataset = ShardBatches(mixture, data_cfg, tokenizer, batches_per_epoch=None, **common)
         counts = stream_sample_counts(shard_counts, world_size * dataset.workers)
         num_batches = None if counts is None else sum(
             math.ceil(counts[dataset.spec(w).stream] / batch_size) for w in range(dataset.workers))
@@ -206,5 +215,5 @@ def make_loader(urls: Sequence[str], data_cfg: DataConfig, tokenizer, *, train: 
     if batches_per_epoch < 1 or not 0 <= start_batch <= batches_per_epoch:
         raise ValueError(f"need batches_per_epoch >= 1 and 0 <= start_batch <= batches_per_epoch "
                          f"(got {batches_per_epoch}, {start_batch})")
-    dataset = ShardBatches(urls, data_cfg, tokenizer, batches_per_epoch=batches_per_epoch, **common)
+    dataset = ShardBatches(mixture, data_cfg, tokenizer, batches_per_epoch=batches_per_epoch, **common)
     return ShardLoader(dataset, batches_per_epoch - start_batch, persistent_workers)

@@ -18,7 +18,7 @@ import torch
 
 from cmgl_dist.data import images
 from cmgl_dist.data.seeds import seed_of
-from cmgl_dist.shards.schema import FRONTAL, LABEL_KEYS, LABELS, REPORT
+from cmgl_dist.shards.schema import FRONTAL, LABEL_KEYS, LABELS, META, PATHOLOGIES, REPORT
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,23 @@ class Record:
     pass_index: int
 
 
-def parse(sample: dict, pass_index: int, counter: SkipCounter) -> Optional[Record]:
+def _labelled_only(sample: dict) -> bool:
+    """A sample of a corpus packed with `--source` (meta.json names it) may come without a report."""
+    try:
+        return "source" in json.loads(sample.get(META, b"{}"))
+    except ValueError:
+        return False
+
+
+def parse(sample: dict, pass_index: int, counter: SkipCounter, require_text: bool = True) -> Optional[Record]:
+    """`require_text`: contrastive training needs report text; evaluation and label prompts do not."""
     key = sample.get("__key__", "?")
     try:
-        missing = [m for m in (FRONTAL, REPORT, LABELS) if m not in sample]
+        needed = (FRONTAL, LABELS) if _labelled_only(sample) else (FRONTAL, REPORT, LABELS)
+        missing = [m for m in needed if m not in sample]
         if missing:
             raise ValueError(f"missing member(s) {', '.join(missing)}")
-        report = json.loads(sample[REPORT])
+        report = json.loads(sample[REPORT]) if REPORT in sample else {}
         labels_json = json.loads(sample[LABELS])
         if not isinstance(report, dict) or not isinstance(labels_json, dict):
             raise ValueError(f"{REPORT} and {LABELS} must hold JSON objects")
@@ -77,8 +87,8 @@ def parse(sample: dict, pass_index: int, counter: SkipCounter) -> Optional[Recor
         if absent:
             raise ValueError(f"{LABELS} lacks {', '.join(absent)}")
         labels = tuple(float(labels_json[k]) for k in LABEL_KEYS)
-        if not report_sentences(report):
-            raise ValueError("no findings or impression text")
+        if require_text and not report_sentences(report):
+            raise ValueError("no findings or impression text (label-only corpora train with data.text_from_labels=true)")
         images.verify_png(sample[FRONTAL])
     except Exception as e:  # noqa: BLE001 - any malformed member makes the sample unusable
         counter.skip("malformed", key, e)
@@ -96,10 +106,26 @@ def report_sentences(report: dict) -> list[str]:
     return [s for s in _SENTENCE_END.split(report_text(report)) if _WORD.search(s)]
 
 
-def choose_text(record: Record, text_mode: str, seed: int, epoch: int) -> str:
+def label_text(labels: tuple[float, ...]) -> str:
+    """A report-like sentence built from the labels, for samples without a report
+    (`data.text_from_labels`): the positive pathologies, else normal, else their absence."""
+    named = dict(zip(LABEL_KEYS, labels))
+    positive = [p.replace("_", " ") for p in PATHOLOGIES if named[p] > 0.5]
+    if positive:
+        return "Findings: " + ", ".join(positive) + "."
+    if named["normal"] > 0.5:
+        return "No acute cardiopulmonary abnormality."
+    return "No atelectasis, cardiomegaly, edema, pleural effusion or consolidation."
+
+
+def choose_text(record: Record, text_mode: str, seed: int, epoch: int, text_from_labels: bool = False) -> str:
+    """The report (or one sampled sentence); without report text, the label sentence when
+    `text_from_labels`, else "" (evaluation of a label-only corpus never reads it)."""
+    sentences = report_sentences(record.report)
+    if not sentences:
+        return label_text(record.labels) if text_from_labels else ""
     if text_mode == "report":
         return report_text(record.report)
-    sentences = report_sentences(record.report)
     rng = random.Random(seed_of("sentence", seed, epoch, record.key, record.pass_index))
     return sentences[rng.randrange(len(sentences))]
 
@@ -120,6 +146,6 @@ def to_example(record: Record, data_cfg, *, train: bool, seed: int, epoch: int,
     return {
         "key": record.key,
         "image": images.normalise_to_rgb(view),
-        "text": choose_text(record, data_cfg.text_mode, seed, epoch),
+        "text": choose_text(record, data_cfg.text_mode, seed, epoch, data_cfg.text_from_labels),
         "labels": torch.tensor(record.labels, dtype=torch.float32),
     }

@@ -43,6 +43,7 @@ class StreamSpec:
     shard_shuffle: bool
     resample: bool
     shuffle_buffer: int  # 0 or 1: no sample shuffle
+    require_text: bool = True  # training without data.text_from_labels: a sample without a report is skipped
 
 
 def read_shard(url: str, counter: SkipCounter) -> Iterator[dict]:
@@ -89,7 +90,7 @@ def records(spec: StreamSpec, counter: SkipCounter) -> Iterator[Record]:
         yield from _shuffled(_resampled_records(spec, counter), spec, "resampled")
         return
     for pass_index in itertools.count():
-        parsed = (parse(sample, pass_index, counter) for sample in _one_pass(spec, pass_index, counter))
+        parsed = (parse(sample, pass_index, counter, spec.require_text) for sample in _one_pass(spec, pass_index, counter))
         usable = 0
         for record in _shuffled((r for r in parsed if r is not None), spec, pass_index):
             usable += 1
@@ -103,6 +104,29 @@ def records(spec: StreamSpec, counter: SkipCounter) -> Iterator[Record]:
                 "world_size * workers")
 
 
+def mixed_records(specs: Sequence[StreamSpec], weights: Sequence[float], counter: SkipCounter) -> Iterator[Record]:
+    """Several corpora's streams interleaved by weight (`data.sources`).
+
+    Each next sample comes from the corpus furthest below its share so far (largest
+    `weight_i / sum(weights) * n - taken_i`, ties to the first), so every prefix of the stream
+    holds each corpus within one sample of its share. The choice depends only on how many
+    samples came before, so skipping the first k records on resume replays the rest exactly.
+    Each corpus's own stream is the usual seeded, repeating one; only training streams mix.
+    """
+    if len(specs) == 1:
+        yield from records(specs[0], counter)
+        return
+    if not all(spec.repeat for spec in specs):
+        raise ValueError("corpora are mixed for training only: evaluate one corpus at a time")
+    streams = [records(spec, counter) for spec in specs]
+    shares = [w / sum(weights) for w in weights]
+    taken = [0] * len(specs)
+    for drawn in itertools.count(1):
+        index = max(range(len(specs)), key=lambda i: (shares[i] * drawn - taken[i], -i))
+        taken[index] += 1
+        yield next(streams[index])
+
+
 def _resampled_records(spec: StreamSpec, counter: SkipCounter) -> Iterator[Record]:
     rng = random.Random(seed_of("resample", spec.seed, spec.epoch, spec.stream))
     fruitless_draws = 0
@@ -110,7 +134,7 @@ def _resampled_records(spec: StreamSpec, counter: SkipCounter) -> Iterator[Recor
         url = rng.choice(spec.urls)
         usable = 0
         for sample in read_shard(url, counter):
-            record = parse(sample, draw, counter)
+            record = parse(sample, draw, counter, spec.require_text)
             if record is not None:
                 usable += 1
                 yield record

@@ -58,11 +58,6 @@ def to_device(batch: dict, device: torch.device, channels_last: bool = False) ->
     return moved
 
 
-def to_fp32(out: dict) -> dict:
-    """Model outputs for the loss: its softmaxes and log-sum-exps run in fp32 even in 16-bit runs."""
-    return {key: value.float() if value.is_floating_point() else value for key, value in out.items()}
-
-
 class Trainer:
     """Runs optimizer steps and reports their events to a MetricsProcessor (which owns the counters)."""
 
@@ -102,7 +97,9 @@ class Trainer:
                 self.metrics.data_waited(time.perf_counter() - waited)
             with phase("host_to_device"):
                 on_device = to_device(batch, self.world.device, self.channels_last)
-            parts = self.loss_fn(to_fp32(self.engine(on_device)))
+            # The model's outputs go to the loss in the compute dtype (bf16 under autocast): the
+            # losses run softmaxes and log-sum-exps in fp32 themselves (cmgl_dist.losses).
+            parts = self.loss_fn(self.engine(on_device))
             with phase("loss_all_reduce"):
                 shared = self._all_reduce(parts, batch.get("skipped", 0))
             # The one host read per micro batch: the NaN guard must decide before backward, so that

@@ -46,19 +46,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def preflight(cfg: CMGLConfig, resume: Optional[str]) -> list[str]:
-    """Checks that need the machine, not only the config. Returns the train shard URLs."""
-    from cmgl_dist.data.shardlist import shard_urls
+def preflight(cfg: CMGLConfig, resume: Optional[str]):
+    """Checks that need the machine, not only the config. Returns the train shards (a Mixture)."""
+    from cmgl_dist.data.shardlist import samples_without_text, source_folders, training_mixture
 
     require_apex(cfg.optimizer)
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.precision=fp16 needs CUDA (DeepSpeed's loss scaling runs on GPUs): "
                           "set train.precision=fp32 on a CPU machine")
     try:
-        urls = shard_urls(cfg.data.shards, "train")
+        urls = training_mixture(cfg.data)
+        untexted = {shards: samples_without_text(shards, "train") for shards, _ in source_folders(cfg.data)}
     except (ValueError, OSError) as err:
-        raise ConfigError(f"data.shards={cfg.data.shards!r}: {err}; pack shards with `cmgl pack` "
+        field = "data.sources" if cfg.data.sources else f"data.shards={cfg.data.shards!r}"
+        raise ConfigError(f"{field}: {err}; pack shards with `cmgl pack` "
                           "and pass the folder with --set data.shards=DIR") from None
+    for shards, count in untexted.items():
+        if count and not cfg.data.text_from_labels:
+            raise ConfigError(f"{shards}: {count} train samples have no report, and contrastive training needs "
+                              "text: set data.text_from_labels=true to train on sentences built from their labels, "
+                              "or train on a corpus with reports")
     checkpoints = Path(cfg.train.run_dir) / "checkpoints"
     if resume is None and Checkpointer(checkpoints, 1, 0).complete_tags():
         raise ConfigError(f"train.run_dir={cfg.train.run_dir} already holds checkpoints: pass --resume auto "
@@ -114,7 +121,7 @@ def build_engine(cfg: CMGLConfig, world, ds_config: dict):
     return model, engine
 
 
-def epoch_loaders(cfg: CMGLConfig, urls: list[str], tokenizer, world):
+def epoch_loaders(cfg: CMGLConfig, urls, tokenizer, world):
     """make_epoch_loader(epoch, start_batch) for `epoch_batches`: one loader whose workers persist
     across epochs (data.persistent_workers), or a new loader per epoch."""
     from cmgl_dist.data.loader import make_loader
@@ -143,7 +150,7 @@ def make_metrics(cfg: CMGLConfig, world, run_dir: Path, start_step: int):
                             world_size=world.world_size, grad_accum=cfg.train.grad_accum, device=world.device)
 
 
-def train(cfg: CMGLConfig, urls: list[str], resume: Optional[str]) -> TrainState:
+def train(cfg: CMGLConfig, urls, resume: Optional[str]) -> TrainState:
     import torch.distributed as dist
 
     from cmgl_dist.engine.distributed import init_distributed

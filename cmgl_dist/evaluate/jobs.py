@@ -19,7 +19,9 @@ from cmgl_dist.shards.schema import PATHOLOGIES
 
 # Submission order: the first two jobs encode different splits (test, train), so on a small
 # machine the two feature caches fill in parallel instead of one job waiting on the other's lock.
-TASKS = ("zero_shot", "probe", "finetune", "zero_shot_negated", "retrieval", "localisation", "attention")
+TASKS = ("zero_shot", "probe", "finetune", "zero_shot_negated", "retrieval", "localisation", "attention", "probe_cv")
+# run when asked for (--tasks); finetune also when eval.finetune is true
+OPT_IN_TASKS = ("finetune", "probe_cv")
 # jobs of these tasks are repeated per (fraction, seed); the others run once per export
 FRACTION_TASKS = ("probe", "finetune")
 
@@ -35,6 +37,7 @@ class EvalSettings:
     workers: int = 0
     n_prompts: int = 20
     n_figures: int = 4
+    folds: int = 5  # probe_cv: k of the patient-grouped k-fold cross-validation
 
     @property
     def cache_dir(self) -> Path:
@@ -61,6 +64,8 @@ class Job:
             return f"{'fine-tune' if self.task == 'finetune' else 'probe'} {self.fraction * 100:g}%"
         if self.task == "zero_shot_negated":
             return "zero-shot vs negation"
+        if self.task == "probe_cv":
+            return "probe k-fold CV"
         return self.task.replace("_", "-")
 
 
@@ -133,6 +138,31 @@ def run_probe(job: Job, settings: EvalSettings, export) -> dict:
     return result
 
 
+def run_probe_cv(job: Job, settings: EvalSettings, export) -> dict:
+    """Linear probe by patient-grouped k-fold cross-validation over `settings.split` alone (a
+    corpus too small to split into train and test); AUCs of the pooled out-of-fold scores."""
+    from cmgl_dist.evaluate.corpus import patients
+    from cmgl_dist.evaluate.features import cached_features
+    from cmgl_dist.evaluate.metrics import bootstrap_aucs
+    from cmgl_dist.evaluate.probe import cross_validated_scores, patient_folds
+
+    # with_text: the same cached features as zero-shot on this split, so the split is encoded once
+    feats = cached_features(export, settings.shards, settings.split, settings.cache_dir, with_text=True,
+                            batch_size=settings.batch_size, workers=settings.workers)
+    labels = _finding_labels(feats)
+    patient_of = patients(settings.shards, settings.split)
+    fold_of = patient_folds(labels, [patient_of[k] for k in feats.keys], settings.folds, job.seed)
+    scores, unfittable = cross_validated_scores(feats.image_global.numpy(), labels, fold_of, seed=job.seed)
+    per_fold = [bootstrap_aucs(labels[fold_of == f], scores[fold_of == f], PATHOLOGIES, n_boot=0, seed=job.seed)
+                for f in range(settings.folds)]
+    result = _auc_result(settings, job, labels, scores, feats.keys)
+    result.update(setting=f"probe {settings.folds}-fold CV", folds=settings.folds,
+                  fold_sizes=[int((fold_of == f).sum()) for f in range(settings.folds)],
+                  fold_mean_aucs=[round(float(a["mean"].value), 4) for a in per_fold],
+                  unfittable=sorted({PATHOLOGIES[c] for missing in unfittable for c in missing}))
+    return result
+
+
 def run_finetune(job: Job, settings: EvalSettings, export) -> dict:
     import torch
 
@@ -154,8 +184,11 @@ def run_finetune(job: Job, settings: EvalSettings, export) -> dict:
 
 def run_retrieval(job: Job, settings: EvalSettings, export) -> dict:
     from cmgl_dist.evaluate.features import cached_features
+    from cmgl_dist.data.shardlist import samples_without_text
     from cmgl_dist.evaluate.retrieval import retrieval_recalls
 
+    if samples_without_text(settings.shards, settings.split):
+        raise ValueError(f"{settings.shards} has samples without a report: retrieval needs reports")
     feats = cached_features(export, settings.shards, settings.split, settings.cache_dir, with_text=True,
                             batch_size=settings.batch_size, workers=settings.workers)
     cfg = export.cfg
@@ -175,20 +208,22 @@ def run_attention(job: Job, settings: EvalSettings, export) -> dict:
     return {"figures": write_attention_figures(export, settings, folder)}
 
 
-RUNNERS = {"zero_shot": run_zero_shot, "zero_shot_negated": run_zero_shot, "probe": run_probe,
+RUNNERS = {"zero_shot": run_zero_shot, "zero_shot_negated": run_zero_shot, "probe": run_probe, "probe_cv": run_probe_cv,
            "finetune": run_finetune, "retrieval": run_retrieval,
            "localisation": run_localisation, "attention": run_attention}
 
 
 def run_job(job: Job, settings: EvalSettings) -> dict:
     """Run one job; the returned record is what results.jsonl stores for a success."""
+    from cmgl_dist.evaluate.corpus import corpus_name
     from cmgl_dist.evaluate.features import Export
 
     start = time.perf_counter()
     if job.task not in RUNNERS:
         raise ValueError(f"unknown task {job.task!r}; choose from {list(RUNNERS)}")
     metrics = RUNNERS[job.task](job, settings, Export(job.export))
-    return {**job_record(job), "status": "ok", "seconds": round(time.perf_counter() - start, 2), **metrics}
+    return {**job_record(job), "status": "ok", "seconds": round(time.perf_counter() - start, 2),
+            "corpus": corpus_name(settings.shards), "split": settings.split, **metrics}
 
 
 def job_record(job: Job) -> dict:

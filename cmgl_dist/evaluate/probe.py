@@ -6,6 +6,10 @@ consolidation) entirely, so the subset is drawn stratified: one random positive 
 that has positives in the split is taken first, the rest uniformly from what is left. A class
 that still has a single label value in the subset (no positive anywhere in the split) cannot be
 fitted: it scores every test sample equally (AUC 0.5) and is listed in `unfittable`.
+
+A corpus too small to split (the 354 real NIH images) is probed by k-fold cross-validation
+instead: folds by patient, each sample scored by the probe fitted on the other folds, and the
+pooled out-of-fold scores give one AUC per class with a bootstrap CI, beside each fold's own AUC.
 """
 from __future__ import annotations
 
@@ -53,4 +57,37 @@ def fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *,
             continue
         clf = LogisticRegression(C=C, max_iter=2000, class_weight="balanced", random_state=seed)
         scores[:, c] = clf.fit(train_x, y).predict_proba(test_x)[:, 1]
+    return scores, unfittable
+
+
+def patient_folds(labels: np.ndarray, patients: list[str], folds: int, seed: int) -> np.ndarray:
+    """Fold index per sample: `folds` folds, every patient in one fold, stratified on each
+    sample's rarest positive class (scikit-learn's StratifiedGroupKFold, seeded shuffle)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels = np.asarray(labels, bool)
+    if folds < 2 or len(set(patients)) < folds:
+        raise ValueError(f"{folds}-fold cross-validation needs folds >= 2 and at least {folds} patients "
+                         f"(have {len(set(patients))})")
+    rarest_first = np.argsort(labels.sum(0), kind="stable")
+    strata = np.full(len(labels), labels.shape[1])  # no positive: its own stratum
+    for c in rarest_first[::-1]:
+        strata[labels[:, c]] = c  # the rarest class is written last and wins
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    fold_of = np.empty(len(labels), int)
+    for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), strata, groups=patients)):
+        fold_of[held_out] = fold
+    return fold_of
+
+
+def cross_validated_scores(x: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, *, seed: int
+                           ) -> tuple[np.ndarray, list[list[int]]]:
+    """Out-of-fold scores [N, C] (each sample scored by the probe fitted on the other folds), and
+    the unfittable class indices of each fold's probe."""
+    scores = np.empty(labels.shape, float)
+    unfittable = []
+    for fold in range(int(fold_of.max()) + 1):
+        held_out = fold_of == fold
+        scores[held_out], missing = fit_predict(x[~held_out], labels[~held_out], x[held_out], seed=seed)
+        unfittable.append(missing)
     return scores, unfittable

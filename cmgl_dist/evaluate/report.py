@@ -38,7 +38,7 @@ def format_interval(cell: dict) -> str:
 
 
 def _setting_order(record: dict) -> tuple:
-    order = ("zero_shot", "zero_shot_negated", "probe", "finetune")
+    order = ("zero_shot", "zero_shot_negated", "probe_cv", "probe", "finetune")
     return (order.index(record["task"]), record["fraction"] or 0.0, record["seed"])
 
 
@@ -62,6 +62,10 @@ def auc_table(records: list[dict]) -> list[str]:
     n_pos = records[0]["aucs"]["n_pos"]
     lines += ["", f"Test samples: {records[0]['n_test']}; positives: "
               + ", ".join(f"{TITLES[p].lower()} {n_pos[p]}" for p in PATHOLOGIES) + "."]
+    for r in (r for r in records if "folds" in r):
+        lines.append(f"{r['setting']}: folds by patient of {', '.join(map(str, r['fold_sizes']))} samples; "
+                     f"mean AUC per fold {', '.join(f'{a:.3f}' for a in r['fold_mean_aucs'])}; "
+                     "the row pools every sample's out-of-fold score.")
     unfittable = sorted({(r["setting"], p) for r in records for p in r.get("unfittable", [])})
     if unfittable:
         lines.append("No positive in the probe's train subset (AUC 0.5 by construction): "
@@ -89,10 +93,10 @@ def build_table(records: list[dict]) -> str:
     failed = [r for r in records if r.get("status") == "failed"]
     by_export = defaultdict(list)
     for r in ok:
-        by_export[r["export"]].append(r)
+        by_export[r["export"], r.get("corpus"), r.get("split")].append(r)
     lines = ["# Evaluation", ""]
-    for export, recs in by_export.items():
-        lines += [f"## {export}", ""]
+    for (export, corpus, split), recs in by_export.items():
+        lines += [f"## {export}" + (f" on {corpus}, split {split}" if corpus else ""), ""]
         aucs = [r for r in recs if "aucs" in r]
         if aucs:
             lines += ["AUC per pathology, bootstrap 95% CI in brackets.", ""] + auc_table(aucs) + [""]

@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 from cmgl_dist.config import CMGLConfig, load_config
-from cmgl_dist.evaluate.jobs import TASKS, EvalSettings, Job, job_record, plan_jobs, run_job
+from cmgl_dist.evaluate.jobs import OPT_IN_TASKS, TASKS, EvalSettings, Job, job_record, plan_jobs, run_job
 from cmgl_dist.evaluate.report import write_report
 from cmgl_dist.evaluate.results import append_record, completed_ids, read_records, repair
 
@@ -30,10 +30,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="config for the eval.* defaults (default: the first export's config.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--tasks", nargs="+", choices=TASKS,
-                        help="default: all but finetune, which runs when eval.finetune is true")
+                        help="default: all but probe_cv and finetune (finetune runs when eval.finetune is true)")
     parser.add_argument("--fractions", nargs="+", type=float, help="probe train fractions (default: eval.probe_fractions)")
     parser.add_argument("--seeds", nargs="+", type=int, help="probe seeds (default: eval.seeds)")
-    parser.add_argument("--split", default="test", choices=("val", "test"))
+    parser.add_argument("--split", default="test", choices=("val", "test", "all"),
+                        help="split scored; 'all': every sample of the pack (an external corpus, with probe_cv)")
+    parser.add_argument("--folds", type=int, default=5, help="probe_cv: folds of the patient-grouped cross-validation")
     parser.add_argument("--n-prompts", type=int, default=20, help="zero-shot prompts per class")
 
 
@@ -53,8 +55,9 @@ def prepare(args) -> tuple[EvalSettings, list[Job], Path]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = EvalSettings(shards=str(Path(shards).resolve()), out_dir=str(out.resolve()), split=args.split,
-                            batch_size=cfg.eval.batch_size, bootstrap=cfg.eval.bootstrap, n_prompts=args.n_prompts)
-    tasks = args.tasks or [t for t in TASKS if t != "finetune" or cfg.eval.finetune]
+                            batch_size=cfg.eval.batch_size, bootstrap=cfg.eval.bootstrap, n_prompts=args.n_prompts,
+                            folds=args.folds)
+    tasks = args.tasks or [t for t in TASKS if t not in OPT_IN_TASKS or (t == "finetune" and cfg.eval.finetune)]
     jobs = plan_jobs([str(Path(e).resolve()) for e in args.exports], tasks,
                      args.fractions or list(cfg.eval.probe_fractions), args.seeds or list(cfg.eval.seeds))
     results = out / RESULTS

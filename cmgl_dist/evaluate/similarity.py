@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cmgl_dist.kernels import local_attention_maps
 from cmgl_dist.losses import local_similarity
 
 
@@ -21,13 +22,10 @@ def image_text_similarity(image_global: torch.Tensor, regions: torch.Tensor, sen
 
 
 def word_region_attention(words: torch.Tensor, regions: torch.Tensor, gamma1: float) -> torch.Tensor:
-    """GLoRIA's attention of each word over the regions of one image.
-
-    words [W, D] (the real words of one text), regions [R, D] -> [W, R], rows summing to 1:
-    softmax over regions of gamma1 * (softmax over words of words . regions), the `a`/`b` of
-    `cmgl_dist.losses.local_reference`. Computed directly: a few (image, text) pairs for figures
-    and localisation.
-    """
-    scores = words.float() @ regions.float().T            # [W, R]
-    per_region = torch.softmax(scores, dim=0)             # which word each region attends to
-    return torch.softmax(gamma1 * per_region, dim=1)      # where each word looks
+    """GLoRIA's attention of each word over the regions of one image: words [W, D] (the real
+    words of one text), regions [R, D] -> [W, R] float32, rows summing to 1. The one definition
+    (`cmgl_dist.kernels.local_attention_maps`, tested against the kernel) for one pair."""
+    word_mask = torch.ones(1, words.shape[0], dtype=torch.bool, device=words.device)
+    pair = torch.zeros(1, 2, dtype=torch.long, device=words.device)
+    return local_attention_maps(words[None].float(), word_mask, regions[None].float().to(words.device),
+                                pair, gamma1)[0]

@@ -2,16 +2,19 @@
 from .cmgl_loss import CMGLLoss
 from .contrastive import global_contrastive_loss, local_contrastive_loss, symmetric_cross_entropy
 from .distributed import gather_with_grad
-from .local_reference import check_local_inputs, local_similarity_reference
+from .backend_choice import chosen_backends
+from .local_compiled import local_similarity_compiled
+from .local_reference import local_similarity_reference
 from .similarity import local_similarity, resolve_backend
 
 __all__ = [
     "CMGLLoss",
-    "check_local_inputs",
+    "chosen_backends",
     "gather_with_grad",
     "global_contrastive_loss",
     "local_contrastive_loss",
     "local_similarity",
+    "local_similarity_compiled",
     "local_similarity_reference",
     "resolve_backend",
     "symmetric_cross_entropy",

@@ -27,8 +27,10 @@ def symmetric_cross_entropy(image_rows: torch.Tensor, text_rows: torch.Tensor, o
 
 
 def global_logits(queries: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Cosine similarity of every query [B, D] with every key [N, D], divided by temperature."""
-    return F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).T / temperature
+    """Cosine similarity of every query [B, D] with every key [N, D], divided by temperature; in
+    float32 whatever the inputs' dtype (the [B, D] vectors are small: upcast, not autocast)."""
+    acc = torch.promote_types(queries.dtype, torch.float32)
+    return F.normalize(queries.to(acc), dim=-1) @ F.normalize(keys.to(acc), dim=-1).T / temperature
 
 
 def global_contrastive_loss(img: torch.Tensor, txt: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:

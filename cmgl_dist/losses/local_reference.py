@@ -23,43 +23,23 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-COSINE_EPS = 1e-8
+from cmgl_dist.kernels.attention import word_region_attention
+from cmgl_dist.kernels.inputs import COSINE_EPS, check_local_inputs
 # Elements of one block's [t, i, W, 2R + D] working set; backward keeps ~3x this alive at once
 # (about 0.8 GB in float32 at the default).
 DEFAULT_BLOCK_ELEMENTS = 1 << 26
 
 
-def check_local_inputs(words: torch.Tensor, word_mask: torch.Tensor, regions: torch.Tensor) -> None:
-    """Shapes, dtypes and devices every local-similarity backend expects; raises ValueError."""
-    if words.dim() != 3 or regions.dim() != 3 or word_mask.dim() != 2:
-        raise ValueError(
-            f"expected words [T, W, D], word_mask [T, W], regions [I, R, D]; got words "
-            f"{tuple(words.shape)}, word_mask {tuple(word_mask.shape)}, regions {tuple(regions.shape)}")
-    if word_mask.shape != words.shape[:2]:
-        raise ValueError(f"word_mask {tuple(word_mask.shape)} does not match words {tuple(words.shape)}[:2]")
-    if words.shape[2] != regions.shape[2]:
-        raise ValueError(f"feature sizes differ: words D={words.shape[2]}, regions D={regions.shape[2]}")
-    if word_mask.dtype != torch.bool:
-        raise ValueError(f"word_mask must be bool, got {word_mask.dtype}")
-    if not (words.device == word_mask.device == regions.device):
-        raise ValueError(
-            f"tensors on different devices: words {words.device}, word_mask {word_mask.device}, "
-            f"regions {regions.device}")
-    if not words.is_floating_point() or not regions.is_floating_point():
-        raise ValueError(f"words and regions must be floating point, got {words.dtype}, {regions.dtype}")
-    empty = (~word_mask.any(dim=1)).nonzero().flatten()
-    if empty.numel():
-        raise ValueError(f"texts {empty.tolist()[:10]} have no words (word_mask all False); S would be -inf")
-
-
-def _block_similarity(words, word_mask, regions, gamma1: float, gamma2: float) -> torch.Tensor:
-    """S for every pair of a block of texts [t, W, D] and images [i, R, D] -> [t, i]."""
+def block_similarity(words, word_mask, regions, gamma1: float, gamma2: float) -> torch.Tensor:
+    """S [t, i] (float32, or float64 for float64 inputs) for every pair of a block of texts
+    [t, W, D] and images [i, R, D]. The two products take the inputs' dtype (bf16 operands on
+    tensor cores for 16-bit inputs); softmaxes, norms and the log-sum-exp run in float32."""
+    acc = torch.promote_types(words.dtype, torch.float32)
     with torch.autocast(device_type=words.device.type, enabled=False):
-        logits = torch.einsum("twd,ird->tiwr", words, regions)
-        logits = logits.masked_fill(~word_mask[:, None, :, None], float("-inf"))
-        over_words = logits.softmax(dim=2)
-        over_regions = (gamma1 * over_words).softmax(dim=3)
-        context = torch.einsum("tiwr,ird->tiwd", over_regions, regions)
+        scores = torch.einsum("twd,ird->tiwr", words, regions).to(acc)
+        attention = word_region_attention(scores, word_mask[:, None, :], gamma1)
+        context = torch.einsum("tiwr,ird->tiwd", attention.to(regions.dtype), regions).to(acc)
+        words = words.to(acc)
         dot = torch.einsum("twd,tiwd->tiw", words, context)
         norms = words.norm(dim=-1)[:, None, :] * context.norm(dim=-1)
         cosine = dot / norms.clamp(min=COSINE_EPS)
@@ -78,14 +58,18 @@ def _blocks(words: torch.Tensor, regions: torch.Tensor, block_elements: int):
             yield slice(t0, t0 + texts_per_block), slice(i0, i0 + images_per_block)
 
 
-class _ChunkedLocalSimilarity(torch.autograd.Function):
+class ChunkedLocalSimilarity(torch.autograd.Function):
+    """S [T, I] from `block_fn` over blocks of pairs; backward recomputes each block, so only
+    the inputs are saved. Gradients are summed over blocks in float32."""
+
     @staticmethod
-    def forward(ctx, words, word_mask, regions, gamma1, gamma2, block_elements):
+    def forward(ctx, words, word_mask, regions, gamma1, gamma2, block_elements, block_fn):
         ctx.save_for_backward(words, word_mask, regions)
-        ctx.hyper = (gamma1, gamma2, block_elements)
-        similarity = words.new_empty(words.shape[0], regions.shape[0])
+        ctx.hyper = (gamma1, gamma2, block_elements, block_fn)
+        acc = torch.promote_types(words.dtype, torch.float32)
+        similarity = words.new_empty(words.shape[0], regions.shape[0], dtype=acc)
         for texts, images in _blocks(words, regions, block_elements):
-            similarity[texts, images] = _block_similarity(
+            similarity[texts, images] = block_fn(
                 words[texts], word_mask[texts], regions[images], gamma1, gamma2)
         return similarity
 
@@ -93,22 +77,24 @@ class _ChunkedLocalSimilarity(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_similarity):
         words, word_mask, regions = ctx.saved_tensors
-        gamma1, gamma2, block_elements = ctx.hyper
+        gamma1, gamma2, block_elements, block_fn = ctx.hyper
         need_words, _, need_regions = ctx.needs_input_grad[:3]
-        grad_words = torch.zeros_like(words) if need_words else None
-        grad_regions = torch.zeros_like(regions) if need_regions else None
+        acc = torch.promote_types(words.dtype, torch.float32)
+        grad_words = torch.zeros_like(words, dtype=acc) if need_words else None
+        grad_regions = torch.zeros_like(regions, dtype=acc) if need_regions else None
         for texts, images in _blocks(words, regions, block_elements):
             with torch.enable_grad():
                 block_words = words[texts].detach().requires_grad_(need_words)
                 block_regions = regions[images].detach().requires_grad_(need_regions)
-                block = _block_similarity(block_words, word_mask[texts], block_regions, gamma1, gamma2)
+                block = block_fn(block_words, word_mask[texts], block_regions, gamma1, gamma2)
                 wanted = [x for x in (block_words, block_regions) if x.requires_grad]
                 grads = list(torch.autograd.grad(block, wanted, grad_similarity[texts, images]))
             if need_words:
                 grad_words[texts] += grads.pop(0)
             if need_regions:
                 grad_regions[images] += grads.pop(0)
-        return grad_words, None, grad_regions, None, None, None
+        return (None if grad_words is None else grad_words.to(words.dtype), None,
+                None if grad_regions is None else grad_regions.to(regions.dtype), None, None, None, None)
 
 
 def local_similarity_reference(
@@ -125,5 +111,5 @@ def local_similarity_reference(
     if block_elements < 1:
         raise ValueError(f"block_elements must be >= 1, got {block_elements}")
     dtype = torch.promote_types(torch.promote_types(words.dtype, regions.dtype), torch.float32)
-    return _ChunkedLocalSimilarity.apply(
-        words.to(dtype), word_mask, regions.to(dtype), float(gamma1), float(gamma2), block_elements)
+    return ChunkedLocalSimilarity.apply(words.to(dtype), word_mask, regions.to(dtype), float(gamma1),
+                                        float(gamma2), block_elements, block_similarity)

@@ -1,0 +1,20 @@
+"""GLoRIA's word -> region attention, written once (PyTorch, the reference form).
+
+For the scores s_wr = word_w . region_r of one (text, image) pair:
+    a_wr = softmax over the text's real words of s_wr        (per region r)
+    b_wr = softmax over regions of gamma1 * a_wr             (per word w)
+`cmgl_dist.losses.local_reference`, `attention_maps.local_attention_maps` (and through it the
+evaluation's figures and localisation) call this function; the Triton kernel's `_attention`
+recomputes it in registers and is tested against it.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def word_region_attention(scores: torch.Tensor, word_mask: torch.Tensor, gamma1: float) -> torch.Tensor:
+    """b [..., W, R] from scores [..., W, R] and word_mask [..., W] (bool, broadcastable).
+
+    Rows of padded words come out uniform (GLoRIA's softmax of a zero row); callers mask them."""
+    over_words = scores.masked_fill(~word_mask[..., :, None], float("-inf")).softmax(dim=-2)
+    return (gamma1 * over_words).softmax(dim=-1)
