@@ -2,8 +2,9 @@
 
 Every stage runs as its own process (the same commands a user would type), so a failure names
 the stage, and rerunning `cmgl main` with the same arguments picks up where it stopped: the pack
-skips finished shards, training resumes from its latest complete checkpoint, and the sweep skips
-jobs already in results.jsonl.
+keeps finished shards made from the same inputs (and stops, saying what differs, when inputs or
+packing arguments changed; --repack rewrites it), training resumes from its latest complete
+checkpoint, and the sweep skips jobs already in results.jsonl.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from cmgl_dist.shards.bounds import bounded
 from cmgl_dist.shards.schema import MANIFEST
 
 
@@ -37,12 +39,14 @@ def parse_args(argv):
     p.add_argument("--reports", help="NLMCXR_reports.tgz or a folder of report XML (default: torchxrayvision's copy)")
     p.add_argument("--images", default="phantom", help="NLMCXR_png.tgz, a folder of PNGs, or 'phantom' (default)")
     p.add_argument("--metadata", help="DICOM metadata CSV for view positions (default: torchxrayvision's copy)")
-    p.add_argument("--image-size", type=int, default=256, help="longest side of packed images (default 256)")
+    p.add_argument("--image-size", type=bounded("image_size"), default=256, help="longest side of packed images (default 256)")
     p.add_argument("--config", default="iurr_offline", help="training config name or file (default iurr_offline)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, repeatable (e.g. train.steps=100)")
     p.add_argument("--nproc", type=int, default=None, help="training ranks on this node (default: GPUs, else 2)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="packing processes")
+    p.add_argument("--repack", action="store_true",
+                   help="rewrite OUT/shards when it was packed from other inputs (default: stop and say what differs)")
     p.add_argument("--skip-eval", action="store_true", help="stop after training")
     return p.parse_args(argv)
 
@@ -76,7 +80,7 @@ def pack_command(args, shards: Path) -> list[str]:
         cmd += ["--reports", args.reports]
     if args.metadata:
         cmd += ["--metadata", args.metadata]
-    return cmd
+    return cmd + (["--replace"] if args.repack else [])
 
 
 def train_command(args, shards: Path, run_dir: Path) -> list[str]:
@@ -92,10 +96,11 @@ def main(argv=None) -> int:
     out = Path(args.out)
     shards, run_dir, eval_dir = out / "shards", out / "run", out / "eval"
     timings = {}
-    if (shards / MANIFEST).exists():
+    packed_before = (shards / MANIFEST).exists()
+    # Always run: it keeps finished shards made from the same inputs, and stops on other inputs.
+    timings["pack"] = run_stage("pack", pack_command(args, shards))
+    if packed_before:
         timings["verify"] = run_stage("verify", cmgl("verify", str(shards)))
-    else:
-        timings["pack"] = run_stage("pack", pack_command(args, shards))
     timings["train"] = run_stage("train", train_command(args, shards, run_dir))
     if not args.skip_eval:
         timings["evaluate"] = run_stage(

@@ -27,15 +27,18 @@ from tqdm import tqdm
 
 from cmgl_dist.atomic import atomic_path
 from cmgl_dist.shards import schema
-from cmgl_dist.shards.archive import read_member, tolerant_members
+from cmgl_dist.shards.archive import MAX_MEMBER_BYTES, read_member, tolerant_members
+from cmgl_dist.shards.bounds import check_bounds
 from cmgl_dist.shards.images import IMAGE_SUFFIXES, ImageError, encode_png, load_image
-from cmgl_dist.shards.manifest import build_manifest
+from cmgl_dist.shards.manifest import build_manifest, describe_skips
+from cmgl_dist.shards.outdir import STAGED_IMAGES, claim, remove_stale
 from cmgl_dist.shards.patient_split import patient_splits
+from cmgl_dist.shards.provenance import pack_inputs
 from cmgl_dist.shards.reports import Skip
 from cmgl_dist.shards.sample import commit_shard, finished_record
 from cmgl_dist.shards.sources import SOURCES, CorpusRecord, Exclusions, SourceError, SourceInput
 from cmgl_dist.shards.split import uid_hash
-from cmgl_dist.shards.writer import json_bytes, write_json_atomic
+from cmgl_dist.shards.writer import json_bytes, sha256_file, write_json_atomic
 
 log = logging.getLogger("cmgl.pack")
 
@@ -53,8 +56,8 @@ class CorpusShardTask:
 
     def fingerprint(self) -> str:
         """Changes whenever anything that goes into the shard's bytes changes, code included."""
-        sizes = [Path(r.image).stat().st_size if Path(r.image).exists() else -1 for r in self.records]
-        spec = {"records": [dataclasses.asdict(r) for r in self.records], "sizes": sizes,
+        contents = [sha256_file(r.image) if Path(r.image).is_file() else None for r in self.records]
+        spec = {"records": [dataclasses.asdict(r) for r in self.records], "contents": contents,
                 "size": self.image_size, "code": _code_digest()}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
@@ -132,8 +135,13 @@ def _extract_zip(source: Path, dest: Path, skips: list[dict]) -> None:
         for info in archive.infolist():
             if info.is_dir() or not _wanted_member(info.filename) or (dest / info.filename).exists():
                 continue
+            if info.file_size > MAX_MEMBER_BYTES:
+                skips.append(Skip("", f"member too large: {info.file_size} bytes > {MAX_MEMBER_BYTES}",
+                                  info.filename).to_json())
+                continue
             try:
-                data = archive.read(info)
+                with archive.open(info) as member:
+                    data = member.read(MAX_MEMBER_BYTES)
             except (zipfile.BadZipFile, OSError, EOFError) as e:
                 skips.append(Skip("", f"unreadable archive member: {e}", info.filename).to_json())
                 continue
@@ -146,7 +154,7 @@ def image_root(images: str, out: Path) -> tuple[Path, list[dict]]:
     source = Path(images)
     if source.is_dir():
         return source, []
-    dest, skips = out / ".images", []
+    dest, skips = out / STAGED_IMAGES, []
     if source.is_file() and tarfile.is_tarfile(source):
         log.info("extracting %s into %s", source, dest)
         _extract_tar(source, dest, skips)
@@ -191,14 +199,20 @@ def text_summary(records: list[dict]) -> dict:
 
 def pack_corpus(*, source: str, images: str, out: str | Path, labels: str | None = None,
                 reports: str | None = None, uncertain: str = "zeros", image_size: int = 512,
-                samples_per_shard: int = 128, seed: int = 0, workers: int = 2, limit: int | None = None) -> dict:
-    """Pack a labelled corpus and return the manifest. Raises SourceError when nothing is usable."""
-    from cmgl_dist.shards.pack import _remove_stale
-
+                samples_per_shard: int = 128, seed: int = 0, workers: int = 2, limit: int | None = None,
+                replace: bool = False) -> dict:
+    """Pack a labelled corpus and return the manifest. Raises SourceError when nothing is usable,
+    outdir.OutRefused when `out` is not this pack's folder (see pack.pack)."""
     if source not in SOURCES:
         raise SourceError(f"--source {source!r}: choose one of {', '.join(SOURCES)}")
+    check_bounds(image_size=image_size, samples_per_shard=samples_per_shard, workers=workers, limit=limit)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    arguments = {"source": source, "images": images, "labels": labels, "reports": reports, "uncertain": uncertain,
+                 "image_size": image_size, "samples_per_shard": samples_per_shard, "seed": seed, "limit": limit}
+    provenance = pack_inputs({"images": images, "labels": labels, "reports": reports},
+                             {k: arguments[k] for k in ("source", "uncertain", "image_size", "samples_per_shard",
+                                                        "seed", "limit")})
+    claim(out, provenance, replace)
     (out / schema.MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the end
     root, archive_skips = image_root(images, out)
     inputs = SourceInput(images=root, labels=Path(labels) if labels else None,
@@ -208,16 +222,15 @@ def pack_corpus(*, source: str, images: str, out: str | Path, labels: str | None
         raise SourceError(f"--source {source}: no usable image under {images} (left out: {excluded})")
     tasks = plan_corpus_shards(source, records, seed=seed, samples_per_shard=samples_per_shard, out_dir=str(out),
                                image_size=image_size)
-    _remove_stale(out, {t.name for t in tasks})
+    remove_stale(out, {t.name for t in tasks})
     results = run_tasks(pack_corpus_shard, tasks, workers)
-    arguments = {"source": source, "images": images, "labels": labels, "reports": reports, "uncertain": uncertain,
-                 "image_size": image_size, "samples_per_shard": samples_per_shard, "seed": seed, "limit": limit}
-    manifest = build_manifest(arguments=arguments, reports_read=len(records), report_skips=[],
+    manifest = build_manifest(arguments=arguments, inputs=provenance, reports_read=len(records), report_skips=[],
                               image_skips=archive_skips, records=results, image_source="real")
     manifest.update(source=source, languages=sorted({r.language for r in records}), excluded=excluded,
                     samples_with_text=text_summary(results))
     if manifest["samples_written"] == 0:
-        raise SourceError("every planned sample was skipped; see the skip reasons above")
+        raise SourceError("every planned sample was skipped: "
+                          f"{describe_skips(manifest['skipped_reports'] + manifest['skipped_images'])}")
     write_json_atomic(out / schema.MANIFEST, manifest)
     log.info("packed %d %s samples into %d shards; left out: %s; skipped: %s", manifest["samples_written"], source,
              len(results), excluded, manifest["skip_reasons"])

@@ -1,7 +1,14 @@
 """Real IU-RR images: locate by image id, extract from Open-i's archive, validate, resize, encode.
 
 Every sample image is re-encoded as an 8-bit grayscale PNG whose longest side is `size`
-(aspect kept), whatever the source format (PNG or JPEG, RGB or grayscale).
+(aspect kept). Only PNG and JPEG are decoded (no other Pillow plugin is ever asked, so no EPS
+and no Ghostscript), and the size is checked from the header before any pixel is decoded.
+`open_grey` is the one decode path: the packer and the training loader both use it.
+
+Bit depth: 8-bit modes convert as Pillow does (RGB by luma; alpha dropped; palette looked up;
+1-bit to 0/255). Wider ones (16-bit grayscale, the usual DICOM export, and 32-bit integer or
+float) are windowed linearly from the image's own minimum and maximum to 0..255, so no value is
+clipped; a constant image becomes 0.
 """
 from __future__ import annotations
 
@@ -9,16 +16,22 @@ import io
 import tarfile
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-from cmgl_dist.atomic import atomic_path
-from cmgl_dist.shards.archive import read_member, tolerant_members
+from cmgl_dist.shards.archive import copy_member, tolerant_members
 from cmgl_dist.shards.reports import Skip
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # zlib level for PNGs in shards. On phantoms (benchmarks/results/png_compress_level.csv): level 1
 # is ~2x faster than PIL's default 6 for ~8% more bytes; level 0 is faster again but 50% larger.
 PNG_COMPRESS_LEVEL = 1
+DECODERS = ("PNG", "JPEG")
+# Longest side accepted, read from the header. Chest X-rays are at most ~4,300 px a side; the
+# cap keeps a forged header from asking for gigabytes (Pillow's own bomb limit is 179 Mpx).
+MAX_IMAGE_SIDE = 10_000
+MIN_IMAGE_SIDE = 16
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 class ImageError(ValueError):
@@ -39,30 +52,33 @@ def image_id_of(member_name: str) -> str | None:
     return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else None
 
 
-def extract_archive(archive: str | Path, dest: str | Path, wanted: set[str]) -> list[Skip]:
-    """Extract the wanted image ids from a tar(.gz) into `dest` (one pass, atomic per file).
+def extract_archive(archive: str | Path, dest: str | Path, wanted: set[str]) -> tuple[dict[str, Path], list[Skip]]:
+    """Extract the wanted image ids from a tar(.gz) into `dest` (one streaming pass, atomic per file).
 
-    Files already in `dest` are kept, so a rerun after an interruption resumes. Returns a skip
-    per member that could not be read (and one if the archive ends early).
+    Every wanted member is written afresh, so `dest` never serves an image from another archive;
+    files in `dest` this archive did not provide are removed (the folder is the packer's own).
+    Returns image id -> staged path, and a skip per member that could not be read (and one if
+    the archive ends early).
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    staged: dict[str, Path] = {}
     skips: list[Skip] = []
     with tarfile.open(archive, "r:*") as tar:
         for member in tolerant_members(tar, lambda message: skips.append(Skip("", message))):
             image_id = image_id_of(member.name)
-            if not member.isfile() or image_id not in wanted:
+            if image_id not in wanted or image_id in staged:
                 continue
             target = dest / (image_id + Path(member.name).suffix.lower())
-            if target.exists():
+            if problem := copy_member(tar, member, target):
+                skips.append(Skip(image_id.split("_", 1)[0], problem, image_id))
                 continue
-            data = read_member(tar, member)
-            if isinstance(data, str):
-                skips.append(Skip(image_id.split("_", 1)[0], data, image_id))
-                continue
-            with atomic_path(target) as tmp:
-                tmp.write_bytes(data)
-    return skips
+            staged[image_id] = target
+    keep = set(staged.values())
+    for path in dest.iterdir():
+        if path not in keep and path.is_file():
+            path.unlink()
+    return staged, skips
 
 
 def resize_longest(image: Image.Image, size: int) -> Image.Image:
@@ -72,21 +88,50 @@ def resize_longest(image: Image.Image, size: int) -> Image.Image:
     return image if new == image.size else image.resize(new, Image.BILINEAR, reducing_gap=2.0)
 
 
-def load_image(path: str | Path, size: int) -> Image.Image:
-    """Decode, check and resize one image; raises ImageError for anything unusable."""
+def open_grey(source: str | Path | bytes, draft_size: int | None = None) -> Image.Image:
+    """Decode a PNG or JPEG (file path or bytes) into an 8-bit grayscale image; ImageError if unusable.
+
+    `draft_size` lets a JPEG decode at a reduced scale (much faster) when only that many pixels
+    a side are needed.
+    """
     try:
-        with Image.open(path) as image:
-            if image.format == "JPEG":
-                image.draft("L", (size, size))  # decode at a reduced scale: much faster
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=DECODERS) as image:
+            _check_header_size(image.size)
+            if image.format == "JPEG" and draft_size:
+                image.draft("L", (draft_size, draft_size))
             image.load()  # a truncated file fails here, not at open
-            gray = image.convert("L")
+            gray = to_grey8(image)
     except FileNotFoundError:
         raise ImageError("missing file") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except UnidentifiedImageError:
+        raise ImageError("unreadable image: not a PNG or JPEG file") from None
+    except Image.DecompressionBombError as e:  # the header alone is over Pillow's limit
+        raise ImageError(f"image too large: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"unreadable image: {e}") from None
-    if min(gray.size) < 16:
+    if min(gray.size) < MIN_IMAGE_SIDE:
         raise ImageError(f"image too small: {gray.size}")
-    return resize_longest(gray, size)
+    return gray
+
+
+def _check_header_size(size: tuple[int, int]) -> None:
+    if max(size) > MAX_IMAGE_SIDE:
+        raise ImageError(f"image too large: {size[0]}x{size[1]} (longest side cap {MAX_IMAGE_SIDE})")
+
+
+def to_grey8(image: Image.Image) -> Image.Image:
+    """8-bit grayscale; modes wider than 8 bits windowed from their own range (module docstring)."""
+    if image.mode not in _WIDE_MODES:
+        return image.convert("L")
+    pixels = np.asarray(image, dtype=np.float64)
+    low, high = float(pixels.min()), float(pixels.max())
+    scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
+    return Image.fromarray(np.rint(scaled).astype(np.uint8), "L")
+
+
+def load_image(path: str | Path, size: int) -> Image.Image:
+    """Decode, check and resize one image; raises ImageError for anything unusable."""
+    return resize_longest(open_grey(path, draft_size=size), size)
 
 
 def encode_png(image: Image.Image) -> bytes:

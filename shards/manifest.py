@@ -4,6 +4,7 @@ Written last and atomically: a folder without it is not a finished pack.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 from collections import Counter
@@ -35,13 +36,24 @@ def split_summary(records: list[dict]) -> dict:
     return out
 
 
-def build_manifest(*, arguments: dict, reports_read: int, report_skips: list[dict], image_skips: list[dict],
+def shards_sha256(shards: list[dict]) -> str:
+    """One content fingerprint of a pack: sha256 over its shards' names and sha256s, in name order.
+
+    Equal for byte-identical packs wherever they lie; what caches of results computed from a
+    pack (features, evaluations) key on."""
+    lines = "".join(f"{s['name']} {s['sha256']}\n" for s in sorted(shards, key=lambda s: s["name"]))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def build_manifest(*, arguments: dict, inputs: dict, reports_read: int, report_skips: list[dict], image_skips: list[dict],
                    records: list[dict], image_source: str) -> dict:
     records = sorted(records, key=lambda r: r["name"])
     shard_skips = [s for r in records for s in r["skips"]]
     image_skips = image_skips + [s for s in shard_skips if "image" in s]
     report_skips = report_skips + [s for s in shard_skips if "image" not in s]
     splits = split_summary(records)
+    shards = [{"name": r["name"], "split": r["split"], "samples": len(r["samples"]),
+               "sha256": r["sha256"], "bytes": r["bytes"]} for r in records]
     return {
         "format": FORMAT_VERSION,
         "image_source": image_source,
@@ -52,13 +64,32 @@ def build_manifest(*, arguments: dict, reports_read: int, report_skips: list[dic
         "positives": {k: sum(splits[s]["positives"][k] for s in SPLITS) for k in LABEL_KEYS},
         "skipped_reports": report_skips,
         "skipped_images": image_skips,
-        "skip_reasons": dict(sorted(Counter(s["reason"].split(":")[0] for s in report_skips + image_skips).items())),
-        "shards": [{"name": r["name"], "split": r["split"], "samples": len(r["samples"]),
-                    "sha256": r["sha256"], "bytes": r["bytes"]} for r in records],
+        "skip_reasons": skip_counts(report_skips + image_skips),
+        "shards": shards,
+        "shards_sha256": shards_sha256(shards),
         "arguments": arguments,
+        "inputs": inputs,
         "versions": package_versions(),
     }
 
 
+def skip_counts(skips: list[dict]) -> dict[str, int]:
+    """Skips counted by reason (the text before the first ':')."""
+    return dict(sorted(Counter(s["reason"].split(":")[0] for s in skips).items()))
+
+
+def describe_skips(skips: list[dict], examples: int = 5) -> str:
+    """Skip counts by reason, and the first few skips in full (for a message to the user)."""
+    shown = "; ".join(f"{s['uid']}{' ' + s['image'] if s.get('image') else ''}: {s['reason']}"
+                      for s in skips[:examples])
+    return f"{skip_counts(skips)}; for example {shown}" if skips else "nothing was recorded as skipped"
+
+
 def read_manifest(folder: str | Path) -> dict:
     return json.loads((Path(folder) / MANIFEST).read_text())
+
+
+def pack_sha256(folder: str | Path) -> str:
+    """The content fingerprint of a finished pack (`shards_sha256`; computed for older manifests)."""
+    manifest = read_manifest(folder)
+    return manifest.get("shards_sha256") or shards_sha256(manifest["shards"])

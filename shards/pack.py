@@ -21,14 +21,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cmgl_dist.shards.bounds import bounded, check_bounds
 from cmgl_dist.shards.download import default_reports, packaged_file
 from cmgl_dist.shards.images import extract_archive, index_folder
-from cmgl_dist.shards.manifest import build_manifest
+from cmgl_dist.shards.manifest import build_manifest, describe_skips
 from cmgl_dist.shards.metadata import read_view_positions
+from cmgl_dist.shards.outdir import STAGED_IMAGES, OutRefused, claim, remove_stale
 from cmgl_dist.shards.plan import plan_samples, plan_shards
+from cmgl_dist.shards.provenance import CONTENT_ARGUMENTS, pack_inputs
 from cmgl_dist.shards.reports import read_reports
-from cmgl_dist.shards.sample import PROGRESS_DIR, pack_shard
-from cmgl_dist.shards.schema import MANIFEST, SHARD_FILE
+from cmgl_dist.shards.sample import pack_shard
+from cmgl_dist.shards.schema import MANIFEST
 from cmgl_dist.shards.sources import SOURCE_NAMES, UNCERTAIN_POLICIES
 from cmgl_dist.shards.writer import write_json_atomic
 
@@ -54,11 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", help="DICOM metadata CSV (gzip accepted) for view positions "
                    "(default: torchxrayvision's copy when installed; 'none' for the XML-order fallback)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--image-size", type=int, default=512, help="longest image side in pixels (aspect kept)")
-    p.add_argument("--samples-per-shard", type=int, default=128)
+    p.add_argument("--image-size", type=bounded("image_size"), default=512, help="longest image side in pixels (aspect kept)")
+    p.add_argument("--samples-per-shard", type=bounded("samples_per_shard"), default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--limit", type=int, help="pack a stratified subset of this many reports (development, tests)")
+    p.add_argument("--workers", type=bounded("workers"), default=2)
+    p.add_argument("--replace", action="store_true",
+                   help="rewrite a pack in --out that was made from other inputs (default: refuse)")
+    p.add_argument("--limit", type=bounded("limit"), help="pack a stratified subset of this many reports (development, tests)")
     return p
 
 
@@ -70,33 +75,30 @@ def _image_paths(images: str, out: Path, wanted: set[str]) -> tuple[dict[str, st
     if source.is_dir():
         return {k: str(v) for k, v in index_folder(source).items()}, []
     if source.is_file() and tarfile.is_tarfile(source):
-        extracted = out / ".images"
+        extracted = out / STAGED_IMAGES
         log.info("extracting %d images from %s into %s", len(wanted), source, extracted)
-        skips = extract_archive(source, extracted, wanted)
-        return {k: str(v) for k, v in index_folder(extracted).items()}, [s.to_json() for s in skips]
+        staged, skips = extract_archive(source, extracted, wanted)
+        return {k: str(v) for k, v in staged.items()}, [s.to_json() for s in skips]
     raise NothingUsable(f"--images {images!r}: not 'phantom', a folder, or a tar archive")
 
 
-def _remove_stale(out: Path, planned: set[str]) -> None:
-    """Temp files of an interrupted run, and shards a previous, different plan left behind."""
-    progress = out / PROGRESS_DIR
-    for path in [*out.iterdir(), *(progress.iterdir() if progress.is_dir() else [])]:
-        shard = path.name.removesuffix(".json") if path.parent == progress else path.name
-        stale_shard = SHARD_FILE.match(shard) and shard not in planned
-        if path.is_file() and (stale_shard or path.name.endswith((".tmp", ".unrenamed"))):
-            log.info("removing stale %s", path.relative_to(out))
-            path.unlink()
+def _fingerprint_inputs(reports: Path, images: str, metadata, arguments: dict) -> dict:
+    if images != "phantom" and not Path(images).exists():
+        raise NothingUsable(f"--images {images!r}: not 'phantom', a folder, or a tar archive")
+    try:
+        return pack_inputs({"reports": reports, "metadata": metadata, "images": images},
+                           {k: arguments[k] for k in CONTENT_ARGUMENTS})
+    except OSError as e:
+        raise NothingUsable(f"cannot read an input: {e}") from None
 
 
 def pack(*, images: str, out: str | Path, reports: str | Path | None = None, metadata: str | Path | None = None,
          image_size: int = 512, samples_per_shard: int = 128, seed: int = 0, workers: int = 2,
-         limit: int | None = None) -> dict:
-    """Pack and return the manifest. Raises NothingUsable when nothing could be packed."""
-    if image_size < 16 or samples_per_shard < 1 or workers < 1:
-        raise NothingUsable("--image-size must be >= 16, --samples-per-shard and --workers >= 1")
+         limit: int | None = None, replace: bool = False) -> dict:
+    """Pack and return the manifest. Raises NothingUsable when nothing could be packed, OutRefused
+    when `out` holds files it did not write or (unless `replace`) a pack made from other inputs."""
+    check_bounds(image_size=image_size, samples_per_shard=samples_per_shard, workers=workers, limit=limit)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the end
     reports = Path(reports) if reports else default_reports()
     try:
         parsed, xml_skips = read_reports(reports)
@@ -114,14 +116,21 @@ def pack(*, images: str, out: str | Path, reports: str | Path | None = None, met
             views = read_view_positions(metadata)
         except (OSError, ValueError, csv.Error) as e:
             log.warning("--metadata %s unreadable (%s): choosing frontal images by the XML-order fallback", metadata, e)
+    arguments = {"reports": str(reports), "images": images, "metadata": str(metadata) if metadata else None,
+                 "image_size": image_size, "samples_per_shard": samples_per_shard, "seed": seed, "limit": limit}
+    inputs = _fingerprint_inputs(reports, images, metadata if views else None, arguments)  # what was used
+    claim(out, inputs, replace)
+    (out / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the end
     wanted = {i for r in parsed for i in r.image_ids}
     image_paths, archive_skips = _image_paths(images, out, wanted)
     usable, report_skips, image_skips = plan_samples(parsed, views, image_paths)
     if not usable:
-        raise NothingUsable(f"no report with text and a usable frontal image among {len(parsed)} read from {reports}")
+        skips = [s.to_json() for s in xml_skips + report_skips + image_skips] + archive_skips
+        raise NothingUsable(f"no report with text and a usable frontal image among {len(parsed)} read from "
+                            f"{reports}: {describe_skips(skips)}")
     tasks = plan_shards(usable, views, seed=seed, samples_per_shard=samples_per_shard, limit=limit,
                         out_dir=str(out), image_size=image_size, images=images, image_paths=image_paths)
-    _remove_stale(out, {t.name for t in tasks})
+    remove_stale(out, {t.name for t in tasks})
 
     started, records = time.perf_counter(), []
     sizes = {t.name: len(t.samples) for t in tasks}
@@ -132,14 +141,13 @@ def pack(*, images: str, out: str | Path, reports: str | Path | None = None, met
             records.append(record)
             bar.update(sizes[record["name"]])
     seconds = time.perf_counter() - started
-    arguments = {"reports": str(reports), "images": images, "metadata": str(metadata) if metadata else None,
-                 "image_size": image_size, "samples_per_shard": samples_per_shard, "seed": seed, "limit": limit}
-    manifest = build_manifest(arguments=arguments, reports_read=len(parsed),
+    manifest = build_manifest(arguments=arguments, inputs=inputs, reports_read=len(parsed),
                               report_skips=[s.to_json() for s in xml_skips + report_skips],
                               image_skips=archive_skips + [s.to_json() for s in image_skips],
                               records=records, image_source="phantom" if images == "phantom" else "real")
     if manifest["samples_written"] == 0:
-        raise NothingUsable("every planned sample was skipped; see the skip reasons above")
+        raise NothingUsable("every planned sample was skipped: "
+                            f"{describe_skips(manifest['skipped_reports'] + manifest['skipped_images'])}")
     write_json_atomic(out / MANIFEST, manifest)
     resumed = sum(r["resumed"] for r in records)
     fresh_images = sum(r["images_written"] for r in records if not r["resumed"])
@@ -160,8 +168,8 @@ def main(argv=None) -> int:
     try:
         manifest = pack(images=args.images, out=args.out, reports=args.reports, metadata=args.metadata,
                         image_size=args.image_size, samples_per_shard=args.samples_per_shard, seed=args.seed,
-                        workers=args.workers, limit=args.limit)
-    except NothingUsable as e:
+                        workers=args.workers, limit=args.limit, replace=args.replace)
+    except (NothingUsable, OutRefused) as e:
         log.error("%s", e)
         return 1
     log.info("skips: %s; wrote %s", manifest["skip_reasons"], Path(args.out) / MANIFEST)
@@ -178,8 +186,8 @@ def pack_other_source(parser: argparse.ArgumentParser, args) -> int:
         manifest = pack_corpus(source=args.source, images=args.images, out=args.out, labels=args.labels,
                                reports=args.reports, uncertain=args.uncertain, image_size=args.image_size,
                                samples_per_shard=args.samples_per_shard, seed=args.seed, workers=args.workers,
-                               limit=args.limit)
-    except (SourceError, OSError) as e:
+                               limit=args.limit, replace=args.replace)
+    except (SourceError, OSError, OutRefused) as e:
         log.error("%s", e)
         return 1
     log.info("wrote %s", Path(args.out) / MANIFEST)

@@ -15,6 +15,7 @@ from cmgl_dist.shards.metadata import choose_views
 from cmgl_dist.shards.reports import Report, Skip, labels_from_mesh
 from cmgl_dist.shards.schema import PATHOLOGIES, SPLITS, shard_name
 from cmgl_dist.shards.split import assign_splits, uid_hash
+from cmgl_dist.shards.writer import sha256_file
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,9 @@ class ShardTask:
     image_paths: dict  # image id -> path (real images only)
 
     def fingerprint(self) -> str:
-        """Changes whenever anything that goes into the shard's bytes changes, code included."""
-        files = {i: [p, Path(p).stat().st_size if Path(p).exists() else -1]
-                 for i, p in sorted(self.image_paths.items())}
+        """Changes whenever anything that goes into the shard's bytes changes, code included.
+        Images count by content (sha256), not by path or size."""
+        files = {i: sha256_file(p) if Path(p).is_file() else None for i, p in sorted(self.image_paths.items())}
         spec = {"samples": [asdict(s) for s in self.samples], "size": self.image_size, "seed": self.seed,
                 "images": self.images, "files": files, "code": _code_digest()}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()

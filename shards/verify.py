@@ -2,7 +2,8 @@
 
 Checks each shard's sha256, size and sample count; each sample's members, labels, meta, image
 and masks; the per-split counts and positives; no shard file missing or unlisted; no key twice.
-Exit code 0 when everything matches, 1 otherwise (each problem printed).
+Every problem found is listed (odd members, unsafe names, bad JSON, a malformed manifest
+included); nothing in the folder makes it raise. Exit code 0 when everything matches, 1 otherwise.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import io
 import json
 import sys
 import tarfile
-import zipfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,30 +19,56 @@ import numpy as np
 from PIL import Image
 
 from cmgl_dist.shards import schema
+from cmgl_dist.shards.archive import TAR_ERRORS, member_problem
+from cmgl_dist.shards.keys import key_problem
 from cmgl_dist.shards.writer import sha256_file
 
 REQUIRED = {schema.FRONTAL, schema.LABELS, schema.META}
 OPTIONAL = {schema.LATERAL, schema.MASKS, schema.REPORT}  # report.json: required for IU-RR (no meta `source`)
 MAX_PRINTED = 50
+# manifest field -> the type it must have
+_MANIFEST_FIELDS = {"shards": list, "splits": dict, "arguments": dict, "image_source": str,
+                    "samples_written": int, "images_written": int}
+_SHARD_FIELDS = {"name": str, "split": str, "samples": int, "sha256": str, "bytes": int}
 
 
-def _read_samples(path: Path) -> dict[str, dict[str, bytes]]:
+def _read_samples(path: Path) -> tuple[dict[str, dict[str, bytes]], list[str]]:
+    """key -> {member: bytes}, and a problem per member that is not a safe, regular `key.member` file."""
     samples: dict[str, dict[str, bytes]] = defaultdict(dict)
+    problems = []
     with tarfile.open(path, "r:") as tar:
         for member in tar:
             key, _, ext = member.name.partition(".")
+            problem = member_problem(member) or (f"unsafe key ({key_problem(key)})" if key_problem(key) else None)
+            if not problem and ext in samples.get(key, {}):
+                problem = "a second member of that name"
+            if problem or not ext:
+                problems.append(f"member {member.name[:100]!r}: {problem or 'no key.member name'}")
+                continue
             samples[key][ext] = tar.extractfile(member).read()
-    return samples
+    return samples, problems
 
 
 def _check_image(data: bytes, size: int) -> tuple[int, int] | str:
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=("PNG",)) as image:
             image.load()
             shape = image.size
     except Exception as e:  # anything PIL raises means a broken image
         return f"undecodable image ({e})"
     return shape if max(shape) == size else f"longest side {max(shape)} != --image-size {size}"
+
+
+def _json_object(members: dict[str, bytes], name: str) -> tuple[dict | None, str | None]:
+    try:
+        value = json.loads(members[name])
+    except (ValueError, UnicodeDecodeError) as e:
+        return None, f"{name} is not JSON ({e})"
+    return (value, None) if isinstance(value, dict) else (None, f"{name} is not a JSON object")
+
+
+def _valid_labels(labels: dict) -> bool:
+    return set(labels) == set(schema.LABEL_KEYS) and all(type(v) is int and v in (0, 1) for v in labels.values())
 
 
 def check_sample(key: str, members: dict[str, bytes], split: str, image_source: str, size: int) -> list[str]:
@@ -52,11 +78,16 @@ def check_sample(key: str, members: dict[str, bytes], split: str, image_source: 
     problems += [f"{where}: unexpected member {m}" for m in sorted(names - REQUIRED - OPTIONAL)]
     if problems:
         return problems
-    labels, meta = json.loads(members[schema.LABELS]), json.loads(members[schema.META])
+    parsed = {name: _json_object(members, name) for name in (schema.LABELS, schema.META, schema.REPORT)
+              if name in members}
+    problems = [f"{where}: {problem}" for _, problem in parsed.values() if problem]
+    if problems:
+        return problems
+    labels, meta = parsed[schema.LABELS][0], parsed[schema.META][0]
     if schema.REPORT not in members and "source" not in meta:
         return [f"{where}: missing {schema.REPORT}"]
-    report = json.loads(members[schema.REPORT]) if schema.REPORT in members else None
-    if set(labels) != set(schema.LABEL_KEYS) or any(v not in (0, 1) for v in labels.values()):
+    report = parsed[schema.REPORT][0] if schema.REPORT in members else None
+    if not _valid_labels(labels):
         problems.append(f"{where}: labels.json keys/values wrong: {labels}")
     if report is not None and not (report.get("findings") or report.get("impression")):
         problems.append(f"{where}: report.json has neither findings nor impression")
@@ -69,67 +100,121 @@ def check_sample(key: str, members: dict[str, bytes], split: str, image_source: 
     if schema.LATERAL in members and isinstance(lateral := _check_image(members[schema.LATERAL], size), str):
         problems.append(f"{where}: lateral: {lateral}")
     if image_source == "phantom":
-        if schema.MASKS not in members:
-            return problems + [f"{where}: phantom sample without {schema.MASKS}"]
-        with np.load(io.BytesIO(members[schema.MASKS])) as masks:
+        problems += _check_masks(where, members, labels, shape)
+    return problems
+
+
+def _check_masks(where: str, members: dict[str, bytes], labels: dict, shape: tuple[int, int]) -> list[str]:
+    if schema.MASKS not in members:
+        return [f"{where}: phantom sample without {schema.MASKS}"]
+    problems = []
+    try:
+        with np.load(io.BytesIO(members[schema.MASKS]), allow_pickle=False) as masks:
             for name in masks.files:
                 mask = masks[name]
                 if name not in schema.PATHOLOGIES or labels.get(name) != 1:
                     problems.append(f"{where}: mask {name!r} for a label that is not positive")
                 elif mask.dtype != bool or mask.shape != shape[::-1] or not mask.any():
                     problems.append(f"{where}: mask {name} is {mask.dtype} {mask.shape}, empty={not mask.any()}")
+    except Exception as e:  # noqa: BLE001 - np.load raises many types for a damaged archive
+        problems.append(f"{where}: {schema.MASKS} unreadable ({e})")
+    return problems
+
+
+def _manifest_problems(manifest) -> list[str]:
+    """What makes the manifest unusable for checking (empty when it can be used)."""
+    if not isinstance(manifest, dict):
+        return [f"{schema.MANIFEST}: not a JSON object"]
+    problems = [f"{schema.MANIFEST}: field {k!r} missing or not {t.__name__}"
+                for k, t in _MANIFEST_FIELDS.items() if not isinstance(manifest.get(k), t)]
+    if problems:
+        return problems
+    if not isinstance(manifest["arguments"].get("image_size"), int):
+        problems.append(f"{schema.MANIFEST}: arguments.image_size missing or not int")
+    for i, entry in enumerate(manifest["shards"]):
+        if not isinstance(entry, dict) or any(not isinstance(entry.get(k), t) for k, t in _SHARD_FIELDS.items()):
+            problems.append(f"{schema.MANIFEST}: shards[{i}] lacks one of {', '.join(_SHARD_FIELDS)}")
+        elif not schema.SHARD_FILE.match(entry["name"]) or entry["split"] not in schema.SPLITS:
+            problems.append(f"{schema.MANIFEST}: shards[{i}] name/split {entry['name'][:100]!r}/{entry['split']!r} "
+                            "is not a shard of this format")
+    return problems
+
+
+def _load_manifest(folder: Path) -> tuple[dict | None, list[str]]:
+    if not (folder / schema.MANIFEST).is_file():
+        return None, [f"{folder}: no {schema.MANIFEST} (not a finished pack)"]
+    try:
+        manifest = json.loads((folder / schema.MANIFEST).read_text())
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        return None, [f"{folder / schema.MANIFEST}: not JSON ({e})"]
+    problems = _manifest_problems(manifest)
+    return (None if problems else manifest), problems
+
+
+class _Tally:
+    """What the shards hold, to compare with the manifest's totals."""
+
+    def __init__(self):
+        self.splits = {s: {"samples": 0, "positives": dict.fromkeys(schema.LABEL_KEYS, 0)} for s in schema.SPLITS}
+        self.seen: dict[str, str] = {}
+        self.images = 0
+
+    def add(self, key: str, members: dict[str, bytes], shard: str, split: str) -> list[str]:
+        problems = [f"sample {key}: in {self.seen[key]} and {shard}"] if key in self.seen else []
+        self.seen[key] = shard
+        self.images += sum(m in members for m in (schema.FRONTAL, schema.LATERAL))
+        self.splits[split]["samples"] += 1
+        labels = _json_object(members, schema.LABELS)[0] if schema.LABELS in members else None
+        if labels is not None and _valid_labels(labels):
+            for k, v in labels.items():
+                self.splits[split]["positives"][k] += v
+        return problems
+
+
+def _check_shard(folder: Path, entry: dict, manifest: dict, tally: _Tally) -> list[str]:
+    path, name = folder / entry["name"], entry["name"]
+    if not path.is_file():
+        return [f"{name}: missing"]
+    problems = []
+    if sha256_file(path) != entry["sha256"] or path.stat().st_size != entry["bytes"]:
+        problems.append(f"{name}: sha256/size differs from the manifest")
+    try:
+        samples, odd = _read_samples(path)
+    except TAR_ERRORS as e:
+        return problems + [f"{name}: unreadable tar ({e})"]
+    problems += [f"{name}: {p}" for p in odd]
+    if len(samples) != entry["samples"]:
+        problems.append(f"{name}: {len(samples)} samples, manifest says {entry['samples']}")
+    size, source = manifest["arguments"]["image_size"], manifest["image_source"]
+    for key, members in samples.items():
+        problems += [f"{name}: {p}" for p in tally.add(key, members, name, entry["split"])]
+        try:
+            found = check_sample(key, members, entry["split"], source, size)
+        except Exception as e:  # noqa: BLE001 - verify lists problems, it never raises
+            found = [f"sample {key}: could not be checked ({type(e).__name__}: {e})"]
+        problems += [f"{name}: {p}" for p in found]
     return problems
 
 
 def verify(folder: str | Path) -> list[str]:
     """Every mismatch between the folder and its manifest, as readable lines (empty when fine)."""
     folder = Path(folder)
-    if not (folder / schema.MANIFEST).is_file():
-        return [f"{folder}: no {schema.MANIFEST} (not a finished pack)"]
-    try:
-        manifest = json.loads((folder / schema.MANIFEST).read_text())
-    except json.JSONDecodeError as e:
-        return [f"{folder / schema.MANIFEST}: not JSON ({e})"]
-    problems, seen = [], {}
+    manifest, problems = _load_manifest(folder)
+    if manifest is None:
+        return problems
     listed = {s["name"] for s in manifest["shards"]}
     on_disk = {p.name for p in folder.iterdir() if schema.SHARD_FILE.match(p.name)}
     problems += [f"{name}: on disk but not in the manifest" for name in sorted(on_disk - listed)]
-    counts = {s: {"samples": 0, "positives": dict.fromkeys(schema.LABEL_KEYS, 0)} for s in schema.SPLITS}
-    images = 0
-    size, source = manifest["arguments"]["image_size"], manifest["image_source"]
+    tally = _Tally()
     for entry in manifest["shards"]:
-        path = folder / entry["name"]
-        if not path.is_file():
-            problems.append(f"{entry['name']}: missing")
-            continue
-        if sha256_file(path) != entry["sha256"] or path.stat().st_size != entry["bytes"]:
-            problems.append(f"{entry['name']}: sha256/size differs from the manifest")
         try:
-            samples = _read_samples(path)
-        except (tarfile.TarError, OSError, EOFError) as e:
-            problems.append(f"{entry['name']}: unreadable tar ({e})")
-            continue
-        if len(samples) != entry["samples"]:
-            problems.append(f"{entry['name']}: {len(samples)} samples, manifest says {entry['samples']}")
-        for key, members in samples.items():
-            if key in seen:
-                problems.append(f"sample {key}: in {seen[key]} and {entry['name']}")
-            seen[key] = entry["name"]
-            try:
-                found = check_sample(key, members, entry["split"], source, size)
-            except (ValueError, zipfile.BadZipFile, OSError) as e:  # undecodable JSON or npz
-                found = [f"sample {key}: unreadable member ({e})"]
-            problems += [f"{entry['name']}: {p}" for p in found]
-            images += sum(m in members for m in (schema.FRONTAL, schema.LATERAL))
-            split = counts[entry["split"]]
-            split["samples"] += 1
-            if schema.LABELS in members:
-                for k, v in json.loads(members[schema.LABELS]).items():
-                    split["positives"][k] = split["positives"].get(k, 0) + int(v)
-    if counts != manifest["splits"]:
-        problems.append(f"per-split counts {counts} != manifest {manifest['splits']}")
-    if len(seen) != manifest["samples_written"] or images != manifest["images_written"]:
-        problems.append(f"{len(seen)} samples / {images} images read, manifest says "
+            problems += _check_shard(folder, entry, manifest, tally)
+        except OSError as e:  # a shard that cannot be opened (permissions, I/O error)
+            problems.append(f"{entry['name']}: unreadable ({e})")
+    if tally.splits != manifest["splits"]:
+        problems.append(f"per-split counts {tally.splits} != manifest {manifest['splits']}")
+    if len(tally.seen) != manifest["samples_written"] or tally.images != manifest["images_written"]:
+        problems.append(f"{len(tally.seen)} samples / {tally.images} images read, manifest says "
                         f"{manifest['samples_written']} / {manifest['images_written']}")
     return problems
 
@@ -138,12 +223,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cmgl verify", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", help="a folder written by `cmgl pack`")
+    parser.add_argument("--all", action="store_true", help=f"print every problem (default: the first {MAX_PRINTED})")
     args = parser.parse_args(argv)
     problems = verify(args.dir)
-    for line in problems[:MAX_PRINTED]:
+    shown = problems if args.all else problems[:MAX_PRINTED]
+    for line in shown:
         print(f"MISMATCH {line}", file=sys.stderr)
-    if len(problems) > MAX_PRINTED:
-        print(f"... and {len(problems) - MAX_PRINTED} more", file=sys.stderr)
+    if len(problems) > len(shown):
+        print(f"... and {len(problems) - len(shown)} more (--all prints them)", file=sys.stderr)
     if problems:
         print(f"cmgl verify: {len(problems)} problem(s) in {args.dir}", file=sys.stderr)
         return 1

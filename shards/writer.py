@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from cmgl_dist.atomic import atomic_path, write_text_atomic
+from cmgl_dist.shards.keys import key_problem
 
 # Every member gets the same header fields, so equal content gives equal bytes.
 _MTIME = 946684800  # 2000-01-01T00:00:00Z
@@ -55,8 +56,8 @@ def write_shard(path: str | Path, samples: list[tuple[str, dict[str, bytes]]]) -
         with open(tmp, "wb") as f:
             with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
                 for key, members in samples:
-                    if "." in key:
-                        raise ValueError(f"sample key {key!r} must not contain '.'")
+                    if problem := key_problem(key):
+                        raise ValueError(f"sample key {key[:100]!r} is unsafe: {problem}")
                     for member in sorted(members):
                         data = members[member]
                         info = tarfile.TarInfo(f"{key}.{member}")

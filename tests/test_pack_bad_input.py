@@ -4,28 +4,20 @@ import io
 import json
 import tarfile
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from cmgl_dist.shards.pack import main
 from cmgl_dist.shards.schema import MANIFEST
 from cmgl_dist.shards.verify import verify
+from pack_inputs import grey_png, report_xml
 
 
-def _report_xml(uid: int, images=(), findings="Heart is enlarged.", impression="Cardiomegaly.") -> str:
-    sections = "".join(f'<AbstractText Label="{label}">{text}</AbstractText>'
-                       for label, text in (("FINDINGS", findings), ("IMPRESSION", impression)) if text)
-    parents = "".join(f'<parentImage id="CXR{uid}_IM-0000-{i}"/>' for i in images)
-    return (f'<?xml version="1.0"?><eCitation><uId id="CXR{uid}"/><Abstract>{sections}</Abstract>'
-            f"<MeSH><major>Cardiomegaly/mild</major></MeSH>{parents}</eCitation>")
+def _report_xml(uid: int, images=(), **text) -> str:
+    return report_xml(f"CXR{uid}", tuple(f"CXR{uid}_IM-0000-{i}" for i in images), **text)
 
 
 def _png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (40, 30), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
-    return out.getvalue()
+    return grey_png(seed)
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cmgl_dist.shards.images import open_grey
+
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
@@ -40,8 +42,8 @@ def verify_png(data: bytes) -> None:
 
 
 def decode_grey(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("L")
+    """The packer's decode path (PNG/JPEG only, header size cap, bit depth windowed)."""
+    return open_grey(data)
 
 
 def square_resize(image: Image.Image, image_size: int) -> Image.Image:

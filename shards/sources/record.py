@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from cmgl_dist.shards.keys import safe_key
 from cmgl_dist.shards.schema import LABEL_KEYS
 
 UNCERTAIN_POLICIES = ("ones", "zeros", "ignore")
@@ -57,8 +58,8 @@ class Exclusions:
 
 
 def sample_key(source: str, ident: str) -> str:
-    """A WebDataset-safe key: '.' and '/' would split or nest the sample."""
-    return f"{source}_{ident}".replace(".", "_").replace("/", "_")
+    """A WebDataset-safe key (`shards.keys`): '.' and '/' would split or nest the sample."""
+    return safe_key(f"{source}_{ident}")
 
 
 def read_table(path: str | Path) -> Iterator[dict]:

@@ -1,0 +1,44 @@
+"""Bounds on `cmgl pack`'s numeric arguments, checked before any work (argparse: exit 2).
+
+`image_size` is capped because a phantom or a resized image holds size^2 pixels per worker;
+the other caps only keep a typo from meaning hours of work or thousands of processes.
+"""
+from __future__ import annotations
+
+import argparse
+
+BOUNDS = {
+    "image_size": (16, 4096),
+    "samples_per_shard": (1, 100_000),
+    "workers": (1, 256),
+    "limit": (1, 10_000_000),
+}
+
+
+class OutOfBounds(ValueError):
+    pass
+
+
+def check_bound(name: str, value: int | None) -> None:
+    """Raise OutOfBounds naming the flag and its range; None (not given) always passes."""
+    low, high = BOUNDS[name]
+    if value is not None and not low <= value <= high:
+        raise OutOfBounds(f"--{name.replace('_', '-')} {value}: must be between {low} and {high}")
+
+
+def check_bounds(**values: int | None) -> None:
+    for name, value in values.items():
+        check_bound(name, value)
+
+
+def bounded(name: str):
+    """An argparse `type` for the argument `name`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+            check_bound(name, value)
+        except (ValueError, OutOfBounds) as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return value
+    parse.__name__ = name
+    return parse
