@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from cmgl_dist.benchmarking import append_rows
+from cmgl_dist.benchmarking import append_results
 from cmgl_dist.config import DataConfig
 from cmgl_dist.data import make_loader, shard_urls
 
@@ -57,24 +57,21 @@ def main(argv=None) -> None:
 
     urls = shard_urls(args.shards, args.split)
     tokenizer = load_tokenizer(args.tokenizer)
-    rows = []
     for workers in args.workers:
         cfg = DataConfig(shards=args.shards, image_size=args.image_size, crop_size=args.crop_size,
                          text_mode=args.text_mode, workers=workers)
         samples, seconds = time_loader(urls, cfg, tokenizer, args.batch_size, args.batches)
         per_s = samples / seconds
-        row = {"shards": os.path.basename(os.path.normpath(args.shards)), "split": args.split,
-               "batch_size": args.batch_size, "image_size": args.image_size, "crop_size": args.crop_size,
-               "text_mode": args.text_mode, "augment": cfg.augment, "workers": workers, "samples": samples,
-               "seconds": round(seconds, 3), "samples_per_s": round(per_s, 1),
-               "samples_per_s_per_worker": round(per_s / max(1, workers), 1), "cpu_count": os.cpu_count(),
-               "load_avg_1min": round(os.getloadavg()[0], 2)}  # other jobs on the machine skew the figure
-        rows.append(row)
+        config = {"shards": os.path.basename(os.path.normpath(args.shards)), "split": args.split,
+                  "batch_size": args.batch_size, "image_size": args.image_size, "crop_size": args.crop_size,
+                  "text_mode": args.text_mode, "augment": cfg.augment, "workers": workers,
+                  "cpu_count": os.cpu_count()}
+        append_results(args.out, "loader_throughput", config, {
+            "samples": samples, "seconds": round(seconds, 3), "samples_per_s": round(per_s, 1),
+            "samples_per_s_per_worker": round(per_s / max(1, workers), 1),
+            "load_avg_1min": round(os.getloadavg()[0], 2)})  # other jobs on the machine skew the figure
         print(f"workers={workers}: {samples} samples in {seconds:.2f} s = {per_s:.1f} samples/s "
-              f"({row['samples_per_s_per_worker']} per worker)")
-    append_rows(args.out, rows)
-    print(f"appended {len(rows)} row(s) to {args.out}")
-
+              f"({per_s / max(1, workers):.1f} per worker); appended to {args.out}")
 
 if __name__ == "__main__":
     main()

@@ -8,8 +8,9 @@ Providers:
   loop              the public GLoRIA code's algorithm: one text at a time against all images
   compile_vectorised torch.compile of all pairs at once ([T, I, W, R] and [T, I, W, D] tensors)
   compile_gram      torch.compile of all pairs with |ctx|^2 = b G b^T (no D-sized context)
-Modes: fwd, bwd (backward alone, after an untimed forward), fwdbwd. Rows (p20/p50/p80 ms, peak
-extra memory on CUDA) go to a CSV through cmgl_dist.benchmarking.append_rows.
+Modes: fwd, bwd (backward alone, after an untimed forward), fwdbwd. Timed by
+cmgl_dist.benchmarking.measure (p20/p50/p80 ms, peak extra memory on CUDA); rows go to a CSV in
+the harness's long format, one case at a time (what finished is kept if a later case dies).
 
     python benchmarks/bench_local_similarity.py                # full shapes (CUDA)
     python benchmarks/bench_local_similarity.py --quick        # tiny shapes, runs on CPU
@@ -18,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from pathlib import Path
 
 import torch
 
-from cmgl_dist.benchmarking import append_rows
+from cmgl_dist.benchmarking import Timing, append_results, measure
 from cmgl_dist.losses import local_similarity, local_similarity_compiled, local_similarity_reference
 
 log = logging.getLogger("bench_local_similarity")
@@ -109,38 +109,25 @@ def make_inputs(T, I, W, R, D, dtype, device, seed=0):
             regions.to(device, dtype).requires_grad_(True), counts.float().mean().item())
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_mode(fn, inputs, mode, reps, device):
-    """Milliseconds per call of `mode`, one sample per repetition (after two warm-ups)."""
+def time_mode(fn, inputs, mode, reps, device) -> Timing:
+    """p20/p50/p80 ms and peak extra memory of `mode`; for bwd the forward runs untimed before each call."""
     words, word_mask, regions = inputs
-    grad = None
-    samples = []
-    for rep in range(reps + 2):
+
+    def forward(with_grad: bool):
         words.grad = regions.grad = None
-        if mode == "bwd":
-            S = fn(words, word_mask, regions, 4.0, 5.0)
-            grad = torch.randn_like(S) if grad is None else grad
-        _sync(device)
-        start = time.perf_counter()
-        if mode != "bwd":
-            with torch.set_grad_enabled(mode == "fwdbwd"):
-                S = fn(words, word_mask, regions, 4.0, 5.0)
-            grad = torch.randn_like(S) if grad is None else grad
-        if mode != "fwd":
-            S.backward(grad)
-        _sync(device)
-        if rep >= 2:
-            samples.append((time.perf_counter() - start) * 1e3)
-        del S
-    return torch.tensor(samples).quantile(torch.tensor([0.2, 0.5, 0.8])).tolist()
+        with torch.set_grad_enabled(with_grad):
+            return fn(words, word_mask, regions, 4.0, 5.0)
+
+    grad = torch.randn_like(forward(False))
+    if mode == "fwd":
+        return measure(lambda: forward(False), device=device, reps=reps)
+    if mode == "fwdbwd":
+        return measure(lambda: forward(True).backward(grad), device=device, reps=reps)
+    return measure(lambda S: S.backward(grad), setup=lambda: forward(True), device=device, reps=reps)
 
 
-def run_case(provider, fn, T, I, args, dtype_name, device):
-    rows = []
+def run_case(provider, fn, T, I, args, dtype_name, device, csv_path):
+    """Time every mode of one (provider, shape, dtype); each case's rows are appended as it finishes."""
     words, word_mask, regions, mean_words = make_inputs(
         T, I, args.words, args.regions, args.dim, DTYPES[dtype_name], device)
     shape = dict(T=T, I=I, W=args.words, mean_words=round(mean_words, 1), R=args.regions,
@@ -148,23 +135,17 @@ def run_case(provider, fn, T, I, args, dtype_name, device):
     for mode in args.modes:
         if device.type == "cuda":
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        status, (p20, p50, p80), peak = "ok", (float("nan"),) * 3, float("nan")
+        status, timing = "ok", Timing(float("nan"), float("nan"), float("nan"))
         try:
-            p20, p50, p80 = time_mode(fn, (words, word_mask, regions), mode, args.reps, device)
-            if device.type == "cuda":
-                peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+            timing = time_mode(fn, (words, word_mask, regions), mode, args.reps, device)
         except torch.cuda.OutOfMemoryError:
             status = "oom"
             words.grad = regions.grad = None
         log.info("%-18s %-6s T=%-4d I=%-4d %s  p50 %8.2f ms  peak %8.1f MB  %s",
-                 provider, mode, T, I, dtype_name, p50, peak, status)
+                 provider, mode, T, I, dtype_name, timing.p50_ms, timing.peak_mb, status)
         flops = FLOPS_PER_WRD[mode] * mean_words * args.regions * args.dim * T * I
-        rows.append({**shape, "mode": mode, "p20_ms": round(p20, 4), "p50_ms": round(p50, 4),
-                     "p80_ms": round(p80, 4), "peak_extra_mb": round(peak, 1),
-                     "nominal_tflops": round(flops / (p50 * 1e9), 2), "status": status})
-    return rows
+        append_results(csv_path, "local_similarity", {**shape, "mode": mode, "status": status},
+                       {**timing.metrics(), "nominal_tflops": flops / (timing.p50_ms * 1e9)})
 
 
 def parse_args(argv=None):
@@ -205,7 +186,7 @@ def main(argv=None):
     shapes = [(b, b) for b in args.batches]
     if args.local_global[0] > 0:
         shapes.append(tuple(args.local_global))
-    rows, skipped = [], 0
+    cases, skipped = 0, 0
     for provider in args.providers:
         if provider == "triton" and device.type != "cuda":
             log.warning("skip triton: no CUDA device (interpreter timings mean nothing)")
@@ -218,9 +199,9 @@ def main(argv=None):
                     log.warning("skip %s at T=%d I=%d: over --max-pairs", provider, T, I)
                     skipped += 1
                     continue
-                rows += run_case(provider, fn, T, I, args, dtype_name, device)
-                append_rows(args.csv, rows[-len(args.modes):])  # keep what finished if a later case dies
-    log.info("%d rows appended to %s, %d cases skipped", len(rows), args.csv, skipped)
+                run_case(provider, fn, T, I, args, dtype_name, device, args.csv)
+                cases += 1
+    log.info("%d cases appended to %s, %d cases skipped", cases, args.csv, skipped)
 
 
 if __name__ == "__main__":

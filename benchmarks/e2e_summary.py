@@ -13,7 +13,7 @@ import json
 import statistics
 from pathlib import Path
 
-from cmgl_dist.benchmarking import append_rows
+from cmgl_dist.benchmarking import append_results
 
 
 def read_windows(path: Path) -> list[dict]:
@@ -54,10 +54,10 @@ def main(argv=None):
     parser.add_argument("--csv", default=str(Path(__file__).parent / "results" / "e2e_throughput.csv"))
     args = parser.parse_args(argv)
     row = summary_row(args.name, read_windows(args.metrics), args.rc)
-    if args.stamp:
-        row = {**dict(zip(("machine", "date", "commit"), args.stamp)), **row}
-    append_rows(args.csv, [row])
-    print(json.dumps(row))
+    stamp = dict(zip(("machine", "date", "commit"), args.stamp)) if args.stamp else None
+    config = {key: row.pop(key) for key in ("run", "rc")}
+    append_results(args.csv, "e2e_throughput", config, row, stamp_with=stamp)
+    print(json.dumps({**config, **row}))
 
 
 if __name__ == "__main__":

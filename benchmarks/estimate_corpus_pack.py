@@ -12,9 +12,10 @@ decode at a reduced scale (PIL draft mode), so JPEG corpora likely pack faster t
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from pathlib import Path
+
+from cmgl_dist.benchmarking import pivot, read_rows
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pack_throughput.csv"
 # Frontal images packed per corpus: CheXpert from torchxrayvision's train table (191,027) plus
@@ -26,10 +27,9 @@ SAMPLES_PER_SHARD = 128
 def newest_rows(path: Path) -> dict[int, dict]:
     """image size -> the newest one-worker real-nih row (its images/s is the per-worker rate)."""
     rows = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row["images"] == "real-nih" and int(row["workers"]) == 1:
-                rows[int(row["image_size"])] = row
+    for row in pivot(read_rows(path), "pack_throughput"):
+        if row["images"] == "real-nih" and int(row["workers"]) == 1:
+            rows[int(row["image_size"])] = row
     return rows
 
 

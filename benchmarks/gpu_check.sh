@@ -10,16 +10,16 @@
 # Each stage is one function under its own `timeout` (seconds from the environment, *_S) and
 # copies its results to $OUT as it goes, so a stage that dies leaves the others' results. $OUT
 # receives at most 8 files: gpu_check.log (summary), tests.log, local_similarity.csv,
-# e2e_throughput.csv, and logs.tar.gz (every other log and metrics.jsonl). The whole stays under
-# 6 minutes at the default limits. To add a stage: write `stage_x() { ...; }` and add `x` to
+# e2e_throughput.csv, step_breakdown.csv/.png, and logs.tar.gz (every other log and metrics.jsonl).
+# The whole stays under 7.5 minutes at the default limits. To add a stage: write `stage_x() { ...; }` and add `x` to
 # STAGES (or pass STAGES="x" to run only it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=${OUT:-$ROOT/gpu_check_out}
 DRY=${DRY:-0}
-STAGES=${STAGES:-"setup tests kernel_bench e2e_setup e2e"}
-# Limits (s): ~20 setup + 60 + 45 + 55 + 30 + 5 x 28 = 350 s at most.
+STAGES=${STAGES:-"setup tests kernel_bench e2e_setup e2e step"}
+# Limits (s): ~20 setup + 60 + 45 + 55 + 30 + 5 x 28 + 90 (step) = 440 s at most.
 TESTS_S=${TESTS_S:-60} BENCH128_S=${BENCH128_S:-45} BENCH512_S=${BENCH512_S:-55} PACK_S=${PACK_S:-30}
 E2E_S=${E2E_S:-$([ "$DRY" = 1 ] && echo 240 || echo 28)}
 E2E_BACKENDS=${E2E_BACKENDS:-"global_only reference compiled triton auto"}
@@ -146,6 +146,10 @@ stage_e2e() {
             *) e2e_run "$name" loss.local_backend="$name" ;;
         esac
     done
+}
+
+stage_step() {  # cmgl bench step of the recipe, global-only (benchmarks/gpu_stage_step.sh)
+    source "$ROOT/benchmarks/gpu_stage_step.sh" && bench_step_stage
 }
 
 if [ "${1:-}" = "--prepare" ]; then prepare; exit $?; fi

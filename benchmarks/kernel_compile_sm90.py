@@ -59,6 +59,9 @@ def _sass_mma(cubin: bytes, nvdisasm: Path) -> str:
     return ",".join(sorted(set(SASS_MMA.findall(sass)))) or "none"
 
 
+COMPILE_METRICS = ("shared_bytes", "registers", "spill_store_bytes", "spill_load_bytes", "stack_frame_bytes")
+
+
 def compile_rows(dtype: str, params: dict | None = None) -> list[dict]:
     """Rows for every kernel in `dtype`, with the pinned sm_90 config or `params` (same keys)."""
     import triton
@@ -103,9 +106,11 @@ def main(argv=None):
     rows = [row for dtype in args.dtypes for row in compile_rows(dtype, args.config)]
     print(json.dumps(rows))
     if not args.no_csv:
-        from cmgl_dist.benchmarking import append_rows
+        from cmgl_dist.benchmarking import append_results
 
-        append_rows(args.csv, rows)
+        for row in rows:
+            metrics = {key: row[key] for key in COMPILE_METRICS}
+            append_results(args.csv, "kernel_compile_sm90", {k: v for k, v in row.items() if k not in metrics}, metrics)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cmgl_dist.benchmarking import append_rows
+from cmgl_dist.benchmarking import append_results
 from cmgl_dist.shards.download import default_reports, packaged_file
 from cmgl_dist.shards.images import PNG_COMPRESS_LEVEL
 from cmgl_dist.shards.corpus_pack import pack_corpus
@@ -56,14 +56,16 @@ def time_pack(args, image_size: int, workers: int) -> dict:
         verify_seconds = time.perf_counter() - start
     if problems:
         raise SystemExit(f"verify failed: {problems[:5]}")
-    return {"images": images_column(args), "image_size": image_size,
-            "workers": workers, "samples": manifest["samples_written"], "images_written": manifest["images_written"],
-            "seconds": round(seconds, 2), "images_per_s": round(manifest["images_written"] / seconds, 1),
-            "mbytes": round(sum(s["bytes"] for s in manifest["shards"]) / 1e6, 1),
-            "png_level": PNG_COMPRESS_LEVEL, "verify_seconds": round(verify_seconds, 2), "cpus": os.cpu_count()}
+    config = {"images": images_column(args), "image_size": image_size,
+              "workers": workers, "png_level": PNG_COMPRESS_LEVEL, "cpus": os.cpu_count()}
+    metrics = {"samples": manifest["samples_written"], "images_written": manifest["images_written"],
+               "seconds": round(seconds, 2), "images_per_s": round(manifest["images_written"] / seconds, 1),
+               "mbytes": round(sum(s["bytes"] for s in manifest["shards"]) / 1e6, 1),
+               "verify_seconds": round(verify_seconds, 2)}
+    return config, metrics
 
 
-def time_png_levels(reports, levels: list[int], image_size: int, count: int = 200) -> list[dict]:
+def time_png_levels(reports, levels: list[int], image_size: int, count: int = 200) -> list[tuple[dict, dict]]:
     parsed, _ = read_reports(reports)
     images = [phantom_for_report(r.uid, labels_from_mesh(r.mesh_major), r.mesh_major, image_size, 0)[0]
               for r in parsed[:count]]
@@ -74,9 +76,9 @@ def time_png_levels(reports, levels: list[int], image_size: int, count: int = 20
             out = io.BytesIO()
             Image.fromarray(image).save(out, format="PNG", compress_level=level)
             size += out.tell()
-        rows.append({"image_size": image_size, "png_level": level, "images": len(images),
-                     "ms_per_image": round((time.perf_counter() - start) / len(images) * 1e3, 2),
-                     "kbytes_per_image": round(size / len(images) / 1e3, 1)})
+        rows.append(({"image_size": image_size, "png_level": level, "images": len(images)},
+                     {"ms_per_image": round((time.perf_counter() - start) / len(images) * 1e3, 2),
+                      "kbytes_per_image": round(size / len(images) / 1e3, 1)}))
     return rows
 
 
@@ -103,16 +105,15 @@ def main(argv=None) -> None:
 
     if args.png_levels:
         for size in args.image_size:
-            rows = time_png_levels(args.reports, args.png_levels, size)
-            append_rows(RESULTS / "png_compress_level.csv", rows)
-            for row in rows:
-                print(row)
+            for config, metrics in time_png_levels(args.reports, args.png_levels, size):
+                append_results(RESULTS / "png_compress_level.csv", "png_compress_level", config, metrics)
+                print(config, metrics)
         return
     for size in args.image_size:
         for workers in args.workers:
-            row = time_pack(args, size, workers)
-            append_rows(RESULTS / "pack_throughput.csv", [row])
-            print(row)
+            config, metrics = time_pack(args, size, workers)
+            append_results(RESULTS / "pack_throughput.csv", "pack_throughput", config, metrics)
+            print(config, metrics)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ line per provider, the p20-p80 band shaded. Only the latest row of each case is 
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 from collections import defaultdict
@@ -18,6 +17,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from cmgl_dist.benchmarking import pivot, read_rows  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -30,13 +31,12 @@ def _number(text: str) -> float:
 
 
 def load_cases(csv_path: Path) -> dict:
-    """{(machine, dtype, mode): {provider: {batch: row}}} for square (T = I) rows that ran."""
+    """{(machine, dtype, mode): {provider: {batch: case}}} for square (T = I) cases that ran."""
     cases: dict = defaultdict(lambda: defaultdict(dict))
-    with open(csv_path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row["T"] != row["I"] or row.get("status", "ok") != "ok":
-                continue
-            cases[(row["machine"], row["dtype"], row["mode"])][row["provider"]][int(row["T"])] = row
+    for case in pivot(read_rows(csv_path), "local_similarity"):
+        if case["T"] != case["I"] or case.get("status", "ok") != "ok":
+            continue
+        cases[(case["machine"], case["dtype"], case["mode"])][case["provider"]][int(case["T"])] = case
     return cases
 
 

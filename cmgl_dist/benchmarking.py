@@ -1,16 +1,27 @@
-"""Append benchmark rows to a CSV, each stamped with the machine, the date and the commit.
+"""The one benchmark harness: timing (warm-up, CUDA events, p20/p50/p80, peak memory) and results.
 
-Every script under `benchmarks/` records through `append_rows`, so numbers are never typed into
-docs by hand and every row says where and when it was measured.
+Every benchmark (the scripts under `benchmarks/` and `cmgl bench`) times through `measure` and
+records through `append_results`, so numbers are never typed into docs by hand and every row says
+where and when it was measured. All results share one long format (`COLUMNS`): one row per
+(benchmark, config, metric), the config a `key=value;...` string. `pivot` turns those rows back
+into one dict per measured case, for plots and tables.
 """
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import math
 import os
 import platform
+import resource
 import subprocess
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+COLUMNS = ("machine", "date", "commit", "benchmark", "config", "metric", "value")
 
 
 def machine_name() -> str:
@@ -56,28 +67,169 @@ def stamp() -> dict:
     }
 
 
-def append_rows(csv_path: str | os.PathLike, rows: list[dict]) -> None:
-    """Append rows (stamped) to csv_path, writing the header when the file is new.
+# ---- timing ---------------------------------------------------------------------------------
 
-    A file whose header differs from the rows' keys gets the rows under its own header
-    (missing keys left empty), so adding a column never corrupts older rows.
+@dataclass(frozen=True)
+class Timing:
+    """Milliseconds per call at the 20th, 50th and 80th percentile; peak extra memory in MB (NaN on CPU)."""
+    p20_ms: float
+    p50_ms: float
+    p80_ms: float
+    peak_mb: float = math.nan
+
+    def metrics(self) -> dict:
+        return {"p20_ms": self.p20_ms, "p50_ms": self.p50_ms, "p80_ms": self.p80_ms, "peak_extra_mb": self.peak_mb}
+
+
+def percentiles(samples: list[float], qs: Iterable[float] = (0.2, 0.5, 0.8)) -> list[float]:
+    """Linear-interpolated quantiles (numpy's default), without needing numpy or torch."""
+    if not samples:
+        raise ValueError("percentiles of no samples")
+    ordered = sorted(samples)
+    out = []
+    for q in qs:
+        pos = q * (len(ordered) - 1)
+        low, high = math.floor(pos), math.ceil(pos)
+        out.append(ordered[low] + (ordered[high] - ordered[low]) * (pos - low))
+    return out
+
+
+class Clock:
+    """Start/stop timestamps: CUDA events on a CUDA device (no host sync until read), else wall clock."""
+
+    def __init__(self, device=None):
+        self.cuda = device is not None and getattr(device, "type", str(device)) == "cuda"
+
+    def mark(self):
+        if self.cuda:
+            import torch
+
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def elapsed_ms(self, start, end) -> float:
+        """Milliseconds between two marks; on CUDA this waits for `end` to be reached."""
+        if self.cuda:
+            end.synchronize()
+            return start.elapsed_time(end)
+        return (end - start) * 1e3
+
+
+def measure(fn: Callable[..., object], *, device=None, warmup: int = 2, reps: int = 10,
+            setup: Optional[Callable[[], object]] = None) -> Timing:
+    """Time `fn` over `reps` calls after `warmup` untimed ones.
+
+    `setup` (optional) runs untimed before every call and its result is passed to `fn`, for work
+    that must be fresh each time but is not what is measured (e.g. the forward before a timed
+    backward). Peak memory is the CUDA allocator's peak above what was allocated at the start.
+    """
+    clock = Clock(device)
+    cuda = clock.cuda
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    samples = []
+    for rep in range(warmup + reps):
+        args = (setup(),) if setup is not None else ()
+        start = clock.mark()
+        fn(*args)
+        end = clock.mark()
+        if rep >= warmup:
+            samples.append(clock.elapsed_ms(start, end))
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else math.nan
+    return Timing(*percentiles(samples), peak_mb=peak)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---- results --------------------------------------------------------------------------------
+
+def config_string(config: dict | str) -> str:
+    """`{"T": 4, "dtype": "fp32"}` -> `T=4;dtype=fp32` (keys in the given order)."""
+    if isinstance(config, str):
+        return config
+    for key, value in config.items():
+        if any(c in f"{key}{value}" for c in ";="):
+            raise ValueError(f"config {key}={value!r}: keys and values may not contain ';' or '='")
+    return ";".join(f"{key}={value}" for key, value in config.items())
+
+
+def parse_config(text: str) -> dict:
+    return dict(item.split("=", 1) for item in text.split(";") if item)
+
+
+def result_rows(benchmark: str, config: dict | str, metrics: dict) -> list[dict]:
+    """Long rows (without the stamp) for one measured case: one per metric."""
+    cfg = config_string(config)
+    return [{"benchmark": benchmark, "config": cfg, "metric": name, "value": value} for name, value in metrics.items()]
+
+
+def append_rows(csv_path: str | os.PathLike, rows: list[dict], stamp_with: Optional[dict] = None) -> None:
+    """Append long-format rows to csv_path, each stamped (machine, date, commit) unless it has a stamp.
+
+    The file is created with the `COLUMNS` header. A file with any other header is refused with a
+    ValueError (convert it with `benchmarks/convert_results.py`), so rows are never written under
+    the wrong columns.
     """
     if not rows:
         return
     path = Path(csv_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    stamped = [{**stamp(), **row} for row in rows]
-    fields = list(stamped[0].keys())
-    if path.exists() and path.stat().st_size > 0:
+    fresh = stamp_with or stamp()
+    stamped = [{**fresh, **row} for row in rows]
+    for row in stamped:
+        if set(row) != set(COLUMNS):
+            raise ValueError(f"{path}: a result row needs exactly the columns {COLUMNS}, got {sorted(row)}")
+    new = not path.exists() or path.stat().st_size == 0
+    if not new:
         with open(path, newline="") as f:
             header = next(csv.reader(f), None)
-        if header:
-            fields = header + [k for k in fields if k not in header]
-            if fields != header:
-                raise ValueError(f"{path}: new columns {fields[len(header):]}; write to a new CSV instead")
-    new = not path.exists() or path.stat().st_size == 0
+        if tuple(header or ()) != COLUMNS:
+            raise ValueError(f"{path}: header {header} is not the long format {COLUMNS}; convert it with "
+                             "benchmarks/convert_results.py or write to a new file")
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
         if new:
             writer.writeheader()
         writer.writerows(stamped)
+
+
+def append_results(csv_path: str | os.PathLike, benchmark: str, config: dict | str, metrics: dict,
+                   stamp_with: Optional[dict] = None) -> None:
+    """Append one measured case: one long row per metric, all with the same stamp (this machine's,
+    or `stamp_with` for figures measured elsewhere)."""
+    append_rows(csv_path, result_rows(benchmark, config, metrics), stamp_with)
+
+
+def read_rows(csv_path: str | os.PathLike) -> list[dict]:
+    with open(csv_path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def pivot(rows: Iterable[dict], benchmark: Optional[str] = None) -> list[dict]:
+    """Long rows -> one dict per (machine, date, commit, benchmark, config) holding the stamp, the
+    config's keys and every metric's value (floats where they parse), in file order."""
+    cases: OrderedDict = OrderedDict()
+    for row in rows:
+        if benchmark is not None and row["benchmark"] != benchmark:
+            continue
+        key = tuple(row[c] for c in COLUMNS[:5])
+        if key not in cases:
+            cases[key] = {**{c: row[c] for c in COLUMNS[:4]}, **parse_config(row["config"])}
+        cases[key][row["metric"]] = _number(row["value"])
+    return list(cases.values())
+
+
+def _number(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return text

@@ -11,6 +11,7 @@ COMMANDS = {
     "evaluate": ("cmgl_dist.evaluate.run", "main", "evaluate one checkpoint (zero-shot, probe, retrieval)"),
     "sweep": ("cmgl_dist.evaluate.sweep", "main", "fan evaluation jobs out over Ray"),
     "main": ("cmgl_dist.pipeline", "main", "the whole job: pack, train, sweep, report"),
+    "bench": ("cmgl_dist.bench", "main", "profile a step, compare ZeRO stages, model scaling"),
 }
 
 

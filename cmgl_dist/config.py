@@ -44,6 +44,9 @@ class DataConfig(_Section):
     shard_shuffle: bool = Field(True, description="Shuffle the shard order each epoch (seeded).")
     resample: bool = Field(False, description="Sample shards with replacement (infinite stream, fixed epoch length).")
     workers: int = Field(2, ge=0, description="DataLoader worker processes per rank.")
+    persistent_workers: bool = Field(
+        True, description="Keep the loader's worker processes from one epoch to the next (saves their start-up "
+                          "at every epoch boundary; batches are the same either way).")
     augment: bool = Field(True, description="GLoRIA's training augmentation (crop, small affine, colour jitter).")
     on_missing_shard: Literal["fail", "skip"] = Field(
         "fail", description="A shard listed in the manifest but absent: fail the run (before training, or when "
@@ -85,6 +88,10 @@ class LossConfig(_Section):
                             "the reference, timed once per (device, dtype, shape bucket) on its first batch "
                             "and logged; the reference on CPU. A named backend is used as is.")
     gather_negatives: bool = Field(True, description="Use every rank's samples as negatives (features gathered with gradient).")
+    local_negatives: Optional[int] = Field(
+        None, ge=1, description="Cap on the gathered texts each rank's images are scored against in the local loss "
+                                "(a window from the rank's own texts on; None: all N x B). Its cost grows with the "
+                                "global batch; the cap keeps it flat. Must be >= train.micro_batch.")
 
 
 class OptimizerConfig(_Section):
@@ -125,6 +132,14 @@ class TrainConfig(_Section):
         None, ge=1, description="Batches per rank in one pass of the loader (None: one pass over the shards). "
                                 "Needed when data.resample is true.")
     export: bool = Field(True, description="Export the encoders to <run_dir>/export at the end of the run.")
+    channels_last: bool = Field(True, description="On CUDA: images and the image encoder in channels-last memory "
+                                                  "format (tensor-core convolutions without layout transposes).")
+    cudnn_benchmark: bool = Field(True, description="On CUDA: let cuDNN pick the fastest convolution algorithms "
+                                                    "for the (fixed) input shapes.")
+
+    def global_batch(self, world_size: int) -> int:
+        """Samples per optimizer step over all ranks: micro_batch x grad_accum x world_size."""
+        return self.micro_batch * self.grad_accum * world_size
 
 
 class EvalConfig(_Section):
@@ -179,6 +194,10 @@ class CMGLConfig(_Section):
             # LAMB's trust ratio needs each whole parameter; ZeRO hands the optimizer flat partitions.
             raise ValueError(f"optimizer.name=fused_lamb needs zero.stage=0 (got {self.zero.stage}): "
                              "set zero.stage=0 or optimizer.name=adamw")
+        if self.loss.local_negatives is not None and self.loss.local_negatives < self.train.micro_batch:
+            raise ValueError(f"loss.local_negatives={self.loss.local_negatives} < train.micro_batch="
+                             f"{self.train.micro_batch}: the cap must keep a rank's own texts (its positives); "
+                             "raise it or leave it unset")
         if self.data.sources and self.data.shards:
             raise ValueError("data.shards and data.sources are both set: use data.sources alone to mix corpora")
         if self.data.resample and self.train.batches_per_epoch is None:

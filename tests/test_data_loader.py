@@ -193,3 +193,22 @@ def test_a_packed_folder_streams_train_and_evaluation_splits(small_shards, token
     keys = keys_of(val)
     assert len(keys) == len(set(keys)) == manifest["splits"]["val"]["samples"]
     assert sum(b["skipped"] for b in val) == 0
+
+
+def test_persistent_workers_yield_the_batches_of_fresh_loaders_across_epochs_and_resumes(four_shards, tokenizer):
+    """One loader kept across epochs (its 2 workers started once) gives, image for image, what a new
+    loader per epoch gives; a resume point (epoch 1, batch 3) then the next epoch too."""
+    cfg = small_cfg(workers=2, text_mode="sentence")
+    common = dict(train=True, batch_size=4, seed=3, batches_per_epoch=5)
+    fresh = [list(make_loader(four_shards, cfg, tokenizer, epoch=e, start_batch=s, **common))
+             for e, s in ((1, 3), (2, 0), (3, 0))]
+    kept = make_loader(four_shards, cfg, tokenizer, epoch=1, start_batch=3, persistent_workers=True, **common)
+    first_workers = None
+    for (epoch, start), expected in zip(((1, 3), (2, 0), (3, 0)), fresh):
+        got = list(kept.set_epoch(epoch, start))
+        assert len(got) == len(expected) == len(kept) == 5 - start
+        for a, b in zip(got, expected):
+            assert a["keys"] == b["keys"] and a["texts"] == b["texts"] and torch.equal(a["images"], b["images"])
+        workers = [w.pid for w in kept._loader._iterator._workers]
+        assert first_workers in (None, workers)  # the same processes every epoch
+        first_workers = workers

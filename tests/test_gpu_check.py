@@ -7,6 +7,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from cmgl_dist.benchmarking import pivot, read_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 _spec = importlib.util.spec_from_file_location("e2e_summary", ROOT / "benchmarks" / "e2e_summary.py")
@@ -28,8 +30,7 @@ def test_e2e_summary_skips_the_first_window_and_a_torn_line(tmp_path):
     metrics.write_text("\n".join(json.dumps(w) for w in windows) + '\n{"step": 25, "samp')
     csv_path = tmp_path / "e2e.csv"
     e2e_summary.main(["--name", "triton", "--metrics", str(metrics), "--rc", "124", "--csv", str(csv_path)])
-    header, row = csv_path.read_text().splitlines()
-    got = dict(zip(header.split(","), row.split(",")))
-    assert got["run"] == "triton" and got["rc"] == "124" and got["windows"] == "4" and got["last_step"] == "20"
+    [got] = pivot(read_rows(csv_path), "e2e_throughput")
+    assert got["run"] == "triton" and got["rc"] == "124" and got["windows"] == 4 and got["last_step"] == 20
     assert float(got["samples_per_s_p50"]) == 900.0 and float(got["samples_per_s_max"]) == 1000.0
     assert float(got["peak_mem_mb"]) == 104.0

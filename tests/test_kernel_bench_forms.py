@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cmgl_dist.benchmarking import pivot, read_rows
 from cmgl_dist.losses import local_similarity_reference
 
 _spec = importlib.util.spec_from_file_location(
@@ -34,5 +35,6 @@ def test_quick_benchmark_appends_rows(tmp_path):
     csv_path = tmp_path / "bench.csv"
     bench.main(["--quick", "--providers", "reference", "--dtypes", "fp32", "--modes", "fwdbwd",
                 "--batches", "4", "--local-global", "0", "0", "--reps", "2", "--csv", str(csv_path)])
-    lines = csv_path.read_text().splitlines()
-    assert len(lines) == 2 and "p50_ms" in lines[0] and ",reference,fwdbwd," in lines[1]
+    cases = pivot(read_rows(csv_path), "local_similarity")
+    assert len(cases) == 1 and cases[0]["provider"] == "reference" and cases[0]["mode"] == "fwdbwd"
+    assert 0 < cases[0]["p20_ms"] <= cases[0]["p50_ms"] <= cases[0]["p80_ms"]

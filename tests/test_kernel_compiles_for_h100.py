@@ -4,7 +4,6 @@ and the generated code keeps what the committed compile evidence
 shared memory within the SM, no spills where there were none and no more spill bytes than
 recorded elsewhere. The interpreter runs the Python semantics only, so this is what catches
 what the GPU compiler rejects or degrades on a CPU-only machine."""
-import csv
 import importlib.util
 import json
 import os
@@ -15,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cmgl_dist.benchmarking import pivot, read_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 EVIDENCE = ROOT / "benchmarks" / "results" / "kernel_compile_sm90.csv"
 # Located without importing triton: importing it here, before the interpreter tests set
@@ -23,8 +24,7 @@ PTXAS = Path(importlib.util.find_spec("triton").origin).parent / "backends" / "n
 
 
 def committed_rows(dtype: str) -> dict[str, dict]:
-    with open(EVIDENCE, newline="") as f:
-        rows = [row for row in csv.DictReader(f) if row["dtype"] == dtype]
+    rows = [row for row in pivot(read_rows(EVIDENCE), "kernel_compile_sm90") if row["dtype"] == dtype]
     return {row["kernel"]: row for row in rows}  # the latest row per kernel
 
 

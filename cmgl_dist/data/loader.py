@@ -33,6 +33,7 @@ samples the manifest lists for it that it did not yield; a missing shard fails t
 from __future__ import annotations
 
 import math
+import multiprocessing
 from itertools import islice
 from typing import Iterator, Optional, Sequence
 
@@ -70,12 +71,25 @@ class ShardBatches(IterableDataset):
         self.tokenizer = tokenizer
         self.train = train
         self.batch_size = batch_size
-        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, epoch
-        self.start_batch = start_batch
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        # (epoch, start_batch) in shared memory: persistent workers keep this object from the first
+        # epoch on, and read the position that `ShardLoader.set_epoch` wrote when the next epoch starts.
+        self._position = multiprocessing.Array("q", [epoch, start_batch], lock=False)
         self.batches_per_epoch = batches_per_epoch
         # samples per shard URL (from the manifest), so a broken shard counts what it held
         self.samples_by_url = None if shard_samples is None else dict(zip(mixture.urls, shard_samples))
         self.workers = max(1, data_cfg.workers)
+
+    @property
+    def epoch(self) -> int:
+        return self._position[0]
+
+    @property
+    def start_batch(self) -> int:
+        return self._position[1]
+
+    def set_position(self, epoch: int, start_batch: int) -> None:
+        self._position[0], self._position[1] = epoch, start_batch
 
     def spec(self, logical_worker: int, part: int = 0) -> StreamSpec:
         """The stream of one logical worker over one corpus of the mixture."""
@@ -131,13 +145,27 @@ class ShardBatches(IterableDataset):
 class ShardLoader:
     """Iterable of batch dicts; `len()` is the number of batches it yields (from `start_batch` on)."""
 
-    def __init__(self, dataset: ShardBatches, num_batches: Optional[int]):
+    def __init__(self, dataset: ShardBatches, num_batches: Optional[int], persistent_workers: bool = False):
         self.dataset = dataset
         self.num_batches = num_batches
         self.batches_per_epoch = num_batches + dataset.start_batch if num_batches is not None else None
+        # Pinned host batches let `to_device(..., non_blocking=True)` overlap the copy with compute.
         self._loader = DataLoader(
             dataset, batch_size=None, num_workers=dataset.cfg.workers,
-            pin_memory=torch.cuda.is_available(), persistent_workers=False)
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=persistent_workers and dataset.cfg.workers > 0)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> "ShardLoader":
+        """Reuse this training loader (and its persistent workers) for `epoch` from `start_batch` on.
+
+        Call it only after the previous epoch's iterator is exhausted: the workers read the new
+        position when the next `iter()` restarts them.
+        """
+        if self.batches_per_epoch is None or not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"set_epoch needs a training loader and 0 <= start_batch <= {self.batches_per_epoch}")
+        self.dataset.set_position(epoch, start_batch)
+        self.num_batches = self.batches_per_epoch - start_batch
+        return self
 
     def __iter__(self) -> Iterator[dict]:
         return iter(self._loader)
@@ -150,8 +178,10 @@ class ShardLoader:
 
 def make_loader(urls: Sequence[str] | Mixture, data_cfg: DataConfig, tokenizer, *, train: bool, batch_size: int,
                 seed: int, rank: int = 0, world_size: int = 1, epoch: int = 0, start_batch: int = 0,
-                batches_per_epoch: Optional[int] = None, num_samples: Optional[int] = None) -> ShardLoader:
-    """One epoch of `rank`'s batches (see the module docstring); build a new loader per epoch.
+                batches_per_epoch: Optional[int] = None, num_samples: Optional[int] = None,
+                persistent_workers: bool = False) -> ShardLoader:
+    """One epoch of `rank`'s batches (see the module docstring). For the next epoch build a new
+    loader, or, with `persistent_workers`, call `set_epoch` on this one to keep its workers.
 
     `urls` is one corpus's shard URLs, or a `Mixture` of several corpora with weights (training
     only): every stream then interleaves them by weight (`streams.mixed_records`), and the epoch
@@ -194,4 +224,4 @@ def make_loader(urls: Sequence[str] | Mixture, data_cfg: DataConfig, tokenizer, 
         raise ValueError(f"need batches_per_epoch >= 1 and 0 <= start_batch <= batches_per_epoch "
                          f"(got {batches_per_epoch}, {start_batch})")
     dataset = ShardBatches(mixture, data_cfg, tokenizer, batches_per_epoch=batches_per_epoch, **common)
-    return ShardLoader(dataset, batches_per_epoch - start_batch)
+    return ShardLoader(dataset, batches_per_epoch - start_batch, persistent_workers)

@@ -17,9 +17,9 @@ import torch.distributed as dist
 from cmgl_dist.config import CMGLConfig
 from cmgl_dist.engine.checkpoint import Checkpointer, TrainState, tag_for
 from cmgl_dist.engine.distributed import World
-from cmgl_dist.engine.telemetry import GpuProbe, Telemetry, peak_memory_mb, scalar
+from cmgl_dist.engine.metrics import LOSS_PARTS, MetricsProcessor
+from cmgl_dist.phases import phase
 
-LOSS_PARTS = ("loss", "loss_global", "loss_local")
 # Per micro batch, one all-reduce (sum) carries the loss parts, the non-finite flag and skips.
 _NONFINITE, _SKIPPED = len(LOSS_PARTS), len(LOSS_PARTS) + 1
 
@@ -50,74 +50,88 @@ def epoch_batches(make_epoch_loader: Callable[[int, int], object], state: TrainS
         epoch, start = epoch + 1, 0
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
-            for key, value in batch.items()}
+def to_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
+    moved = {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+             for key, value in batch.items()}
+    if channels_last:
+        moved["images"] = moved["images"].contiguous(memory_format=torch.channels_last)
+    return moved
 
 
 class Trainer:
+    """Runs optimizer steps and reports their events to a MetricsProcessor (which owns the counters)."""
+
     def __init__(self, cfg: CMGLConfig, world: World, engine, loss_fn, checkpointer: Checkpointer,
-                 telemetry: Telemetry, resolved_config: dict):
+                 metrics: MetricsProcessor, resolved_config: dict):
         self.cfg = cfg
         self.world = world
         self.engine = engine
         self.loss_fn = loss_fn
         self.checkpointer = checkpointer
-        self.telemetry = telemetry
+        self.metrics = metrics
         self.resolved_config = resolved_config
-        self.gpu = GpuProbe(world.device)
         self.nonfinite_in_row = 0
+        self.channels_last = world.cuda and cfg.train.channels_last
 
     def run(self, batches: Batches, state: TrainState) -> TrainState:
         cfg = self.cfg.train
-        window = _Window()
         for step in range(state.step + 1, cfg.steps + 1):
             lr = self.engine.get_lr()[0]
-            sums = self._one_step(batches, state, window)
-            state.step = step
-            state.samples_seen += cfg.micro_batch * cfg.grad_accum * self.world.world_size
-            window.steps += 1
-            window.loss_sums += sums
-            self.telemetry.advance()
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                self.telemetry.log(self._record(state, lr, window))
-                window = _Window()
-            if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                self.checkpointer.save(self.engine, state, self.resolved_config)
+            self.step(batches, state)
+            last = step == cfg.steps
+            if step % cfg.log_every == 0 or last:
+                state.samples_skipped += self.metrics.take_skipped()
+                self.metrics.log(state, lr)
+            if step % cfg.ckpt_every == 0 or last:
+                self._save(state)
         return state
 
-    def _one_step(self, batches: Batches, state: TrainState, window: "_Window") -> torch.Tensor:
-        """grad_accum finite micro batches -> one optimizer step; returns the summed loss parts."""
-        good, sums = 0, torch.zeros(len(LOSS_PARTS), dtype=torch.float64)
+    def step(self, batches: Batches, state: TrainState) -> None:
+        """grad_accum micro batches with a finite loss -> one optimizer step."""
+        good = 0
         start_position = (state.data_epoch, state.data_batch)
         while good < self.cfg.train.grad_accum:
-            waited = time.perf_counter()
-            epoch, position, batch = next(batches)
-            window.data_wait += time.perf_counter() - waited
+            with phase("data_wait"):
+                waited = time.perf_counter()
+                epoch, position, batch = next(batches)
+                self.metrics.data_waited(time.perf_counter() - waited)
+            with phase("host_to_device"):
+                on_device = to_device(batch, self.world.device, self.channels_last)
             # The model's outputs go to the loss in the compute dtype (bf16 under autocast): the
             # losses run softmaxes and log-sum-exps in fp32 themselves (cmgl_dist.losses).
-            parts = self.loss_fn(self.engine(to_device(batch, self.world.device)))
-            shared = self._all_reduce(parts, batch.get("skipped", 0))
-            state.samples_skipped += int(shared[_SKIPPED])
-            if shared[_NONFINITE] > 0:
+            parts = self.loss_fn(self.engine(on_device))
+            with phase("loss_all_reduce"):
+                shared = self._all_reduce(parts, batch.get("skipped", 0))
+            # The one host read per micro batch: the NaN guard must decide before backward, so that
+            # nothing of a dropped micro batch reaches the weights.
+            kept = not bool(shared[_NONFINITE] > 0)
+            self.metrics.micro_batch(shared[:_NONFINITE], shared[_SKIPPED], kept=kept)
+            if not kept:
                 state.nonfinite_skipped += 1
                 self._on_nonfinite(state, start_position, shared)
                 continue
             self.nonfinite_in_row = 0
-            self.engine.backward(parts["loss"])
-            self.engine.step()
-            sums += shared[:len(LOSS_PARTS)].double().cpu() / self.world.world_size
+            with phase("backward"):
+                self.engine.backward(parts["loss"])
+            with phase("optimizer_step"):
+                self.engine.step()
             good += 1
             state.data_epoch, state.data_batch = epoch, position
-        window.grad_norm = scalar(self.engine.get_global_grad_norm())
-        return sums / self.cfg.train.grad_accum
+        state.step += 1
+        state.samples_seen += self.metrics.global_batch
+        self.metrics.step_done(self.engine.get_global_grad_norm())
 
     def _all_reduce(self, parts: dict, skipped: int) -> torch.Tensor:
         losses = [parts[name].detach().float() for name in LOSS_PARTS]
         flag = (~torch.isfinite(torch.stack(losses))).any().float()
-        shared = torch.stack([*losses, flag, torch.tensor(float(skipped), device=flag.device)])
+        # new_full launches a fill: unlike torch.tensor(x, device=cuda) it does not wait for the GPU.
+        shared = torch.stack([*losses, flag, flag.new_full((), float(skipped))])
         dist.all_reduce(shared)
         return shared
+
+    def _save(self, state: TrainState) -> None:
+        state.samples_skipped += self.metrics.take_skipped()
+        self.checkpointer.save(self.engine, state, self.resolved_config)
 
     def _on_nonfinite(self, state: TrainState, start_position: tuple[int, int], shared: torch.Tensor) -> None:
         self.nonfinite_in_row += 1
@@ -131,36 +145,9 @@ class Trainer:
         state.data_epoch, state.data_batch = start_position
         tag = tag_for(state.step)
         if tag not in self.checkpointer.complete_tags():
-            self.checkpointer.save(self.engine, state, self.resolved_config)
+            self._save(state)
         raise NonFiniteLossError(
             f"{self.nonfinite_in_row} non-finite losses in a row at step {state.step + 1} "
             f"(train.max_nonfinite={self.cfg.train.max_nonfinite}); the last good state is checkpoint "
             f"{self.checkpointer.root / tag}. Lower optimizer.lr, raise schedule.warmup_steps or use "
             f"train.precision=fp32/bf16, then resume with --resume auto")
-
-    def _record(self, state: TrainState, lr: float, window: "_Window") -> dict:
-        seconds = time.perf_counter() - window.started
-        parts = window.loss_sums / window.steps
-        record = {"step": state.step, **{name: float(parts[i]) for i, name in enumerate(LOSS_PARTS)},
-                  "lr": float(lr), "grad_norm": window.grad_norm,
-                  "samples_per_s": window.steps * self.cfg.train.micro_batch * self.cfg.train.grad_accum
-                  * self.world.world_size / seconds,
-                  "step_time_s": seconds / window.steps,
-                  "data_wait_share": window.data_wait / seconds,
-                  "peak_mem_mb": peak_memory_mb(self.world.device),
-                  "samples_seen": state.samples_seen,
-                  "nonfinite_skipped": state.nonfinite_skipped,
-                  "samples_skipped": state.samples_skipped}
-        record.update(self.gpu.read())
-        return record
-
-
-class _Window:
-    """What accumulates between two logged steps."""
-
-    def __init__(self):
-        self.started = time.perf_counter()
-        self.steps = 0
-        self.data_wait = 0.0
-        self.grad_norm = None
-        self.loss_sums = torch.zeros(len(LOSS_PARTS), dtype=torch.float64)

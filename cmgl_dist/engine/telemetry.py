@@ -1,4 +1,4 @@
-"""One metrics record per logged step, sent to every sink at once (rank 0 only).
+"""The sinks of the metrics records (rank 0 only); `metrics.MetricsProcessor` makes the records.
 
 Sinks: `<run_dir>/metrics.jsonl` (one JSON object per line, with at least `step` and `loss`),
 TensorBoard under `<run_dir>/tb/`, one console line, and a progress bar on a terminal.
@@ -12,7 +12,6 @@ import math
 import resource
 import sys
 from pathlib import Path
-from typing import Optional
 
 import torch
 from tqdm import tqdm
@@ -150,8 +149,3 @@ class GpuProbe:
                 pass
         return out
 
-
-def scalar(value: Optional[torch.Tensor | float]) -> Optional[float]:
-    if value is None:
-        return None
-    return float(value.item() if isinstance(value, torch.Tensor) else value)

@@ -165,7 +165,7 @@ def dry_run(cfg: CMGLConfig) -> None:
         "host": socket.gethostname(),
         "master": f"{os.environ.get('MASTER_ADDR', '-')}:{os.environ.get('MASTER_PORT', '-')}",
         "device": f"cuda:{layout['local_rank']}" if cuda else "cpu", "backend": "nccl" if cuda else "gloo",
-        "global_batch": cfg.train.micro_batch * cfg.train.grad_accum * layout["world_size"],
+        "global_batch": cfg.train.global_batch(layout["world_size"]),
     }
     print("# world " + json.dumps(world), flush=True)
 
@@ -176,32 +176,70 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: CMGLConfig, urls: Mixture, source: Optional[tuple[Path, str]]) -> TrainState:
+def build_engine(cfg: CMGLConfig, world, ds_config: dict):
+    """(model, DeepSpeed engine) with the same initial weights on every rank."""
     import deepspeed
-    import torch.distributed as dist
 
-    from cmgl_dist.data.loader import make_loader
-    from cmgl_dist.engine.distributed import init_distributed
-    from cmgl_dist.engine.export import export_model, full_fp32_state_dict
-    from cmgl_dist.engine.loop import Trainer, epoch_batches
     from cmgl_dist.engine.optim import build_client_optimizer
     from cmgl_dist.engine.schedule import lr_scheduler_factory
-    from cmgl_dist.engine.telemetry import Telemetry
-    from cmgl_dist.losses import CMGLLoss
     from cmgl_dist.model import build_model
 
-    world = init_distributed()
-    run_dir = Path(cfg.train.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if world.cuda:
+        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
     seed_all(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model)
+    if world.cuda and cfg.train.channels_last:
+        model.image_backbone.to(memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]
     engine, *_ = deepspeed.initialize(
         model=model, model_parameters=trainable,
         optimizer=build_client_optimizer(cfg.optimizer, trainable),
-        lr_scheduler=lr_scheduler_factory(cfg.schedule, cfg.train.steps),
-        config=deepspeed_config(cfg, world_size=world.world_size, cuda=world.cuda))
+        lr_scheduler=lr_scheduler_factory(cfg.schedule, cfg.train.steps), config=ds_config)
     seed_all(cfg.train.seed + world.rank)  # dropout differs between ranks
+    return model, engine
+
+
+def epoch_loaders(cfg: CMGLConfig, urls, tokenizer, world):
+    """make_epoch_loader(epoch, start_batch) for `epoch_batches`: one loader whose workers persist
+    across epochs (data.persistent_workers), or a new loader per epoch."""
+    from cmgl_dist.data.loader import make_loader
+
+    kept = []
+
+    def epoch_loader(epoch: int, start_batch: int):
+        if kept and cfg.data.persistent_workers:
+            return kept[0].set_epoch(epoch, start_batch)
+        kept[:] = [make_loader(urls, cfg.data, tokenizer, train=True, batch_size=cfg.train.micro_batch,
+                               seed=cfg.train.seed, rank=world.rank, world_size=world.world_size, epoch=epoch,
+                               start_batch=start_batch, batches_per_epoch=cfg.train.batches_per_epoch,
+                               persistent_workers=cfg.data.persistent_workers)]
+        return kept[0]
+
+    return epoch_loader
+
+
+def make_metrics(cfg: CMGLConfig, world, run_dir: Path, start_step: int):
+    from cmgl_dist.engine.metrics import MetricsProcessor
+    from cmgl_dist.engine.telemetry import Telemetry
+
+    telemetry = Telemetry(run_dir, rank=world.rank, start_step=start_step, total_steps=cfg.train.steps,
+                          tensorboard=cfg.train.tensorboard)
+    return MetricsProcessor(telemetry, global_batch=cfg.train.global_batch(world.world_size),
+                            world_size=world.world_size, grad_accum=cfg.train.grad_accum, device=world.device)
+
+
+def train(cfg: CMGLConfig, urls: Mixture, source: Optional[tuple[Path, str]]) -> TrainState:
+    import torch.distributed as dist
+
+    from cmgl_dist.engine.distributed import init_distributed
+    from cmgl_dist.engine.export import export_model, full_fp32_state_dict
+    from cmgl_dist.engine.loop import Trainer, epoch_batches
+    from cmgl_dist.losses import CMGLLoss
+
+    world = init_distributed()
+    run_dir = Path(cfg.train.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model, engine = build_engine(cfg, world, deepspeed_config(cfg, world_size=world.world_size, cuda=world.cuda))
 
     resolved = cfg.model_dump(mode="json")
     checkpointer = Checkpointer(run_dir / "checkpoints", cfg.train.keep_last, world.rank)
@@ -216,24 +254,18 @@ def train(cfg: CMGLConfig, urls: Mixture, source: Optional[tuple[Path, str]]) ->
     if world.rank == 0:
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
-    def epoch_loader(epoch: int, start_batch: int):
-        return make_loader(urls, cfg.data, model.tokenizer, train=True, batch_size=cfg.train.micro_batch,
-                           seed=cfg.train.seed, rank=world.rank, world_size=world.world_size, epoch=epoch,
-                           start_batch=start_batch, batches_per_epoch=cfg.train.batches_per_epoch)
-
-    telemetry = Telemetry(run_dir, rank=world.rank, start_step=state.step, total_steps=cfg.train.steps,
-                          tensorboard=cfg.train.tensorboard)
+    metrics = make_metrics(cfg, world, run_dir, state.step)
     try:
-        trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss), checkpointer, telemetry, resolved)
+        trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss), checkpointer, metrics, resolved)
         engine.train()
-        state = trainer.run(epoch_batches(epoch_loader, state), state)
+        state = trainer.run(epoch_batches(epoch_loaders(cfg, urls, model.tokenizer, world), state), state)
         if cfg.train.export:
             weights = full_fp32_state_dict(engine.module)
             if world.rank == 0:
                 print(f"exported to {export_model(weights, cfg, run_dir / 'export')}", flush=True)
             dist.barrier()
     finally:
-        telemetry.close()
+        metrics.telemetry.close()
     dist.destroy_process_group()
     return state
 

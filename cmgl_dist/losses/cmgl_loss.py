@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from cmgl_dist.config import LossConfig
+from cmgl_dist.phases import phase
 
 from .contrastive import global_logits, symmetric_cross_entropy
 from .distributed import gather_sizes, gather_with_grad, gather_words, rank_and_world_size
@@ -39,23 +40,26 @@ class CMGLLoss(nn.Module):
                              f"sentence {sentence.shape[0]}, words {words.shape[0]}, word_mask {word_mask.shape[0]}")
         rank, world_size = rank_and_world_size() if cfg.gather_negatives else (0, 1)
         if world_size > 1:
-            sizes = gather_sizes(batch, words.shape[1], device=words.device)
-            if (sizes[:, 0] != batch).any():
-                raise ValueError(f"every rank needs the same batch size to gather negatives, got "
-                                 f"{sizes[:, 0].tolist()}; the loader must yield equal batches on every rank")
-            all_img, all_txt = gather_with_grad(img), gather_with_grad(sentence)
-            all_words, all_mask = gather_words(words, word_mask, int(sizes[:, 1].max()))
+            with phase("feature_all_gather"):
+                sizes = gather_sizes(batch, words.shape[1], device=words.device)
+                if (sizes[:, 0] != batch).any():
+                    raise ValueError(f"every rank needs the same batch size to gather negatives, got "
+                                     f"{sizes[:, 0].tolist()}; the loader must yield equal batches on every rank")
+                all_img, all_txt = gather_with_grad(img), gather_with_grad(sentence)
+                all_words, all_mask = gather_words(words, word_mask, int(sizes[:, 1].max()))
         else:
             all_img, all_txt, all_words, all_mask = img, sentence, words, word_mask
         offset = rank * batch
 
-        loss_global = symmetric_cross_entropy(
-            global_logits(img, all_txt, cfg.global_temperature),
-            global_logits(sentence, all_img, cfg.global_temperature),
-            offset)
+        with phase("global_loss"):
+            loss_global = symmetric_cross_entropy(
+                global_logits(img, all_txt, cfg.global_temperature),
+                global_logits(sentence, all_img, cfg.global_temperature),
+                offset)
 
         if cfg.local_weight > 0:
-            loss_local = self._local_loss(all_words, all_mask, regions, offset, batch, world_size)
+            with phase("local_loss"):
+                loss_local = self._local_loss(all_words, all_mask, regions, offset, batch, world_size)
         else:  # a global-only run does not pay for the local similarity
             loss_local = loss_global.new_zeros(())
 
@@ -64,8 +68,18 @@ class CMGLLoss(nn.Module):
 
     def _local_loss(self, all_words, all_mask, regions, offset, batch, world_size):
         cfg = self.cfg
+        total = all_words.shape[0]
+        texts = None
+        if cfg.local_negatives is not None:
+            # A window of texts from this rank's own on (wrapping): rank r scores texts rB .. rB + k - 1,
+            # so every text is scored by the images of the k/B ranks before it, positives included.
+            texts = (offset + torch.arange(min(cfg.local_negatives, total), device=all_words.device)) % total
+            all_words, all_mask = all_words[texts], all_mask[texts]
         image_rows = local_similarity(
             all_words, all_mask, regions, cfg.gamma1, cfg.gamma2, backend=cfg.local_backend).T
-        all_image_rows = gather_with_grad(image_rows) if world_size > 1 else image_rows
+        if texts is not None:  # unscored pairs take no part in either softmax
+            image_rows = image_rows.new_full((batch, total), float("-inf")).index_copy(1, texts, image_rows)
+        with phase("feature_all_gather"):
+            all_image_rows = gather_with_grad(image_rows) if world_size > 1 else image_rows
         text_rows = all_image_rows[:, offset:offset + batch].T
         return symmetric_cross_entropy(cfg.gamma3 * image_rows, cfg.gamma3 * text_rows, offset)

@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from cmgl_dist.phases import phase
+
 
 def rank_and_world_size() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
@@ -30,7 +32,8 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad)
+        with phase("feature_all_gather"):  # its backward: the gathered gradients summed over ranks
+            dist.all_reduce(grad)
         return grad.chunk(dist.get_world_size())[ctx.rank]
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from cmgl_dist.config import ModelConfig
+from cmgl_dist.phases import phase
 from cmgl_dist.model.image_backbones import IMAGE_BACKBONES
 from cmgl_dist.model.text_backbone import TextBackbone, freeze_text_layers, load_text_backbone
 
@@ -58,8 +59,10 @@ class CMGLModel(nn.Module):
         return self.sentence_head(sentence), words, word_mask
 
     def forward(self, batch: dict) -> dict:
-        img_global, regions = self.encode_image(batch["images"])
-        sentence, words, word_mask = self.encode_text(batch)
+        with phase("image_encoder_fwd"):
+            img_global, regions = self.encode_image(batch["images"])
+        with phase("text_encoder_fwd"):
+            sentence, words, word_mask = self.encode_text(batch)
         return {"img_global": img_global, "regions": regions, "sentence": sentence, "words": words,
                 "word_mask": word_mask}
 

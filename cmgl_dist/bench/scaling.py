@@ -1,0 +1,165 @@
+"""`cmgl bench scaling`: predicted weak scaling from 1 to 512 GPUs, checked against 1 vs 2 local ranks.
+
+    cmgl bench scaling --out bench/scaling                       # measures debug on 1 and 2 CPU ranks first
+    cmgl bench scaling --out DIR --measured DIR1 --zero-stage 3 --ib-gbps 25
+
+The model is in `scaling_model.py`. Its compute comes from a 1-rank `cmgl bench step` folder
+(`--measured`, else measured here with `--config`); with `--check` (default) the same config is
+also measured on 2 local ranks and the model, given the all-reduce speed those ranks measured,
+predicts that step: both rows go into scaling.csv (`kind` measured / predicted_local). Writes
+scaling.csv (gpus, nodes, predicted ms by part, samples/s, efficiency), scaling.png and the long
+rows in results.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from cmgl_dist.atomic import write_text_atomic
+from cmgl_dist.bench.scaling_model import (Network, Workload, link_from_all_reduce, local_loss_limit, predict,
+                                           workload_from_breakdown)
+from cmgl_dist.benchmarking import append_results
+
+COLUMNS = ("kind", "gpus", "nodes", "compute_ms", "loss_ms", "feature_comm_ms", "gradient_comm_ms", "step_ms",
+           "samples_per_s", "efficiency", "rank_skew_ms")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="cmgl bench scaling", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--results", type=Path, default=None, help="long-format CSV to append to (default OUT/results.csv)")
+    p.add_argument("--measured", type=Path, help="a 1-rank `cmgl bench step` folder (default: measure it here)")
+    p.add_argument("--workload", type=Path, help="a JSON of scaling_model.Workload's fields (and a 'source') "
+                                                 "instead of a measured folder; no check")
+    p.add_argument("--config", default="debug", help="config measured when --measured is not given")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--no-check", dest="check", action="store_false", help="skip the 2-rank measurement")
+    p.add_argument("--zero-stage", type=int, choices=range(4), help="default: the measured run's")
+    p.add_argument("--local-negatives", type=int, help="loss.local_negatives to model (default: the run's)")
+    p.add_argument("--max-gpus", type=int, default=512)
+    for field in dataclasses.fields(Network):
+        p.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default,
+                       help=f"(default {field.default}: H100/H200 HGX node)")
+    return p.parse_args(argv)
+
+
+def measure_step(args, folder: Path, nproc: int) -> Path:
+    """`cmgl bench step` on `nproc` local ranks with one thread each (the same compute per rank)."""
+    from cmgl_dist.bench.step import main as bench_step
+
+    if not (folder / "summary.json").exists():
+        os.environ["OMP_NUM_THREADS"] = "1"
+        argv = ["--config", args.config, "--steps", str(args.steps), "--out", str(folder), "--ranks", str(nproc)]
+        if bench_step(argv + [a for o in args.overrides for a in ("--set", o)]) != 0:
+            raise SystemExit(f"cmgl bench scaling: the {nproc}-rank measurement failed")
+    return folder
+
+
+def read_breakdown(folder: Path) -> tuple[dict[str, float], dict]:
+    with open(folder / "step_breakdown.csv", newline="") as f:
+        p50 = {row["phase"]: float(row["ms_p50"]) for row in csv.DictReader(f)}
+    return p50, json.loads((folder / "summary.json").read_text())
+
+
+def workload(folder: Path, args) -> Workload:
+    p50, summary = read_breakdown(folder)
+    if summary["world_size"] != 1:
+        raise SystemExit(f"--measured {folder}: measured on {summary['world_size']} ranks; the model needs 1")
+    negatives = args.local_negatives if args.local_negatives is not None else summary.get("local_negatives")
+    return workload_from_breakdown(
+        p50, micro_batch=summary["micro_batch"], embed_dim=summary["embed_dim"], words=summary["words"],
+        param_bytes=summary["param_bytes"], local_negatives=negatives,
+        zero_stage=summary["zero_stage"] if args.zero_stage is None else args.zero_stage)
+
+
+def measured_row(folder: Path, work: Workload) -> dict:
+    """A measured `cmgl bench step` folder as a scaling.csv row (its phases grouped as the model's parts)."""
+    p50, summary = read_breakdown(folder)
+    group = {"loss_ms": ("local_loss", "global_loss"), "feature_comm_ms": ("feature_all_gather", "loss_all_reduce"),
+             "gradient_comm_ms": ("gradient_reduction", "zero_param_gather")}
+    parts = {name: sum(p50.get(phase, 0.0) for phase in phases) for name, phases in group.items()}
+    compute = sum(ms for name, ms in p50.items() if name not in ("step", "sum_of_phases")) - sum(parts.values())
+    return {"kind": "measured", "gpus": summary["world_size"], "nodes": 1, "compute_ms": compute, **parts,
+            "step_ms": p50["step"], "samples_per_s": summary["samples_per_s"],
+            "efficiency": (work.fixed_ms + work.loss_ms) / p50["step"], "rank_skew_ms": summary.get("rank_skew_ms_p50", "")}
+
+
+def check_rows(work: Workload, one_rank: Path, two_ranks: Path) -> list[dict]:
+    """Measured 1- and 2-rank steps, and the model's 2-rank prediction with the link those ranks measured."""
+    summary = read_breakdown(two_ranks)[1]
+    gbps, latency_us = link_from_all_reduce(summary["all_reduce_small_ms"], summary["all_reduce_big_ms"],
+                                            summary["all_reduce_big_bytes"], 2)
+    local = Network(gpus_per_node=2, nvlink_gbps=gbps, nvlink_latency_us=latency_us)
+    predicted = {"kind": "predicted_local", **predict(work, 2, local)}
+    measured = [measured_row(one_rank, work), measured_row(two_ranks, work)]
+    print(f"check on this machine: 2 ranks measured {measured[1]['step_ms']:.1f} ms, predicted "
+          f"{predicted['step_ms']:.1f} ms (link {gbps:.2f} GB/s, {latency_us:.0f} us from the ranks' all-reduces); "
+          f"the ranks' work outside collectives differed by {measured[1]['rank_skew_ms']:.1f} ms per step (p50), "
+          "time a collective spends waiting that the lock-step model leaves out")
+    return [*measured, predicted]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.workload:
+        fields = {k: v for k, v in json.loads(args.workload.read_text()).items() if k != "source"}
+        work, args.check = Workload(**fields), False
+    else:
+        one = args.measured or measure_step(args, args.out / "measured_1rank", 1)
+        work = workload(one, args)
+    net = Network(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Network)})
+    rows = []
+    gpus = 1
+    while gpus <= args.max_gpus:
+        rows.append({"kind": "predicted", **predict(work, gpus, net)})
+        gpus *= 2
+    if args.check:
+        rows += check_rows(work, one, measure_step(args, args.out / "measured_2rank", 2))
+    write_outputs(args, work, net, rows)
+    return 0
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """scaling.csv as a Markdown table (for READMEs: pasted from here, never typed)."""
+    head = ("kind", "GPUs", "nodes", "compute ms", "loss ms", "feature comm ms", "gradient comm ms", "step ms",
+            "samples/s", "efficiency")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["kind"], r["gpus"], r["nodes"], *(f"{r[k]:.1f}" for k in COLUMNS[3:9]), f"{r['efficiency']:.2f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(args, work: Workload, net: Network, rows: list[dict]) -> None:
+    from cmgl_dist.bench.plots import scaling_lines
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
+    write_text_atomic(args.out / "scaling.csv", buffer.getvalue())
+    predicted = [r for r in rows if r["kind"] == "predicted"]
+    parts = {name: [r[name] for r in predicted] for name in COLUMNS[3:7]}
+    limit = local_loss_limit(work, net, args.max_gpus)
+    scaling_lines([r["gpus"] for r in predicted], parts, [r["efficiency"] for r in predicted],
+                  args.out / "scaling.png",
+                  f"weak scaling, micro-batch {work.micro_batch}, ZeRO {work.zero_stage}, "
+                  f"local negatives {work.local_negatives or 'all'}")
+    for row in rows:
+        config = {"kind": row["kind"], "gpus": row["gpus"], "zero": work.zero_stage,
+                  "micro_batch": work.micro_batch, "local_negatives": work.local_negatives or "all"}
+        append_results(args.results or args.out / "results.csv", "scaling", config,
+                       {k: round(row[k], 4) for k in ("step_ms", "samples_per_s", "efficiency")})
+    write_text_atomic(args.out / "scaling.md", markdown_table(rows))
+    print(buffer.getvalue())
+    print(f"the loss compute outgrows the rest of the step at {limit} GPUs" if limit else
+          f"the loss compute stays below the rest of the step up to {args.max_gpus} GPUs")
