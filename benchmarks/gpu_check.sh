@@ -11,7 +11,7 @@
 # copies its results to $OUT as it goes, so a stage that dies leaves the others' results. $OUT
 # receives at most 8 files: gpu_check.log (summary), tests.log, local_similarity.csv,
 # e2e_throughput.csv, step_breakdown.csv/.png, and logs.tar.gz (every other log and metrics.jsonl).
-# The whole stays under 7.5 minutes at the default limits. To add a stage: write `stage_x() { ...; }` and add `x` to
+# The whole stays under 6 minutes at the default limits. To add a stage: write `stage_x() { ...; }` and add `x` to
 # STAGES (or pass STAGES="x" to run only it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,9 +19,9 @@ ROOT=$PWD
 OUT=${OUT:-$ROOT/gpu_check_out}
 DRY=${DRY:-0}
 STAGES=${STAGES:-"setup tests kernel_bench e2e_setup e2e step"}
-# Limits (s): ~20 setup + 60 + 45 + 55 + 30 + 5 x 28 + 90 (step) = 440 s at most.
-TESTS_S=${TESTS_S:-60} BENCH128_S=${BENCH128_S:-45} BENCH512_S=${BENCH512_S:-55} PACK_S=${PACK_S:-30}
-E2E_S=${E2E_S:-$([ "$DRY" = 1 ] && echo 240 || echo 28)}
+# Limits (s): ~20 setup + 45 + 40 + 45 + 25 + 5 x 24 + 60 (step) = 355 s at most.
+TESTS_S=${TESTS_S:-45} BENCH128_S=${BENCH128_S:-40} BENCH512_S=${BENCH512_S:-45} PACK_S=${PACK_S:-25}
+E2E_S=${E2E_S:-$([ "$DRY" = 1 ] && echo 240 || echo 24)}
 E2E_BACKENDS=${E2E_BACKENDS:-"global_only reference compiled triton auto"}
 WORK=${WORK:-/tmp/gpu_check} CARRIED=$ROOT/.whl/carried
 mkdir -p "$OUT" "$WORK/logs"

@@ -8,10 +8,10 @@
 #     data.persistent_workers=false"), the global-only throughput with each of them in turn, through
 #     gpu_check's e2e_run (rows beside the other e2e runs; E2E_S each):
 #     STAGES="setup e2e_setup step" STEP_ABLATIONS="..." bash benchmarks/gpu_check.sh   # ~5 min
-# Limit (seconds): STEP_BENCH_S (default 90; 240 on DRY).
+# Limit (seconds): STEP_BENCH_S (default 60; 240 on DRY).
 
 bench_step_stage() {
-    local out=$WORK/logs/bench_step limit=${STEP_BENCH_S:-$([ "$DRY" = 1 ] && echo 240 || echo 90)}
+    local out=$WORK/logs/bench_step limit=${STEP_BENCH_S:-$([ "$DRY" = 1 ] && echo 240 || echo 60)}
     [ -d "$WORK/shards" ] || { log "step: no $WORK/shards (run the stage e2e_setup first)"; return 1; }
     local sets=(data.shards="$WORK/shards" data.workers=12 model.image_pretrained=false
                 model.text_encoder="$WORK/bert_base_random" loss.local_weight=0 train.micro_batch=128
