@@ -183,10 +183,10 @@ def pack_other_source(parser: argparse.ArgumentParser, args) -> int:
     if args.metadata:
         parser.error("--metadata is IU-RR's DICOM table; other sources read views from their own tables")
     try:
-        manifest = pack_corpus(source=args.source, images=args.images, out=args.out, labels=args.labels,
-                               reports=args.reports, uncertain=args.uncertain, image_size=args.image_size,
-                               samples_per_shard=args.samples_per_shard, seed=args.seed, workers=args.workers,
-                               limit=args.limit, replace=args.replace)
+        pack_corpus(source=args.source, images=args.images, out=args.out, labels=args.labels,
+                    reports=args.reports, uncertain=args.uncertain, image_size=args.image_size,
+                    samples_per_shard=args.samples_per_shard, seed=args.seed, workers=args.workers,
+                    limit=args.limit, replace=args.replace)
     except (SourceError, OSError, OutRefused) as e:
         log.error("%s", e)
         return 1

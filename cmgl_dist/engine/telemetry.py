@@ -81,7 +81,7 @@ class Telemetry:
         self.bar.close()
 
 
-def _record_or_none(line: str) -> Optional[dict]:
+def _record_or_none(line: str) -> dict | None:
     try:
         record = json.loads(line)
     except json.JSONDecodeError:
