@@ -2,7 +2,7 @@
 
 Each kernel (forward for training, forward for inference, backward word owner, backward region
 owner) is compiled by Triton for sm_90 with its pinned config and the shapes of the GLoRIA
-recipe (R 361 -> BLOCK_R 512, W bucket 112, D 768); ptxas -v on the generated PTX gives
+recipe (R 361 in tiles of BLOCK_R, W bucket 112, D 768); ptxas -v on the generated PTX gives
 registers per thread, spill bytes and shared memory; the PTX and the SASS (nvdisasm) show
 whether tensor-core MMA is used (wgmma / HGMMA on sm_90, mma.sync / HMMA otherwise). One row
 per kernel and dtype goes to benchmarks/results/kernel_compile_sm90.csv.
@@ -20,8 +20,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-SIGNATURE = dict(MASK="*u8", NWORDS="*i32", S="*fp32", LSE="*fp32", DELTA="*fp32", GS="*fp32",
-                 GX="*fp32", GY="*fp32", T="i32", I="i32", W="i32", R="i32", D="i32", stride_xt="i32",
+SIGNATURE = dict(MASK="*u8", NWORDS="*i32", G="*fp32", S="*fp32", LSE="*fp32", DELTA="*fp32", GS="*fp32",
+                 GX="*fp32", GY="*fp32", SCRATCH="*fp32", T="i32", I="i32", W="i32", R="i32", D="i32",
+                 R_STRIDE="i32", TEXT_GROUPS="i32", stride_xt="i32",
                  stride_xw="i32", stride_mt="i32", stride_yi="i32", stride_yr="i32", gamma1="fp32",
                  gamma2="fp32", eps="fp32")
 REGIONS, WORD_BUCKET_RECIPE = 361, 112
@@ -31,8 +32,8 @@ SASS_MMA = re.compile(r"\b(HGMMA|HMMA)\b")
 
 def _kernels(ls):
     """(row name, kernel, extra constexprs)."""
-    return [("forward_train", ls._forward_kernel, dict(SAVE_DELTA=True, TEXTS_PER_PROGRAM=ls.TEXTS_PER_PROGRAM)),
-            ("forward_infer", ls._forward_kernel, dict(SAVE_DELTA=False, TEXTS_PER_PROGRAM=ls.TEXTS_PER_PROGRAM)),
+    return [("forward_train", ls._forward_kernel, dict(SAVE_DELTA=True)),
+            ("forward_infer", ls._forward_kernel, dict(SAVE_DELTA=False)),
             ("backward_words", ls._backward_words_kernel, {}),
             ("backward_regions", ls._backward_regions_kernel, {})]
 
@@ -76,7 +77,7 @@ def compile_rows(dtype: str, params: dict | None = None) -> list[dict]:
     rows = []
     for name, kernel, extra in _kernels(ls):
         fn = kernel.fn
-        constexprs = dict(config.kwargs, BLOCK_R=triton.next_power_of_2(REGIONS), DOT_PRECISION=precision, **extra)
+        constexprs = dict(config.kwargs, BLOCK_W=ls.BLOCK_W, DOT_PRECISION=precision, **extra)
         mine = {p: v for p, v in constexprs.items() if p in fn.arg_names}
         types = dict(SIGNATURE, X=f"*{dtype}", Y=f"*{dtype}")
         signature = {p: "constexpr" if p in mine else types[p] for p in fn.arg_names}
@@ -97,8 +98,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtypes", nargs="+", default=["bf16"], choices=["bf16", "fp16", "fp32"])
     parser.add_argument("--csv", default=str(Path(__file__).parent / "results" / "kernel_compile_sm90.csv"))
-    parser.add_argument("--config", type=json.loads, help='JSON like {"BLOCK_W": 16, "BLOCK_D": 32, '
-                        '"num_warps": 8, "num_stages": 1} instead of the pinned sm_90 config (offline tuning)')
+    parser.add_argument("--config", type=json.loads, help='JSON like {"BLOCK_R": 64, "BLOCK_D": 64, '
+                        '"num_warps": 4, "num_stages": 1} instead of the pinned sm_90 config (offline tuning)')
     parser.add_argument("--no-csv", action="store_true", help="print the rows as JSON only")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":

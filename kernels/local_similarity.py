@@ -4,39 +4,42 @@ For text t and image i (words x_w, w real; regions y_r):
     s_wr = x_w . y_r
     a_wr = softmax over real words w of s_wr           (per region r)
     b_wr = softmax over regions r of gamma1 * a_wr      (per word w)    [kernels/attention.py]
-    ctx_w = sum_r b_wr y_r
-    S[t, i] = log sum_{w real} exp(gamma2 * cos(x_w, ctx_w)),  cos = x.ctx / max(|x| |ctx|, eps)
+    c_w = sum_r b_wr y_r
+    S[t, i] = log sum_{w real} exp(gamma2 * cos(x_w, c_w)),  cos = x.c / max(|x| |c|, eps)
 
 Design (kernels/README.md has the why and the compile evidence):
-- Tiles. A word block is BLOCK_W words by the whole region axis (BLOCK_R, a power of two >= R:
-  a Triton register tile's extent must be one), so the softmax over regions is exact without
-  online rescaling; D is walked in BLOCK_D chunks. Every product is a tl.dot on the input dtype
-  (bf16 operands on tensor cores) into fp32 accumulators; softmaxes, norms and log-sum-exps are
-  fp32. Products contracting over regions are taken transposed (ctx^T = Y^T b^T) so that the
-  in-register [BLOCK_W, BLOCK_R] operand is the B side (as the A side ptxas spills).
-- Forward: one program per (image, block of TEXTS_PER_PROGRAM texts): it keeps reusing one
-  image's regions (hot in L1/L2) across its texts. Per pair, pass 1 builds the column
-  log-sum-exp `lse[r]` over word blocks online (saved for backward, [T, I, R] fp32), pass 2 the
-  cosines; x.ctx = sum_r b s comes from the score tile and |ctx|^2 from ctx = b @ Y built
-  D-chunk by D-chunk. When training it also gathers backward's column term
-  delta_r = sum_w a_wr dL/da_wr for dL/dS = 1 ([T, I, R] fp32). Nothing [T, I, W, *] reaches
-  global memory.
+- The context never exists. x_w . c_w = sum_r b_wr s_wr comes from the scores, and
+  |c_w|^2 = b_w^T G b_w from the image's region Gram matrix G = Y Y^T [R, R] (fp32, made once
+  per batch by `region_gram`): a pair costs W R (2 D + R) multiply-adds instead of 3-4 W R D.
+- Tiles. A word block (BLOCK_W words) meets the regions in tiles of BLOCK_R, so R is padded to
+  a multiple of BLOCK_R, not to a power of two, and only [BLOCK_R, BLOCK_W] fp32 tiles are live.
+  Tiles are region-major (regions x words), so every product has BLOCK_R or BLOCK_D (>= 64)
+  rows: the M side that Hopper's wgmma wants. Scores are tl.dot on the input dtype (bf16 on
+  tensor cores), the Gram products on fp32 (tf32 for 16-bit inputs); accumulators are fp32.
+- No running maxima where the values are bounded: a_wr is in [0, 1], so the softmax over
+  regions is exp(gamma1 a - |gamma1|) / sum, and gamma2 cos is in [-|gamma2|, |gamma2|], so the
+  log-sum-exp over words is taken against |gamma2|; only the softmax over words (unbounded
+  scores) keeps an online column log-sum-exp, saved for backward ([T, I, R] fp32).
+- A word block's region-wide rows (e = the unnormalised b, s, u = G e, and backward's dL/ds)
+  go through a per-program scratch in global memory (L1/L2-resident, [4, R_STRIDE, BLOCK_W]
+  fp32), between CTA barriers: a register tile cannot be indexed by a loop over region tiles.
+- Forward: program (image, text group) scores one image against every TEXT_GROUPS-th text.
+  Pass 1 the column log-sum-exp over words, per region tile; pass 2, per word block, the
+  cosines; when training also backward's column term delta_r = sum_w a_wr dL/da_wr for
+  dL/dS = exp(S - |gamma2|) (rescaled in backward, so no second pass is needed).
 - Backward, split as FlashAttention-2 splits dK/dV from dQ, so that every gradient has one
   owner program and no atomics are needed: `_backward_words_kernel` owns a (text, word block)
-  and walks every image, adding its dL/dx rows; `_backward_regions_kernel` owns an image and
-  walks every (text, word block), adding its dL/dy rows. Each recomputes the pair's scores,
-  attention and context from `lse` (what FlashAttention-2 also pays: recompute instead of
-  storing [T, I, W, R]). Owned rows are read-modified-written in fp32 buffers, plain loads
-  and stores.
+  and walks every image, adding dL/dx = gamma x + P Y; `_backward_regions_kernel` owns an image
+  and walks every (text, word block), adding dL/dy = P^T x + b^T diag(beta) (b Y), where
+  P = dL/ds (including the direct alpha b). Owned rows are read-modified-written in fp32.
 - Shapes that vary per batch are bucketed: W enters as a multiple of WORD_BUCKET (the mask is
   padded), so the compiled kernel and the autotune key (W bucket, R, D) stay the same across
   batches; by default the config is pinned per GPU architecture (CMGL_KERNEL_AUTOTUNE=1
   tunes over a few configs per bucket, once).
 
-Work per pair in W R D multiply-adds: forward 3 (scores twice, context; 4 with h = ctx . y_r
-when training); backward 5 for the word owner (scores, context, h, context again, dS @ Y) and 6
-for the region owner (scores, context, h, context again, b^T dctx, dS^T X), against the 6 of
-the nominal 3 x 4 W R D flops.
+Work per pair in multiply-adds: forward W R (2 D + R) (scores twice, G e); backward W R (2 D + R)
+for the word owner (scores, G e, P Y) and W R (4 D + R) for the region owner (scores, G e,
+b Y, P^T x, b^T (beta c)).
 """
 from __future__ import annotations
 
@@ -50,24 +53,26 @@ from torch.autograd.function import once_differentiable
 
 from cmgl_dist.kernels.inputs import COSINE_EPS, check_local_inputs, word_bucket
 
-MAX_REGIONS = 1024  # one program holds [BLOCK_W, next_pow2(R)] score tiles in registers
-TEXTS_PER_PROGRAM = 4  # forward: texts one program scores against its image
+BLOCK_W = 16  # words per block: the N side of every product; the scratch is sized by it
+R_ALIGN = 128  # scratch rows per word block: R rounded up to this; every BLOCK_R divides it
+SCRATCH_ROWS = 4  # e, s, u = G e and P = dL/ds, each [R_STRIDE, BLOCK_W] fp32
+FORWARD_PROGRAMS = 512  # forward programs to aim for (image x text group); bounds the scratch
+# The bounded-exponent softmaxes above stay within fp32's range for these.
+MAX_GAMMA1, MAX_GAMMA2 = 60.0, 30.0
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # CMGL_KERNEL_AUTOTUNE=1 tunes over AUTOTUNE_CONFIGS once per (W bucket, R, D, dtypes); the
 # default is the pinned config of the GPU's architecture (no tuning in training).
 _AUTOTUNE = os.environ.get("CMGL_KERNEL_AUTOTUNE", "0") == "1"
-# By compute capability major. sm_90 (benchmarks/results/kernel_compile_sm90.csv, from
-# benchmarks/kernel_compile_sm90.py): BLOCK_D 16 at 8 warps spills least (0-276 bytes per thread
-# by kernel; BLOCK_D 32 spills 280-2064, 16 warps cap registers at 128 and spill more).
-# Ampere (sm_80, 164 KB of shared memory) runs the same tiles; no evidence recorded for it yet.
+# By compute capability major. sm_90: benchmarks/results/kernel_compile_sm90.csv (from
+# benchmarks/kernel_compile_sm90.py). Ampere (sm_80) runs the same tiles; no evidence recorded.
 PINNED_CONFIGS = {
-    9: dict(BLOCK_W=16, BLOCK_D=16, num_warps=8, num_stages=1),
-    8: dict(BLOCK_W=16, BLOCK_D=16, num_warps=8, num_stages=1),
+    9: dict(BLOCK_R=64, BLOCK_D=64, num_warps=8, num_stages=1),
+    8: dict(BLOCK_R=64, BLOCK_D=64, num_warps=8, num_stages=1),
 }
-INTERPRETER_CONFIG = dict(BLOCK_W=16, BLOCK_D=16, num_warps=4, num_stages=1)
-AUTOTUNE_CONFIGS = [dict(BLOCK_W=bw, BLOCK_D=bd, num_warps=nw, num_stages=1)
-                    for bw, bd, nw in ((16, 16, 8), (16, 32, 8), (16, 16, 16), (32, 16, 8))]
+INTERPRETER_CONFIG = dict(BLOCK_R=16, BLOCK_D=16, num_warps=4, num_stages=1)
+AUTOTUNE_CONFIGS = [dict(BLOCK_R=br, BLOCK_D=bd, num_warps=nw, num_stages=ns)
+                    for br, bd, nw, ns in ((64, 64, 8, 1), (64, 64, 4, 1), (64, 32, 4, 1), (64, 64, 4, 2))]
 
 
 def _as_config(params: dict) -> triton.Config:
@@ -98,89 +103,112 @@ def _mma(a, b, acc, DOT_PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _region_tile(r0, R, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Region offsets and mask of the tile at r0, and its element offsets in a scratch row set."""
+    offs_r = r0 + tl.arange(0, BLOCK_R)
+    return offs_r, offs_r < R, offs_r[:, None] * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+
+
+@triton.jit
 def _scores(x_ptr, y_ptr, offs_w, w_ok, offs_r, r_ok, D, stride_xw, stride_yr,
             BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
             DOT_PRECISION: tl.constexpr):
-    """s = x[offs_w] @ y[offs_r]^T and the squared word norms, fp32, D walked in chunks."""
-    s = tl.zeros([BLOCK_W, BLOCK_R], dtype=tl.float32)
+    """s^T = y[offs_r] @ x[offs_w]^T [BLOCK_R, BLOCK_W] and the squared word norms, fp32."""
+    s = tl.zeros([BLOCK_R, BLOCK_W], dtype=tl.float32)
     norm2 = tl.zeros([BLOCK_W], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         d_ok = offs_d < D
-        x = tl.load(x_ptr + offs_w[:, None] * stride_xw + offs_d[None, :],
-                    mask=w_ok[:, None] & d_ok[None, :], other=0.0)
-        y_t = tl.load(y_ptr + offs_r[None, :] * stride_yr + offs_d[:, None],
-                      mask=r_ok[None, :] & d_ok[:, None], other=0.0)
-        s = _mma(x, y_t, s, DOT_PRECISION)
-        xf = x.to(tl.float32)
-        norm2 += tl.sum(xf * xf, axis=1)
+        y = tl.load(y_ptr + offs_r[:, None] * stride_yr + offs_d[None, :],
+                    mask=r_ok[:, None] & d_ok[None, :], other=0.0)
+        x_t = tl.load(x_ptr + offs_w[None, :] * stride_xw + offs_d[:, None],
+                      mask=w_ok[None, :] & d_ok[:, None], other=0.0)
+        s = _mma(y, x_t, s, DOT_PRECISION)
+        xf = x_t.to(tl.float32)
+        norm2 += tl.sum(xf * xf, axis=0)
     return s, norm2
 
 
 @triton.jit
-def _attention(s, lse, w_ok, r_ok, gamma1):
-    """a (softmax over words, from the saved column lse) and b (softmax over regions)."""
-    a = tl.where(w_ok[:, None] & r_ok[None, :], tl.exp(s - lse[None, :]), 0.0)
-    z = tl.where(r_ok[None, :], gamma1 * a, float("-inf"))
-    e = tl.exp(z - tl.max(z, axis=1)[:, None])
-    b = e / tl.sum(e, axis=1)[:, None]
-    return a, b
+def _over_words(s, lse, w_ok, r_ok):
+    """a = the softmax over words (from the column log-sum-exp), 0 off the real words."""
+    return tl.where(r_ok[:, None] & w_ok[None, :], tl.exp(s - lse[:, None]), 0.0)
 
 
 @triton.jit
-def _context_stats(b, y_ptr, offs_r, r_ok, D, stride_yr,
-                   BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-                   WITH_H: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """|ctx_w|^2 and (WITH_H) h_wr = ctx_w . y_r, with ctx = b @ Y built D-chunk by D-chunk.
-
-    Products contracting over regions are taken transposed (ctx^T = Y^T b^T) so that the
-    in-register [BLOCK_W, BLOCK_R] operand is the B side: as the A side every warp would
-    need all of it in registers (ptxas then spills)."""
-    q = tl.zeros([BLOCK_W], dtype=tl.float32)
-    h = tl.zeros([BLOCK_W, BLOCK_R], dtype=tl.float32)
-    b_t = tl.trans(b.to(y_ptr.dtype.element_ty))
-    for d0 in range(0, D, BLOCK_D):
-        offs_d = d0 + tl.arange(0, BLOCK_D)
-        y_t = tl.load(y_ptr + offs_r[None, :] * stride_yr + offs_d[:, None],
-                      mask=r_ok[None, :] & (offs_d < D)[:, None], other=0.0)
-        ctx_t = _mma(y_t, b_t, None, DOT_PRECISION)
-        q += tl.sum(ctx_t * ctx_t, axis=0)
-        if WITH_H:
-            h = _mma(tl.trans(ctx_t.to(y_t.dtype)), y_t, h, DOT_PRECISION)
-    return q, h
+def _block_state(x_ptr, y_ptr, g_ptr, lse_ptr, scratch, offs_w, w_ok, R, D, R_STRIDE,
+                 stride_xw, stride_yr, gamma1,
+                 BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+                 KEEP: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One word block against one image: per word 1 / Z (Z = sum_r e), x.c, |c|^2 and |x|^2,
+    where e = exp(gamma1 a - max(gamma1, 0)) is b unnormalised. Sweep 1 (region tiles) writes e
+    (and with KEEP s) to scratch; sweep 2 makes h = G b (h_wr = c_w . y_r) per tile, with KEEP kept."""
+    tl.debug_barrier()  # the previous block's readers of the scratch are done
+    offset = tl.maximum(gamma1, 0.0)
+    z = tl.zeros([BLOCK_W], dtype=tl.float32)
+    xc_z = tl.zeros([BLOCK_W], dtype=tl.float32)
+    norm2 = tl.zeros([BLOCK_W], dtype=tl.float32)
+    for r0 in range(0, R, BLOCK_R):
+        offs_r, r_ok, tile = _region_tile(r0, R, BLOCK_R, BLOCK_W)
+        s, norm2 = _scores(x_ptr, y_ptr, offs_w, w_ok, offs_r, r_ok, D, stride_xw, stride_yr,
+                           BLOCK_W, BLOCK_R, BLOCK_D, DOT_PRECISION)
+        lse = tl.load(lse_ptr + offs_r, mask=r_ok, other=0.0)
+        e = tl.where(r_ok[:, None], tl.exp(gamma1 * _over_words(s, lse, w_ok, r_ok) - offset), 0.0)
+        z += tl.sum(e, axis=0)
+        xc_z += tl.sum(e * s, axis=0)
+        tl.store(scratch + tile, e)
+        if KEEP:
+            tl.store(scratch + R_STRIDE * BLOCK_W + tile, s)
+    tl.debug_barrier()
+    inv_z = 1.0 / z
+    c2 = tl.zeros([BLOCK_W], dtype=tl.float32)
+    for r0 in range(0, R, BLOCK_R):
+        offs_r, r_ok, tile = _region_tile(r0, R, BLOCK_R, BLOCK_W)
+        h = tl.zeros([BLOCK_R, BLOCK_W], dtype=tl.float32)
+        for j0 in range(0, R, BLOCK_R):
+            offs_j, j_ok, tile_j = _region_tile(j0, R, BLOCK_R, BLOCK_W)
+            g = tl.load(g_ptr + offs_r[:, None] * R + offs_j[None, :],
+                        mask=r_ok[:, None] & j_ok[None, :], other=0.0)
+            h = _mma(g, tl.load(scratch + tile_j) * inv_z[None, :], h, DOT_PRECISION)
+        c2 += tl.sum(tl.load(scratch + tile) * inv_z[None, :] * h, axis=0)
+        if KEEP:
+            tl.store(scratch + 2 * R_STRIDE * BLOCK_W + tile, h)
+    tl.debug_barrier()
+    return inv_z, xc_z * inv_z, tl.maximum(c2, 0.0), norm2
 
 
 @triton.jit
-def _word_block(x_ptr, y_ptr, offs_w, w_ok, offs_r, r_ok, lse, D, stride_xw, stride_yr, gamma1, eps,
-                BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-                WITH_H: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Scores, both softmaxes and each word's cosine with its context, for one word block."""
-    s, norm2 = _scores(x_ptr, y_ptr, offs_w, w_ok, offs_r, r_ok, D, stride_xw, stride_yr,
-                       BLOCK_W, BLOCK_R, BLOCK_D, DOT_PRECISION)
-    a, b = _attention(s, lse, w_ok, r_ok, gamma1)
-    dot_ctx = tl.sum(b * s, axis=1)
-    ctx2, h = _context_stats(b, y_ptr, offs_r, r_ok, D, stride_yr,
-                             BLOCK_W, BLOCK_R, BLOCK_D, WITH_H, DOT_PRECISION)
-    denom = tl.sqrt(norm2) * tl.sqrt(ctx2)
-    cos = dot_ctx / tl.maximum(denom, eps)
-    return s, a, b, h, norm2, ctx2, denom, cos
+def _cosine(xc, c2, norm2, eps):
+    denom = tl.sqrt(norm2) * tl.sqrt(c2)
+    return xc / tl.maximum(denom, eps), denom
 
 
 @triton.jit
-def _grad_coefficients(s, b, h, norm2, ctx2, denom, cos, d_cos, gamma1, eps):
-    """From dL/dcos (0 on padded words): dL/da and the per-word coefficients of
-    dL/dctx = alpha x + beta ctx and of dL/dx (direct) = alpha ctx + gamma x."""
+def _cosine_grad(d_cos, cos, xc, c2, norm2, denom, eps):
+    """Per word, from dL/dcos (0 on padded words): alpha = dL/d(x.c), beta = 2 dL/d|c|^2,
+    gamma = 2 dL/d|x|^2 and m = sum_r b (alpha s + beta h), the softmax's row term."""
     clamped = denom < eps  # the clamp cuts the gradient through the norms
     alpha = d_cos / tl.maximum(denom, eps)
-    beta = tl.where(clamped, 0.0, -d_cos * cos / tl.where(clamped, 1.0, ctx2))
+    beta = tl.where(clamped, 0.0, -d_cos * cos / tl.where(clamped, 1.0, c2))
     gamma = tl.where(clamped, 0.0, -d_cos * cos / tl.where(clamped, 1.0, norm2))
-    d_b = alpha[:, None] * s + beta[:, None] * h
-    d_a = gamma1 * b * (d_b - tl.sum(b * d_b, axis=1)[:, None])
-    return d_a, alpha, beta, gamma
+    return alpha, beta, gamma, alpha * xc + beta * c2
 
 
 @triton.jit
-def _forward_pair(X, MASK, NWORDS, Y, S, LSE, DELTA, t, i, I, W, R, D,
+def _attention_grad(scratch, lse_ptr, r0, R, R_STRIDE, w_ok, inv_z, alpha, beta, m, gamma1,
+                    BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr):
+    """For the region tile at r0 (after _block_state with KEEP): a, b and dL/da."""
+    offs_r, r_ok, tile = _region_tile(r0, R, BLOCK_R, BLOCK_W)
+    b = tl.load(scratch + tile) * inv_z[None, :]
+    s = tl.load(scratch + R_STRIDE * BLOCK_W + tile)
+    h = tl.load(scratch + 2 * R_STRIDE * BLOCK_W + tile)
+    a = _over_words(s, tl.load(lse_ptr + offs_r, mask=r_ok, other=0.0), w_ok, r_ok)
+    d_a = gamma1 * b * (alpha[None, :] * s + beta[None, :] * h - m[None, :])
+    return offs_r, r_ok, tile, a, b, d_a
+
+
+@triton.jit
+def _forward_pair(X, MASK, NWORDS, Y, G, S, LSE, DELTA, scratch, t, i, I, W, R, D, R_STRIDE,
                   stride_xt, stride_xw, stride_mt, stride_yi, stride_yr, gamma1, gamma2, eps,
                   BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
                   SAVE_DELTA: tl.constexpr, DOT_PRECISION: tl.constexpr):
@@ -188,119 +216,101 @@ def _forward_pair(X, MASK, NWORDS, Y, S, LSE, DELTA, t, i, I, W, R, D,
     n_words = tl.load(NWORDS + t)
     x_ptr = X + tl.cast(t, tl.int64) * stride_xt
     y_ptr = Y + tl.cast(i, tl.int64) * stride_yi
-    offs_r = tl.arange(0, BLOCK_R)
-    r_ok = offs_r < R
+    g_ptr = G + tl.cast(i, tl.int64) * R * R
 
-    # Pass 1: column log-sum-exp over real words, online across word blocks.
-    col_max = tl.full([BLOCK_R], -1e30, dtype=tl.float32)
-    col_sum = tl.zeros([BLOCK_R], dtype=tl.float32)
+    # Pass 1: column log-sum-exp over real words, per region tile, online across word blocks.
+    for r0 in range(0, R, BLOCK_R):
+        offs_r, r_ok, tile = _region_tile(r0, R, BLOCK_R, BLOCK_W)
+        col_max = tl.full([BLOCK_R], -1e30, dtype=tl.float32)
+        col_sum = tl.zeros([BLOCK_R], dtype=tl.float32)
+        for w0 in range(0, n_words, BLOCK_W):
+            offs_w = w0 + tl.arange(0, BLOCK_W)
+            w_ok = tl.load(MASK + t * stride_mt + offs_w, mask=offs_w < W, other=0) != 0
+            s, norm2 = _scores(x_ptr, y_ptr, offs_w, w_ok, offs_r, r_ok, D, stride_xw, stride_yr,
+                               BLOCK_W, BLOCK_R, BLOCK_D, DOT_PRECISION)
+            s = tl.where(w_ok[None, :], s, float("-inf"))
+            new_max = tl.maximum(col_max, tl.max(s, axis=1))
+            col_sum = col_sum * tl.exp(col_max - new_max) + tl.sum(tl.exp(s - new_max[:, None]), axis=1)
+            col_max = new_max
+        tl.store(LSE + pair * R + offs_r, col_max + tl.log(col_sum), mask=r_ok)
+
+    # Pass 2: each word's cosine; S = |gamma2| + log sum_w exp(gamma2 cos_w - |gamma2|). With
+    # SAVE_DELTA (training) also delta_r for the word weights exp(gamma2 cos_w - |gamma2|).
+    top = tl.abs(gamma2)
+    weights = tl.zeros([BLOCK_W], dtype=tl.float32)
     for w0 in range(0, n_words, BLOCK_W):
         offs_w = w0 + tl.arange(0, BLOCK_W)
         w_ok = tl.load(MASK + t * stride_mt + offs_w, mask=offs_w < W, other=0) != 0
-        s, _ = _scores(x_ptr, y_ptr, offs_w, w_ok, offs_r, r_ok, D, stride_xw, stride_yr,
-                       BLOCK_W, BLOCK_R, BLOCK_D, DOT_PRECISION)
-        s = tl.where(w_ok[:, None], s, float("-inf"))
-        new_max = tl.maximum(col_max, tl.max(s, axis=0))
-        col_sum = col_sum * tl.exp(col_max - new_max) + tl.sum(tl.exp(s - new_max[None, :]), axis=0)
-        col_max = new_max
-    lse = col_max + tl.log(col_sum)
-    tl.store(LSE + pair * R + offs_r, lse, mask=r_ok)
-
-    # Pass 2: cosine of each word with its context, then log-sum-exp over words, kept per
-    # lane of the word block and folded at the end. With SAVE_DELTA (training) it also gathers
-    # backward's column term delta_r = sum_w a_wr dL/da_wr for dL/dS = 1: dL/dcos_w =
-    # gamma2 exp(v_w - S) is weighted by exp(v_w - running max) and rescaled once S is known.
-    lane_max = tl.full([BLOCK_W], -1e30, dtype=tl.float32)
-    lane_sum = tl.zeros([BLOCK_W], dtype=tl.float32)
-    delta = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for w0 in range(0, n_words, BLOCK_W):
-        offs_w = w0 + tl.arange(0, BLOCK_W)
-        w_ok = tl.load(MASK + t * stride_mt + offs_w, mask=offs_w < W, other=0) != 0
-        s, a, b, h, norm2, ctx2, denom, cos = _word_block(
-            x_ptr, y_ptr, offs_w, w_ok, offs_r, r_ok, lse, D, stride_xw, stride_yr, gamma1, eps,
-            BLOCK_W, BLOCK_R, BLOCK_D, SAVE_DELTA, DOT_PRECISION)
-        v = tl.where(w_ok, gamma2 * cos, float("-inf"))
-        old_max = tl.max(lane_max, axis=0)
-        new_max = tl.maximum(lane_max, v)
-        lane_sum = lane_sum * tl.exp(lane_max - new_max) + tl.exp(v - new_max)
-        lane_max = new_max
+        inv_z, xc, c2, norm2 = _block_state(x_ptr, y_ptr, g_ptr, LSE + pair * R, scratch, offs_w, w_ok,
+                                        R, D, R_STRIDE, stride_xw, stride_yr, gamma1,
+                                        BLOCK_W, BLOCK_R, BLOCK_D, SAVE_DELTA, DOT_PRECISION)
+        cos, denom = _cosine(xc, c2, norm2, eps)
+        weight = tl.where(w_ok, tl.exp(gamma2 * cos - top), 0.0)
+        weights += weight
         if SAVE_DELTA:
-            run_max = tl.max(lane_max, axis=0)
-            d_a, _, _, _ = _grad_coefficients(s, b, h, norm2, ctx2, denom, cos,
-                                              gamma2 * tl.exp(v - run_max), gamma1, eps)
-            delta = delta * tl.exp(old_max - run_max) + tl.sum(a * d_a, axis=0)
-    row_max = tl.max(lane_max, axis=0)
-    S_ti = row_max + tl.log(tl.sum(lane_sum * tl.exp(lane_max - row_max), axis=0))
-    tl.store(S + pair, S_ti)
-    if SAVE_DELTA:
-        tl.store(DELTA + pair * R + offs_r, delta * tl.exp(row_max - S_ti), mask=r_ok)
+            alpha, beta, gamma, m = _cosine_grad(gamma2 * weight, cos, xc, c2, norm2, denom, eps)
+            for r0 in range(0, R, BLOCK_R):
+                offs_r, r_ok, tile, a, b, d_a = _attention_grad(
+                    scratch, LSE + pair * R, r0, R, R_STRIDE, w_ok, inv_z, alpha, beta, m, gamma1,
+                    BLOCK_W, BLOCK_R)
+                kept = tl.load(DELTA + pair * R + offs_r, mask=r_ok & (w0 > 0), other=0.0)
+                tl.store(DELTA + pair * R + offs_r, kept + tl.sum(a * d_a, axis=1), mask=r_ok)
+    tl.store(S + pair, top + tl.log(tl.sum(weights, axis=0)))
 
 
 @triton.autotune(configs=_configs(), key=["W", "R", "D"])
 @triton.jit
-def _forward_kernel(X, MASK, NWORDS, Y, S, LSE, DELTA, T, I, W, R, D,
-                    stride_xt, stride_xw, stride_mt, stride_yi, stride_yr,
+def _forward_kernel(X, MASK, NWORDS, Y, G, S, LSE, DELTA, SCRATCH, T, I, W, R, D, R_STRIDE,
+                    TEXT_GROUPS, stride_xt, stride_xw, stride_mt, stride_yi, stride_yr,
                     gamma1, gamma2, eps,
                     BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-                    TEXTS_PER_PROGRAM: tl.constexpr, SAVE_DELTA: tl.constexpr,
-                    DOT_PRECISION: tl.constexpr):
-    """Grid (I, cdiv(T, TEXTS_PER_PROGRAM)): image i against a block of texts."""
+                    SAVE_DELTA: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Grid (I, TEXT_GROUPS): image i against texts g, g + TEXT_GROUPS, ..."""
     i = tl.program_id(0)
-    t0 = tl.program_id(1) * TEXTS_PER_PROGRAM
-    for t in range(t0, tl.minimum(t0 + TEXTS_PER_PROGRAM, T)):
-        _forward_pair(X, MASK, NWORDS, Y, S, LSE, DELTA, t, i, I, W, R, D,
+    group = tl.program_id(1)
+    slot = tl.cast(i, tl.int64) * TEXT_GROUPS + group
+    scratch = SCRATCH + slot * (4 * R_STRIDE * BLOCK_W)
+    for t in range(group, T, TEXT_GROUPS):
+        _forward_pair(X, MASK, NWORDS, Y, G, S, LSE, DELTA, scratch, t, i, I, W, R, D, R_STRIDE,
                       stride_xt, stride_xw, stride_mt, stride_yi, stride_yr, gamma1, gamma2, eps,
                       BLOCK_W, BLOCK_R, BLOCK_D, SAVE_DELTA, DOT_PRECISION)
 
 
 @triton.jit
-def _block_gradient(X, MASK, Y, S, LSE, DELTA, GS, t, i, w0, I, W, R, D,
+def _block_gradient(X, MASK, Y, G, S, LSE, DELTA, GS, scratch, t, i, w0, I, W, R, D, R_STRIDE,
                     stride_xt, stride_xw, stride_mt, stride_yi, stride_yr, gamma1, gamma2, eps,
                     BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
                     DOT_PRECISION: tl.constexpr):
-    """For the word block at w0 of pair (t, i): recompute the forward from the saved lse and
-    return dL/ds (as the B operand, transposed, input dtype), b (the same) and the per-word
-    coefficients of dL/dx = alpha ctx + gamma x + dS Y and dL/dctx = alpha x + beta ctx."""
+    """For the word block at w0 of pair (t, i): recompute the forward from the saved lse, write
+    P = dL/ds (region-major, with the direct alpha b) to scratch row set 3 and return what the
+    owners add: dL/dx = gamma x + P Y and dL/dy = P^T x + b^T diag(beta) c."""
     pair = tl.cast(t, tl.int64) * I + i
     s_ti = tl.load(S + pair)
     g_ti = tl.load(GS + pair).to(tl.float32)
     offs_w = w0 + tl.arange(0, BLOCK_W)
     w_ok = tl.load(MASK + t * stride_mt + offs_w, mask=offs_w < W, other=0) != 0
-    offs_r = tl.arange(0, BLOCK_R)
-    r_ok = offs_r < R
-    lse = tl.load(LSE + pair * R + offs_r, mask=r_ok, other=0.0)
-    delta = g_ti * tl.load(DELTA + pair * R + offs_r, mask=r_ok, other=0.0)
     x_ptr = X + tl.cast(t, tl.int64) * stride_xt
     y_ptr = Y + tl.cast(i, tl.int64) * stride_yi
-    s, a, b, h, norm2, ctx2, denom, cos = _word_block(
-        x_ptr, y_ptr, offs_w, w_ok, offs_r, r_ok, lse, D, stride_xw, stride_yr, gamma1, eps,
-        BLOCK_W, BLOCK_R, BLOCK_D, True, DOT_PRECISION)
+    inv_z, xc, c2, norm2 = _block_state(x_ptr, y_ptr, G + tl.cast(i, tl.int64) * R * R, LSE + pair * R,
+                                    scratch, offs_w, w_ok, R, D, R_STRIDE, stride_xw, stride_yr,
+                                    gamma1, BLOCK_W, BLOCK_R, BLOCK_D, True, DOT_PRECISION)
+    cos, denom = _cosine(xc, c2, norm2, eps)
     d_cos = tl.where(w_ok, g_ti * gamma2 * tl.exp(gamma2 * cos - s_ti), 0.0)
-    d_a, alpha, beta, gamma = _grad_coefficients(s, b, h, norm2, ctx2, denom, cos, d_cos, gamma1, eps)
-    d_s = a * (d_a - delta[None, :])
-    b_t = tl.trans(b.to(Y.dtype.element_ty))
-    d_s_t = tl.trans(d_s.to(Y.dtype.element_ty))
-    return offs_w, w_ok, offs_r, r_ok, x_ptr, y_ptr, b_t, d_s_t, alpha, beta, gamma
-
-
-@triton.jit
-def _feature_chunk(x_ptr, y_ptr, offs_w, w_ok, offs_r, r_ok, b_t, d0, D, stride_xw, stride_yr,
-                   BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """The D-chunk at d0: its offsets and mask, x^T [BLOCK_D, BLOCK_W], y^T [BLOCK_D, BLOCK_R]
-    and the context ctx^T = y^T b^T (fp32)."""
-    offs_d = d0 + tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
-    x_t = tl.load(x_ptr + offs_w[None, :] * stride_xw + offs_d[:, None],
-                  mask=w_ok[None, :] & d_ok[:, None], other=0.0)
-    y_t = tl.load(y_ptr + offs_r[None, :] * stride_yr + offs_d[:, None],
-                  mask=r_ok[None, :] & d_ok[:, None], other=0.0)
-    return offs_d, d_ok, x_t, y_t, _mma(y_t, b_t, None, DOT_PRECISION)
+    alpha, beta, gamma, m = _cosine_grad(d_cos, cos, xc, c2, norm2, denom, eps)
+    delta_scale = g_ti * tl.exp(tl.abs(gamma2) - s_ti)  # delta was saved for exp(v - |gamma2|)
+    for r0 in range(0, R, BLOCK_R):
+        offs_r, r_ok, tile, a, b, d_a = _attention_grad(
+            scratch, LSE + pair * R, r0, R, R_STRIDE, w_ok, inv_z, alpha, beta, m, gamma1, BLOCK_W, BLOCK_R)
+        delta = delta_scale * tl.load(DELTA + pair * R + offs_r, mask=r_ok, other=0.0)
+        tl.store(scratch + 3 * R_STRIDE * BLOCK_W + tile, alpha[None, :] * b + a * (d_a - delta[:, None]))
+    tl.debug_barrier()
+    return offs_w, w_ok, x_ptr, y_ptr, inv_z, beta, gamma
 
 
 @triton.autotune(configs=_configs(), key=["W", "R", "D"], reset_to_zero=["GX"])
 @triton.jit
-def _backward_words_kernel(X, MASK, NWORDS, Y, S, LSE, DELTA, GS, GX, T, I, W, R, D,
-                           stride_xt, stride_xw, stride_mt, stride_yi, stride_yr,
+def _backward_words_kernel(X, MASK, NWORDS, Y, G, S, LSE, DELTA, GS, GX, SCRATCH, T, I, W, R, D,
+                           R_STRIDE, stride_xt, stride_xw, stride_mt, stride_yi, stride_yr,
                            gamma1, gamma2, eps,
                            BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
                            DOT_PRECISION: tl.constexpr):
@@ -308,60 +318,92 @@ def _backward_words_kernel(X, MASK, NWORDS, Y, S, LSE, DELTA, GS, GX, T, I, W, R
     t = tl.program_id(0)
     w0 = tl.program_id(1) * BLOCK_W
     if w0 < tl.load(NWORDS + t):
+        slot = tl.cast(t, tl.int64) * tl.num_programs(1) + tl.program_id(1)
+        scratch = SCRATCH + slot * (4 * R_STRIDE * BLOCK_W)
         gx_ptr = GX + tl.cast(t, tl.int64) * W * D  # GX is [T, W, D] fp32, contiguous
         for i in range(0, I):
-            offs_w, w_ok, offs_r, r_ok, x_ptr, y_ptr, b_t, d_s_t, alpha, beta, gamma = _block_gradient(
-                X, MASK, Y, S, LSE, DELTA, GS, t, i, w0, I, W, R, D,
+            offs_w, w_ok, x_ptr, y_ptr, inv_z, beta, gamma = _block_gradient(
+                X, MASK, Y, G, S, LSE, DELTA, GS, scratch, t, i, w0, I, W, R, D, R_STRIDE,
                 stride_xt, stride_xw, stride_mt, stride_yi, stride_yr, gamma1, gamma2, eps,
                 BLOCK_W, BLOCK_R, BLOCK_D, DOT_PRECISION)
-            for d0 in range(0, D, BLOCK_D):
-                offs_d, d_ok, x_t, y_t, ctx_t = _feature_chunk(
-                    x_ptr, y_ptr, offs_w, w_ok, offs_r, r_ok, b_t, d0, D, stride_xw, stride_yr,
-                    BLOCK_D, DOT_PRECISION)
-                d_x_t = alpha[None, :] * ctx_t + gamma[None, :] * x_t.to(tl.float32)
-                d_x_t = _mma(y_t, d_s_t, d_x_t, DOT_PRECISION)
+            for d0 in range(0, D, BLOCK_D):  # dL/dx^T [BLOCK_D, BLOCK_W] = gamma x^T + Y^T P
+                offs_d = d0 + tl.arange(0, BLOCK_D)
+                keep = w_ok[None, :] & (offs_d < D)[:, None]
+                x_t = tl.load(x_ptr + offs_w[None, :] * stride_xw + offs_d[:, None], mask=keep, other=0.0)
+                d_x = gamma[None, :] * x_t.to(tl.float32)
+                for r0 in range(0, R, BLOCK_R):
+                    offs_r, r_ok, tile = _region_tile(r0, R, BLOCK_R, BLOCK_W)
+                    y_t = tl.load(y_ptr + offs_r[None, :] * stride_yr + offs_d[:, None],
+                                  mask=r_ok[None, :] & (offs_d < D)[:, None], other=0.0)
+                    p = tl.load(scratch + 3 * R_STRIDE * BLOCK_W + tile).to(y_t.dtype)
+                    d_x = _mma(y_t, p, d_x, DOT_PRECISION)
                 owned = gx_ptr + offs_w[None, :] * D + offs_d[:, None]
-                keep = w_ok[None, :] & d_ok[:, None]
-                tl.store(owned, tl.load(owned, mask=keep, other=0.0) + d_x_t, mask=keep)
+                tl.store(owned, tl.load(owned, mask=keep, other=0.0) + d_x, mask=keep)
 
 
 @triton.autotune(configs=_configs(), key=["W", "R", "D"], reset_to_zero=["GY"])
 @triton.jit
-def _backward_regions_kernel(X, MASK, NWORDS, Y, S, LSE, DELTA, GS, GY, T, I, W, R, D,
-                             stride_xt, stride_xw, stride_mt, stride_yi, stride_yr,
+def _backward_regions_kernel(X, MASK, NWORDS, Y, G, S, LSE, DELTA, GS, GY, SCRATCH, T, I, W, R, D,
+                             R_STRIDE, stride_xt, stride_xw, stride_mt, stride_yi, stride_yr,
                              gamma1, gamma2, eps,
                              BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
                              DOT_PRECISION: tl.constexpr):
     """Grid (I,): the program owns dL/dy of image i, over all (text, word block)s."""
     i = tl.program_id(0)
+    scratch = SCRATCH + tl.cast(i, tl.int64) * (4 * R_STRIDE * BLOCK_W)
     gy_ptr = GY + tl.cast(i, tl.int64) * R * D  # GY is [I, R, D] fp32, contiguous
     for t in range(0, T):
         for w0 in range(0, tl.load(NWORDS + t), BLOCK_W):
-            offs_w, w_ok, offs_r, r_ok, x_ptr, y_ptr, b_t, d_s_t, alpha, beta, gamma = _block_gradient(
-                X, MASK, Y, S, LSE, DELTA, GS, t, i, w0, I, W, R, D,
+            offs_w, w_ok, x_ptr, y_ptr, inv_z, beta, gamma = _block_gradient(
+                X, MASK, Y, G, S, LSE, DELTA, GS, scratch, t, i, w0, I, W, R, D, R_STRIDE,
                 stride_xt, stride_xw, stride_mt, stride_yi, stride_yr, gamma1, gamma2, eps,
                 BLOCK_W, BLOCK_R, BLOCK_D, DOT_PRECISION)
             for d0 in range(0, D, BLOCK_D):
-                offs_d, d_ok, x_t, y_t, ctx_t = _feature_chunk(
-                    x_ptr, y_ptr, offs_w, w_ok, offs_r, r_ok, b_t, d0, D, stride_xw, stride_yr,
-                    BLOCK_D, DOT_PRECISION)
-                d_ctx = tl.trans((alpha[None, :] * x_t.to(tl.float32) + beta[None, :] * ctx_t).to(x_t.dtype))
-                d_y = _mma(b_t, d_ctx, None, DOT_PRECISION)
-                d_y = _mma(d_s_t, tl.trans(x_t), d_y, DOT_PRECISION)
-                owned = gy_ptr + offs_r[:, None] * D + offs_d[None, :]
-                keep = r_ok[:, None] & d_ok[None, :]
-                tl.store(owned, tl.load(owned, mask=keep, other=0.0) + d_y, mask=keep)
+                offs_d = d0 + tl.arange(0, BLOCK_D)
+                d_ok = offs_d < D
+                x = tl.load(x_ptr + offs_w[:, None] * stride_xw + offs_d[None, :],
+                            mask=w_ok[:, None] & d_ok[None, :], other=0.0)
+                c = tl.zeros([BLOCK_W, BLOCK_D], dtype=tl.float32)  # c = b Y, this D chunk
+                for r0 in range(0, R, BLOCK_R):
+                    offs_r, r_ok, tile = _region_tile(r0, R, BLOCK_R, BLOCK_W)
+                    b_t = tl.load(scratch + offs_r[None, :] * BLOCK_W + offs_w[:, None] - w0) * inv_z[:, None]
+                    y = tl.load(y_ptr + offs_r[:, None] * stride_yr + offs_d[None, :],
+                                mask=r_ok[:, None] & d_ok[None, :], other=0.0)
+                    c = _mma(b_t.to(y.dtype), y, c, DOT_PRECISION)
+                beta_c = (beta[:, None] * c).to(x.dtype)
+                for r0 in range(0, R, BLOCK_R):
+                    offs_r, r_ok, tile = _region_tile(r0, R, BLOCK_R, BLOCK_W)
+                    p = tl.load(scratch + 3 * R_STRIDE * BLOCK_W + tile).to(x.dtype)
+                    b = (tl.load(scratch + tile) * inv_z[None, :]).to(x.dtype)
+                    d_y = _mma(b, beta_c, _mma(p, x, None, DOT_PRECISION), DOT_PRECISION)
+                    owned = gy_ptr + offs_r[:, None] * D + offs_d[None, :]
+                    keep = r_ok[:, None] & d_ok[None, :]
+                    tl.store(owned, tl.load(owned, mask=keep, other=0.0) + d_y, mask=keep)
 
 
-def _check_inputs(words, word_mask, regions):
+def _check_inputs(words, word_mask, regions, gamma1, gamma2):
     check_local_inputs(words, word_mask, regions)
     if words.dtype != regions.dtype or words.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"words and regions must share one of fp32/bf16/fp16, got {words.dtype}, {regions.dtype}")
     if words.device.type != "cuda" and not _INTERPRETED:
         raise RuntimeError("local_similarity_triton needs CUDA tensors, or TRITON_INTERPRET=1 set "
                            "before cmgl_dist.kernels is imported")
-    if regions.shape[1] > MAX_REGIONS:
-        raise ValueError(f"at most {MAX_REGIONS} regions per image, got {regions.shape[1]}")
+    if not (abs(gamma1) <= MAX_GAMMA1 and abs(gamma2) <= MAX_GAMMA2):
+        raise ValueError(f"the Triton kernel takes |gamma1| <= {MAX_GAMMA1} and |gamma2| <= {MAX_GAMMA2} "
+                         f"(its softmaxes use fixed offsets), got gamma1={gamma1}, gamma2={gamma2}; "
+                         "use loss.local_backend=reference for larger ones")
+
+
+def region_gram(regions: torch.Tensor, images_per_chunk: int = 64) -> torch.Tensor:
+    """G [I, R, R] fp32 = Y Y^T per image, from the input values in fp32 (chunks bound the copy)."""
+    return torch.cat([torch.bmm(chunk.float(), chunk.float().transpose(1, 2))
+                      for chunk in regions.split(images_per_chunk)])
+
+
+def _scratch(programs: int, R: int, device) -> tuple[torch.Tensor, int]:
+    """Per-program scratch ([programs, 4, R_STRIDE, BLOCK_W] fp32) and R_STRIDE."""
+    r_stride = -(-R // R_ALIGN) * R_ALIGN
+    return torch.empty(programs * SCRATCH_ROWS * r_stride * BLOCK_W, device=device, dtype=torch.float32), r_stride
 
 
 def _launch_args(words, word_mask, regions):
@@ -379,47 +421,49 @@ def _launch_args(words, word_mask, regions):
         precision = "ieee"  # tf32 would miss the 1e-4 fp32 tolerance
     else:
         precision = "upcast" if _INTERPRETED and words.dtype == torch.bfloat16 else "tf32"
-    meta = dict(BLOCK_R=max(16, triton.next_power_of_2(R)), DOT_PRECISION=precision)
-    args = (T, I, W, R, D, words.stride(0), words.stride(1), mask.stride(0), regions.stride(0),
-            regions.stride(1))
-    return words, mask, n_words, regions, args, meta
+    meta = dict(BLOCK_W=BLOCK_W, DOT_PRECISION=precision)
+    strides = (words.stride(0), words.stride(1), mask.stride(0), regions.stride(0), regions.stride(1))
+    return words, mask, n_words, regions, (T, I, W, R, D), strides, meta
 
 
 def local_similarity_forward(words, word_mask, regions, gamma1, gamma2, save_delta):
     """S [T, I] fp32, the column log-sum-exp [T, I, R] fp32 and, with save_delta, backward's
-    column term for dL/dS = 1 ([T, I, R] fp32, else None)."""
-    words, mask, n_words, regions, args, meta = _launch_args(words, word_mask, regions)
-    T, I, R = args[0], args[1], args[3]
+    column term for dL/dS = exp(S - |gamma2|) ([T, I, R] fp32, else None)."""
+    words, mask, n_words, regions, sizes, strides, meta = _launch_args(words, word_mask, regions)
+    T, I, W, R, D = sizes
     S = torch.empty(T, I, device=words.device, dtype=torch.float32)
     lse = torch.empty(T, I, R, device=words.device, dtype=torch.float32)
     delta = torch.empty_like(lse) if save_delta else None
-    grid = (I, triton.cdiv(T, TEXTS_PER_PROGRAM))
-    _forward_kernel[grid](words, mask, n_words, regions, S, lse, lse if delta is None else delta, *args,
-                          float(gamma1), float(gamma2), COSINE_EPS, TEXTS_PER_PROGRAM=TEXTS_PER_PROGRAM,
-                          SAVE_DELTA=save_delta, **meta)
+    groups = min(T, -(-FORWARD_PROGRAMS // I))
+    scratch, r_stride = _scratch(I * groups, R, words.device)
+    _forward_kernel[(I, groups)](words, mask, n_words, regions, region_gram(regions), S, lse,
+                                 lse if delta is None else delta, scratch, *sizes, r_stride, groups,
+                                 *strides, float(gamma1), float(gamma2), COSINE_EPS,
+                                 SAVE_DELTA=save_delta, **meta)
     return S, lse, delta
 
 
 def local_similarity_backward(grad_S, words, word_mask, regions, S, lse, delta, gamma1, gamma2):
     """dL/dwords and dL/dregions (input dtype), accumulated in fp32 by their owner programs."""
     n_slots = words.shape[1]
-    words, mask, n_words, regions, args, meta = _launch_args(words, word_mask, regions)
-    T, I, W, R, D = args[:5]
-    grad_S = grad_S.contiguous()
+    words, mask, n_words, regions, sizes, strides, meta = _launch_args(words, word_mask, regions)
+    T, I, W, R, D = sizes
     grad_words = torch.zeros(T, W, D, device=words.device, dtype=torch.float32)
     grad_regions = torch.zeros(I, R, D, device=words.device, dtype=torch.float32)
-    common = (words, mask, n_words, regions, S, lse, delta, grad_S)
+    common = (words, mask, n_words, regions, region_gram(regions), S, lse, delta, grad_S.contiguous())
     hyper = (float(gamma1), float(gamma2), COSINE_EPS)
-    _backward_words_kernel[lambda m: (T, triton.cdiv(W, m["BLOCK_W"]))](
-        *common, grad_words, *args, *hyper, **meta)
-    _backward_regions_kernel[(I,)](*common, grad_regions, *args, *hyper, **meta)
+    word_blocks = triton.cdiv(W, BLOCK_W)
+    scratch, r_stride = _scratch(max(T * word_blocks, I), R, words.device)
+    _backward_words_kernel[(T, word_blocks)](*common, grad_words, scratch, *sizes, r_stride, *strides,
+                                             *hyper, **meta)
+    _backward_regions_kernel[(I,)](*common, grad_regions, scratch, *sizes, r_stride, *strides, *hyper, **meta)
     return grad_words[:, :n_slots].to(words.dtype), grad_regions.to(regions.dtype)
 
 
 class LocalSimilarity(torch.autograd.Function):
     @staticmethod
     def forward(ctx, words, word_mask, regions, gamma1, gamma2):
-        _check_inputs(words, word_mask, regions)
+        _check_inputs(words, word_mask, regions, gamma1, gamma2)
         training = ctx.needs_input_grad[0] or ctx.needs_input_grad[2]
         S, lse, delta = local_similarity_forward(words, word_mask, regions, gamma1, gamma2, training)
         ctx.save_for_backward(words, word_mask, regions, S, lse, delta)

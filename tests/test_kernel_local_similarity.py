@@ -109,6 +109,29 @@ def test_half_precision_within_tolerance(dtype):
     assert_close(g_regions, g_regions_ref, TOLERANCE[dtype], "dL/dregions")
 
 
+def test_gammas_at_the_kernels_limits_match_float64_transcription():
+    """The kernel's softmaxes take fixed offsets (gamma1 a in [0, gamma1], gamma2 cos in
+    [-gamma2, gamma2]) instead of running maxima: finite and exact up to MAX_GAMMA1/2. The
+    gradients get a wider tolerance there: |c|^2 = b^T G b loses ~10 ulps to cancellation on
+    random features (c far shorter than the regions it averages), and the gradients amplify an
+    error in cos gamma2-fold (2.7e-4 at 60/30 against 1e-6 at GLoRIA's 4/5, measured)."""
+    from cmgl_dist.kernels import local_similarity as ls
+
+    T, I, W, R, D, counts = SHAPES[1]
+    words, word_mask, regions = make_inputs(T, I, W, R, D, counts, torch.float32, seed=5)
+    grad = torch.randn(T, I, device=DEVICE)
+    gammas = (ls.MAX_GAMMA1, ls.MAX_GAMMA2)
+    S, g_words, g_regions = run_kernel(words, word_mask, regions, grad, *gammas)
+    S_ref, g_words_ref, g_regions_ref = expected(words, word_mask, regions, grad, *gammas)
+    assert_close(S, S_ref, TOLERANCE[torch.float32], "S")
+    assert_close(g_words, g_words_ref, 1e-3, "dL/dwords")
+    assert_close(g_regions, g_regions_ref, 1e-3, "dL/dregions")
+    with pytest.raises(ValueError, match="gamma1"):
+        local_similarity_triton(words, word_mask, regions, ls.MAX_GAMMA1 + 1, 5.0)
+    with pytest.raises(ValueError, match="gamma2"):
+        local_similarity_triton(words, word_mask, regions, 4.0, -ls.MAX_GAMMA2 - 1)
+
+
 def test_padded_words_change_nothing_and_holes_are_masked():
     T, I, W, R, D, counts = SHAPES[1]
     words, word_mask, regions = make_inputs(T, I, W, R, D, counts, torch.float32, holes=True, seed=2)

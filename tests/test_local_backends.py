@@ -113,9 +113,9 @@ def _launch_key(W):
     from cmgl_dist.kernels import local_similarity as ls
 
     words, word_mask, regions = make_inputs(3, 2, W, 13, 32, [1, W, 5], torch.bfloat16)
-    *_, args, meta = ls._launch_args(words, word_mask, regions)
+    *_, sizes, strides, meta = ls._launch_args(words, word_mask, regions)
     # what the autotune key (W, R, D) and Triton's specialisation (ints divisible by 16) see
-    return args[:5], tuple(arg % 16 == 0 for arg in args[5:]), tuple(sorted(meta.items()))
+    return sizes, tuple(arg % 16 == 0 for arg in strides), tuple(sorted(meta.items()))
 
 
 def test_kernel_sees_the_word_bucket_not_w():
