@@ -363,14 +363,14 @@ def _backward_regions_kernel(X, MASK, NWORDS, Y, G, S, LSE, DELTA, GS, GY, SCRAT
                 d_ok = offs_d < D
                 x = tl.load(x_ptr + offs_w[:, None] * stride_xw + offs_d[None, :],
                             mask=w_ok[:, None] & d_ok[None, :], other=0.0)
-                c = tl.zeros([BLOCK_W, BLOCK_D], dtype=tl.float32)  # c = b Y, this D chunk
+                c_t = tl.zeros([BLOCK_D, BLOCK_W], dtype=tl.float32)  # c^T = Y^T b^T, this D chunk
                 for r0 in range(0, R, BLOCK_R):
                     offs_r, r_ok, tile = _region_tile(r0, R, BLOCK_R, BLOCK_W)
-                    b_t = tl.load(scratch + offs_r[None, :] * BLOCK_W + offs_w[:, None] - w0) * inv_z[:, None]
-                    y = tl.load(y_ptr + offs_r[:, None] * stride_yr + offs_d[None, :],
-                                mask=r_ok[:, None] & d_ok[None, :], other=0.0)
-                    c = _mma(b_t.to(y.dtype), y, c, DOT_PRECISION)
-                beta_c = (beta[:, None] * c).to(x.dtype)
+                    b = tl.load(scratch + tile) * inv_z[None, :]
+                    y_t = tl.load(y_ptr + offs_r[None, :] * stride_yr + offs_d[:, None],
+                                  mask=r_ok[None, :] & d_ok[:, None], other=0.0)
+                    c_t = _mma(y_t, b.to(y_t.dtype), c_t, DOT_PRECISION)
+                beta_c = tl.trans(beta[None, :] * c_t).to(x.dtype)
                 for r0 in range(0, R, BLOCK_R):
                     offs_r, r_ok, tile = _region_tile(r0, R, BLOCK_R, BLOCK_W)
                     p = tl.load(scratch + 3 * R_STRIDE * BLOCK_W + tile).to(x.dtype)
