@@ -1,8 +1,8 @@
 """The kernels compile for an H100/H200 (sm_90) with the ptxas bundled in triton, without a GPU,
 and the generated code keeps what the committed compile evidence
-(benchmarks/results/kernel_compile_sm90.csv) shows: tensor-core MMA in every kernel's SASS,
-shared memory within the SM, no spills where there were none and no more spill bytes than
-recorded elsewhere. The interpreter runs the Python semantics only, so this is what catches
+(benchmarks/results/kernel_compile_sm90.csv) shows: no register spills in any kernel,
+tensor-core MMA in every kernel's SASS (every MMA kind recorded there, so wgmma does not fall
+back to mma.sync unnoticed) and shared memory within the SM. The interpreter runs the Python semantics only, so this is what catches
 what the GPU compiler rejects or degrades on a CPU-only machine."""
 import importlib.util
 import json
@@ -30,7 +30,7 @@ def committed_rows(dtype: str) -> dict[str, dict]:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA tests compile the kernels for this GPU")
 @pytest.mark.skipif(not PTXAS.exists(), reason=f"no ptxas bundled with triton at {PTXAS}")
-def test_kernels_compile_for_sm90_with_tensor_cores_and_recorded_spills(dtype="bf16"):
+def test_kernels_compile_for_sm90_with_tensor_cores_and_no_spills(dtype="bf16"):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_compile_sm90.py"), "--no-csv",
                           "--dtypes", dtype], env=env, capture_output=True, text=True, timeout=400)
@@ -40,7 +40,7 @@ def test_kernels_compile_for_sm90_with_tensor_cores_and_recorded_spills(dtype="b
     recorded = committed_rows(dtype)
     for name, row in rows.items():
         assert row["arch"] == "sm_90a" and row["sass_mma"] != "none", f"{name}: no tensor-core MMA: {row}"
+        assert set(recorded[name]["sass_mma"].split(",")) <= set(row["sass_mma"].split(",")), \
+            f"{name}: lost an MMA kind of the committed evidence ({recorded[name]['sass_mma']}): {row}"
         assert 0 < row["shared_bytes"] <= 227 * 1024, f"{name}: shared memory {row['shared_bytes']}"
-        assert row["spill_store_bytes"] <= int(recorded[name]["spill_store_bytes"]), \
-            f"{name} spills more than the committed evidence: {row}"
-    assert rows["forward_infer"]["spill_store_bytes"] == 0, rows["forward_infer"]
+        assert row["spill_store_bytes"] == row["spill_load_bytes"] == 0, f"{name} spills registers: {row}"
