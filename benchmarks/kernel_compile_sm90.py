@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-SIGNATURE = dict(MASK="*u8", NWORDS="*i32", G="*fp32", S="*fp32", LSE="*fp32", DELTA="*fp32", GS="*fp32",
+SIGNATURE = dict(MASK="*u8", NWORDS="*i32", G="*fp32", S="*fp32", COLS="*fp32", DELTA="*fp32", GS="*fp32",
                  GX="*fp32", GY="*fp32", SCRATCH="*fp32", T="i32", I="i32", W="i32", R="i32", D="i32",
                  R_STRIDE="i32", TEXT_GROUPS="i32", stride_xt="i32",
                  stride_xw="i32", stride_mt="i32", stride_yi="i32", stride_yr="i32", gamma1="fp32",

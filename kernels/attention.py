@@ -4,7 +4,7 @@ For the scores s_wr = word_w . region_r of one (text, image) pair:
     a_wr = softmax over the text's real words of s_wr        (per region r)
     b_wr = softmax over regions of gamma1 * a_wr             (per word w)
 `cmgl_dist.losses.local_reference`, `attention_maps.local_attention_maps` (and through it the
-evaluation's figures and localisation) call this function; the Triton kernel's `_attention`
+XX
 recomputes it in registers and is tested against it.
 """
 from __future__ import annotations

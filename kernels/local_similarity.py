@@ -17,10 +17,11 @@ Design (kernels/README.md has the why and the compile evidence):
   rows: the M side that Hopper's wgmma wants. Scores are tl.dot on the input dtype (bf16 on
   tensor cores), the Gram products on fp32 (tf32 for 16-bit inputs); accumulators are fp32.
 - No running maxima where the values are bounded: a_wr is in [0, 1], so the softmax over
-  regions is exp(gamma1 a - |gamma1|) / sum, and gamma2 cos is in [-|gamma2|, |gamma2|], so the
-  log-sum-exp over words is taken against |gamma2|; only the softmax over words (unbounded
-  scores) keeps an online column log-sum-exp, saved for backward ([T, I, R] fp32).
-- A word block's region-wide rows (e = the unnormalised b, s, u = G e, and backward's dL/ds)
+  regions is exp(gamma1 a - max(gamma1, 0)) / sum, and gamma2 cos is in [-|gamma2|, |gamma2|],
+  so the log-sum-exp over words is taken against |gamma2|; only the softmax over words
+  (unbounded scores) keeps online column statistics, saved for backward ([T, I, 2, R] fp32: the
+  max and the log-sum-exp relative to it, so a = exp((s - max) - log_sum) keeps its precision).
+- A word block's region-wide rows (e = the unnormalised b, s, h = G b, and backward's dL/ds)
   go through a per-program scratch in global memory (L1/L2-resident, [4, R_STRIDE, BLOCK_W]
   fp32), between CTA barriers: a register tile cannot be indexed by a loop over region tiles.
 - Forward: program (image, text group) scores one image against every TEXT_GROUPS-th text.
@@ -53,7 +54,7 @@ from torch.autograd.function import once_differentiable
 
 from cmgl_dist.kernels.inputs import COSINE_EPS, check_local_inputs, word_bucket
 from cmgl_dist.kernels.local_similarity_tiles import (_attention_grad, _block_state, _cosine, _cosine_grad,
-                                                       _mma, _region_tile, _scores)
+                                                       _mma, _region_tile, _scores, _word_weights)
 
 BLOCK_W = 16  # words per block: the N side of every product; the scratch is sized by it
 R_ALIGN = 128  # scratch rows per word block: R rounded up to this; every BLOCK_R divides it
@@ -101,7 +102,7 @@ def _configs() -> list[triton.Config]:
 
 
 @triton.jit
-def _forward_pair(X, MASK, NWORDS, Y, G, S, LSE, DELTA, scratch, t, i, I, W, R, D, R_STRIDE,
+def _forward_pair(X, MASK, NWORDS, Y, G, S, COLS, DELTA, scratch, t, i, I, W, R, D, R_STRIDE,
                   stride_xt, stride_xw, stride_mt, stride_yi, stride_yr, gamma1, gamma2, eps,
                   BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
                   SAVE_DELTA: tl.constexpr, DOT_PRECISION: tl.constexpr):
@@ -125,35 +126,35 @@ def _forward_pair(X, MASK, NWORDS, Y, G, S, LSE, DELTA, scratch, t, i, I, W, R, 
             new_max = tl.maximum(col_max, tl.max(s, axis=1))
             col_sum = col_sum * tl.exp(col_max - new_max) + tl.sum(tl.exp(s - new_max[:, None]), axis=1)
             col_max = new_max
-        tl.store(LSE + pair * R + offs_r, col_max + tl.log(col_sum), mask=r_ok)
+        tl.store(COLS + pair * 2 * R + offs_r, col_max, mask=r_ok)
+        tl.store(COLS + pair * 2 * R + R + offs_r, tl.log(col_sum), mask=r_ok)
 
     # Pass 2: each word's cosine; S = |gamma2| + log sum_w exp(gamma2 cos_w - |gamma2|). With
     # SAVE_DELTA (training) also delta_r for the word weights exp(gamma2 cos_w - |gamma2|).
-    top = tl.abs(gamma2)
     weights = tl.zeros([BLOCK_W], dtype=tl.float32)
     for w0 in range(0, n_words, BLOCK_W):
         offs_w = w0 + tl.arange(0, BLOCK_W)
         w_ok = tl.load(MASK + t * stride_mt + offs_w, mask=offs_w < W, other=0) != 0
-        inv_z, xc, c2, norm2 = _block_state(x_ptr, y_ptr, g_ptr, LSE + pair * R, scratch, offs_w, w_ok,
-                                        R, D, R_STRIDE, stride_xw, stride_yr, gamma1,
-                                        BLOCK_W, BLOCK_R, BLOCK_D, SAVE_DELTA, DOT_PRECISION)
+        inv_z, xc, c2, norm2 = _block_state(x_ptr, y_ptr, g_ptr, COLS + pair * 2 * R, scratch, offs_w,
+                                            w_ok, R, D, R_STRIDE, stride_xw, stride_yr, gamma1,
+                                            BLOCK_W, BLOCK_R, BLOCK_D, SAVE_DELTA, DOT_PRECISION)
         cos, denom = _cosine(xc, c2, norm2, eps)
-        weight = tl.where(w_ok, tl.exp(gamma2 * cos - top), 0.0)
+        weight = _word_weights(cos, w_ok, gamma2)
         weights += weight
         if SAVE_DELTA:
             alpha, beta, gamma, m = _cosine_grad(gamma2 * weight, cos, xc, c2, norm2, denom, eps)
             for r0 in range(0, R, BLOCK_R):
                 offs_r, r_ok, tile, a, b, d_a = _attention_grad(
-                    scratch, LSE + pair * R, r0, R, R_STRIDE, w_ok, inv_z, alpha, beta, m, gamma1,
+                    scratch, COLS + pair * 2 * R, r0, R, R_STRIDE, w_ok, inv_z, alpha, beta, m, gamma1,
                     BLOCK_W, BLOCK_R)
                 kept = tl.load(DELTA + pair * R + offs_r, mask=r_ok & (w0 > 0), other=0.0)
                 tl.store(DELTA + pair * R + offs_r, kept + tl.sum(a * d_a, axis=1), mask=r_ok)
-    tl.store(S + pair, top + tl.log(tl.sum(weights, axis=0)))
+    tl.store(S + pair, tl.abs(gamma2) + tl.log(tl.sum(weights, axis=0)))
 
 
 @triton.autotune(configs=_configs(), key=["W", "R", "D"])
 @triton.jit
-def _forward_kernel(X, MASK, NWORDS, Y, G, S, LSE, DELTA, SCRATCH, T, I, W, R, D, R_STRIDE,
+def _forward_kernel(X, MASK, NWORDS, Y, G, S, COLS, DELTA, SCRATCH, T, I, W, R, D, R_STRIDE,
                     TEXT_GROUPS, stride_xt, stride_xw, stride_mt, stride_yi, stride_yr,
                     gamma1, gamma2, eps,
                     BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -164,45 +165,46 @@ def _forward_kernel(X, MASK, NWORDS, Y, G, S, LSE, DELTA, SCRATCH, T, I, W, R, D
     slot = tl.cast(i, tl.int64) * TEXT_GROUPS + group
     scratch = SCRATCH + slot * (4 * R_STRIDE * BLOCK_W)
     for t in range(group, T, TEXT_GROUPS):
-        _forward_pair(X, MASK, NWORDS, Y, G, S, LSE, DELTA, scratch, t, i, I, W, R, D, R_STRIDE,
+        _forward_pair(X, MASK, NWORDS, Y, G, S, COLS, DELTA, scratch, t, i, I, W, R, D, R_STRIDE,
                       stride_xt, stride_xw, stride_mt, stride_yi, stride_yr, gamma1, gamma2, eps,
                       BLOCK_W, BLOCK_R, BLOCK_D, SAVE_DELTA, DOT_PRECISION)
 
 
 @triton.jit
-def _block_gradient(X, MASK, Y, G, S, LSE, DELTA, GS, scratch, t, i, w0, I, W, R, D, R_STRIDE,
+def _block_gradient(X, MASK, Y, G, S, COLS, DELTA, GS, scratch, t, i, w0, I, W, R, D, R_STRIDE,
                     stride_xt, stride_xw, stride_mt, stride_yi, stride_yr, gamma1, gamma2, eps,
                     BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
                     DOT_PRECISION: tl.constexpr):
-    """For the word block at w0 of pair (t, i): recompute the forward from the saved lse, write
-    P = dL/ds (region-major, with the direct alpha b) to scratch row set 3 and return what the
-    owners add: dL/dx = gamma x + P Y and dL/dy = P^T x + b^T diag(beta) c."""
+    """For the word block at w0 of pair (t, i): recompute the forward from the saved column
+    statistics, write P = dL/ds (region-major, with the direct alpha b) to scratch row set 3 and
+    return what the owners add: dL/dx = gamma x + P Y and dL/dy = P^T x + b^T diag(beta) c.
+    Everything is first taken for the forward's word weights (the arithmetic that made delta,
+    so that d_a - delta cancels exactly as there) and scaled to dL/dS at the end."""
     pair = tl.cast(t, tl.int64) * I + i
-    s_ti = tl.load(S + pair)
-    g_ti = tl.load(GS + pair).to(tl.float32)
+    scale = tl.load(GS + pair).to(tl.float32) * tl.exp(tl.abs(gamma2) - tl.load(S + pair))
     offs_w = w0 + tl.arange(0, BLOCK_W)
     w_ok = tl.load(MASK + t * stride_mt + offs_w, mask=offs_w < W, other=0) != 0
     x_ptr = X + tl.cast(t, tl.int64) * stride_xt
     y_ptr = Y + tl.cast(i, tl.int64) * stride_yi
-    inv_z, xc, c2, norm2 = _block_state(x_ptr, y_ptr, G + tl.cast(i, tl.int64) * R * R, LSE + pair * R,
-                                    scratch, offs_w, w_ok, R, D, R_STRIDE, stride_xw, stride_yr,
-                                    gamma1, BLOCK_W, BLOCK_R, BLOCK_D, True, DOT_PRECISION)
+    inv_z, xc, c2, norm2 = _block_state(x_ptr, y_ptr, G + tl.cast(i, tl.int64) * R * R, COLS + pair * 2 * R,
+                                        scratch, offs_w, w_ok, R, D, R_STRIDE, stride_xw, stride_yr,
+                                        gamma1, BLOCK_W, BLOCK_R, BLOCK_D, True, DOT_PRECISION)
     cos, denom = _cosine(xc, c2, norm2, eps)
-    d_cos = tl.where(w_ok, g_ti * gamma2 * tl.exp(gamma2 * cos - s_ti), 0.0)
+    d_cos = gamma2 * _word_weights(cos, w_ok, gamma2)
     alpha, beta, gamma, m = _cosine_grad(d_cos, cos, xc, c2, norm2, denom, eps)
-    delta_scale = g_ti * tl.exp(tl.abs(gamma2) - s_ti)  # delta was saved for exp(v - |gamma2|)
     for r0 in range(0, R, BLOCK_R):
         offs_r, r_ok, tile, a, b, d_a = _attention_grad(
-            scratch, LSE + pair * R, r0, R, R_STRIDE, w_ok, inv_z, alpha, beta, m, gamma1, BLOCK_W, BLOCK_R)
-        delta = delta_scale * tl.load(DELTA + pair * R + offs_r, mask=r_ok, other=0.0)
-        tl.store(scratch + 3 * R_STRIDE * BLOCK_W + tile, alpha[None, :] * b + a * (d_a - delta[:, None]))
+            scratch, COLS + pair * 2 * R, r0, R, R_STRIDE, w_ok, inv_z, alpha, beta, m, gamma1, BLOCK_W, BLOCK_R)
+        delta = tl.load(DELTA + pair * R + offs_r, mask=r_ok, other=0.0)
+        d_s = scale * (alpha[None, :] * b + a * (d_a - delta[:, None]))
+        tl.store(scratch + 3 * R_STRIDE * BLOCK_W + tile, d_s)
     tl.debug_barrier()
-    return offs_w, w_ok, x_ptr, y_ptr, inv_z, beta, gamma
+    return offs_w, w_ok, x_ptr, y_ptr, inv_z, scale * beta, scale * gamma
 
 
 @triton.autotune(configs=_configs(), key=["W", "R", "D"], reset_to_zero=["GX"])
 @triton.jit
-def _backward_words_kernel(X, MASK, NWORDS, Y, G, S, LSE, DELTA, GS, GX, SCRATCH, T, I, W, R, D,
+def _backward_words_kernel(X, MASK, NWORDS, Y, G, S, COLS, DELTA, GS, GX, SCRATCH, T, I, W, R, D,
                            R_STRIDE, stride_xt, stride_xw, stride_mt, stride_yi, stride_yr,
                            gamma1, gamma2, eps,
                            BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -216,7 +218,7 @@ def _backward_words_kernel(X, MASK, NWORDS, Y, G, S, LSE, DELTA, GS, GX, SCRATCH
         gx_ptr = GX + tl.cast(t, tl.int64) * W * D  # GX is [T, W, D] fp32, contiguous
         for i in range(0, I):
             offs_w, w_ok, x_ptr, y_ptr, inv_z, beta, gamma = _block_gradient(
-                X, MASK, Y, G, S, LSE, DELTA, GS, scratch, t, i, w0, I, W, R, D, R_STRIDE,
+                X, MASK, Y, G, S, COLS, DELTA, GS, scratch, t, i, w0, I, W, R, D, R_STRIDE,
                 stride_xt, stride_xw, stride_mt, stride_yi, stride_yr, gamma1, gamma2, eps,
                 BLOCK_W, BLOCK_R, BLOCK_D, DOT_PRECISION)
             for d0 in range(0, D, BLOCK_D):  # dL/dx^T [BLOCK_D, BLOCK_W] = gamma x^T + Y^T P
@@ -236,7 +238,7 @@ def _backward_words_kernel(X, MASK, NWORDS, Y, G, S, LSE, DELTA, GS, GX, SCRATCH
 
 @triton.autotune(configs=_configs(), key=["W", "R", "D"], reset_to_zero=["GY"])
 @triton.jit
-def _backward_regions_kernel(X, MASK, NWORDS, Y, G, S, LSE, DELTA, GS, GY, SCRATCH, T, I, W, R, D,
+def _backward_regions_kernel(X, MASK, NWORDS, Y, G, S, COLS, DELTA, GS, GY, SCRATCH, T, I, W, R, D,
                              R_STRIDE, stride_xt, stride_xw, stride_mt, stride_yi, stride_yr,
                              gamma1, gamma2, eps,
                              BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -248,7 +250,7 @@ def _backward_regions_kernel(X, MASK, NWORDS, Y, G, S, LSE, DELTA, GS, GY, SCRAT
     for t in range(0, T):
         for w0 in range(0, tl.load(NWORDS + t), BLOCK_W):
             offs_w, w_ok, x_ptr, y_ptr, inv_z, beta, gamma = _block_gradient(
-                X, MASK, Y, G, S, LSE, DELTA, GS, scratch, t, i, w0, I, W, R, D, R_STRIDE,
+                X, MASK, Y, G, S, COLS, DELTA, GS, scratch, t, i, w0, I, W, R, D, R_STRIDE,
                 stride_xt, stride_xw, stride_mt, stride_yi, stride_yr, gamma1, gamma2, eps,
                 BLOCK_W, BLOCK_R, BLOCK_D, DOT_PRECISION)
             for d0 in range(0, D, BLOCK_D):
@@ -320,30 +322,31 @@ def _launch_args(words, word_mask, regions):
 
 
 def local_similarity_forward(words, word_mask, regions, gamma1, gamma2, save_delta):
-    """S [T, I] fp32, the column log-sum-exp [T, I, R] fp32 and, with save_delta, backward's
-    column term for dL/dS = exp(S - |gamma2|) ([T, I, R] fp32, else None)."""
+    """S [T, I] fp32, the column statistics of the softmax over words [T, I, 2, R] fp32 (max and
+    log-sum-exp relative to it) and, with save_delta, backward's column term for
+    dL/dS = exp(S - |gamma2|) ([T, I, R] fp32, else None)."""
     words, mask, n_words, regions, sizes, strides, meta = _launch_args(words, word_mask, regions)
     T, I, W, R, D = sizes
     S = torch.empty(T, I, device=words.device, dtype=torch.float32)
-    lse = torch.empty(T, I, R, device=words.device, dtype=torch.float32)
-    delta = torch.empty_like(lse) if save_delta else None
+    col_stats = torch.empty(T, I, 2, R, device=words.device, dtype=torch.float32)
+    delta = torch.empty(T, I, R, device=words.device, dtype=torch.float32) if save_delta else None
     groups = min(T, -(-FORWARD_PROGRAMS // I))
     scratch, r_stride = _scratch(I * groups, R, words.device)
-    _forward_kernel[(I, groups)](words, mask, n_words, regions, region_gram(regions), S, lse,
-                                 lse if delta is None else delta, scratch, *sizes, r_stride, groups,
+    _forward_kernel[(I, groups)](words, mask, n_words, regions, region_gram(regions), S, col_stats,
+                                 col_stats if delta is None else delta, scratch, *sizes, r_stride, groups,
                                  *strides, float(gamma1), float(gamma2), COSINE_EPS,
                                  SAVE_DELTA=save_delta, **meta)
-    return S, lse, delta
+    return S, col_stats, delta
 
 
-def local_similarity_backward(grad_S, words, word_mask, regions, S, lse, delta, gamma1, gamma2):
+def local_similarity_backward(grad_S, words, word_mask, regions, S, col_stats, delta, gamma1, gamma2):
     """dL/dwords and dL/dregions (input dtype), accumulated in fp32 by their owner programs."""
     n_slots = words.shape[1]
     words, mask, n_words, regions, sizes, strides, meta = _launch_args(words, word_mask, regions)
     T, I, W, R, D = sizes
     grad_words = torch.zeros(T, W, D, device=words.device, dtype=torch.float32)
     grad_regions = torch.zeros(I, R, D, device=words.device, dtype=torch.float32)
-    common = (words, mask, n_words, regions, region_gram(regions), S, lse, delta, grad_S.contiguous())
+    common = (words, mask, n_words, regions, region_gram(regions), S, col_stats, delta, grad_S.contiguous())
     hyper = (float(gamma1), float(gamma2), COSINE_EPS)
     word_blocks = triton.cdiv(W, BLOCK_W)
     scratch, r_stride = _scratch(max(T * word_blocks, I), R, words.device)
@@ -358,17 +361,17 @@ class LocalSimilarity(torch.autograd.Function):
     def forward(ctx, words, word_mask, regions, gamma1, gamma2):
         _check_inputs(words, word_mask, regions, gamma1, gamma2)
         training = ctx.needs_input_grad[0] or ctx.needs_input_grad[2]
-        S, lse, delta = local_similarity_forward(words, word_mask, regions, gamma1, gamma2, training)
-        ctx.save_for_backward(words, word_mask, regions, S, lse, delta)
+        S, col_stats, delta = local_similarity_forward(words, word_mask, regions, gamma1, gamma2, training)
+        ctx.save_for_backward(words, word_mask, regions, S, col_stats, delta)
         ctx.gammas = (gamma1, gamma2)
         return S
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_S):
-        words, word_mask, regions, S, lse, delta = ctx.saved_tensors
+        words, word_mask, regions, S, col_stats, delta = ctx.saved_tensors
         grad_words, grad_regions = local_similarity_backward(
-            grad_S, words, word_mask, regions, S, lse, delta, *ctx.gammas)
+            grad_S, words, word_mask, regions, S, col_stats, delta, *ctx.gammas)
         return grad_words, None, grad_regions, None, None
 
 

@@ -46,13 +46,17 @@ def _scores(x_ptr, y_ptr, offs_w, w_ok, offs_r, r_ok, D, stride_xw, stride_yr,
 
 
 @triton.jit
-def _over_words(s, lse, w_ok, r_ok):
-    """a = the softmax over words (from the column log-sum-exp), 0 off the real words."""
-    return tl.where(r_ok[:, None] & w_ok[None, :], tl.exp(s - lse[:, None]), 0.0)
+def _over_words(s, cols_ptr, offs_r, r_ok, w_ok, R):
+    """a = the softmax over words, 0 off the real words, from the pair's column statistics: the
+    max and the log-sum-exp relative to it. (s - max) - log_sum keeps a's relative precision;
+    s - lse would round at |s|'s scale, an error gamma1 then multiplies."""
+    col_max = tl.load(cols_ptr + offs_r, mask=r_ok, other=0.0)
+    log_sum = tl.load(cols_ptr + R + offs_r, mask=r_ok, other=0.0)
+    return tl.where(r_ok[:, None] & w_ok[None, :], tl.exp((s - col_max[:, None]) - log_sum[:, None]), 0.0)
 
 
 @triton.jit
-def _block_state(x_ptr, y_ptr, g_ptr, lse_ptr, scratch, offs_w, w_ok, R, D, R_STRIDE,
+def _block_state(x_ptr, y_ptr, g_ptr, cols_ptr, scratch, offs_w, w_ok, R, D, R_STRIDE,
                  stride_xw, stride_yr, gamma1,
                  BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
                  KEEP: tl.constexpr, DOT_PRECISION: tl.constexpr):
@@ -68,8 +72,8 @@ def _block_state(x_ptr, y_ptr, g_ptr, lse_ptr, scratch, offs_w, w_ok, R, D, R_ST
         offs_r, r_ok, tile = _region_tile(r0, R, BLOCK_R, BLOCK_W)
         s, norm2 = _scores(x_ptr, y_ptr, offs_w, w_ok, offs_r, r_ok, D, stride_xw, stride_yr,
                            BLOCK_W, BLOCK_R, BLOCK_D, DOT_PRECISION)
-        lse = tl.load(lse_ptr + offs_r, mask=r_ok, other=0.0)
-        e = tl.where(r_ok[:, None], tl.exp(gamma1 * _over_words(s, lse, w_ok, r_ok) - offset), 0.0)
+        a = _over_words(s, cols_ptr, offs_r, r_ok, w_ok, R)
+        e = tl.where(r_ok[:, None], tl.exp(gamma1 * a - offset), 0.0)
         z += tl.sum(e, axis=0)
         xc_z += tl.sum(e * s, axis=0)
         tl.store(scratch + tile, e)
@@ -100,6 +104,12 @@ def _cosine(xc, c2, norm2, eps):
 
 
 @triton.jit
+def _word_weights(cos, w_ok, gamma2):
+    """exp(gamma2 cos - |gamma2|) on real words, else 0: S = |gamma2| + log of their sum."""
+    return tl.where(w_ok, tl.exp(gamma2 * cos - tl.abs(gamma2)), 0.0)
+
+
+@triton.jit
 def _cosine_grad(d_cos, cos, xc, c2, norm2, denom, eps):
     """Per word, from dL/dcos (0 on padded words): alpha = dL/d(x.c), beta = 2 dL/d|c|^2,
     gamma = 2 dL/d|x|^2 and m = sum_r b (alpha s + beta h), the softmax's row term."""
@@ -111,13 +121,13 @@ def _cosine_grad(d_cos, cos, xc, c2, norm2, denom, eps):
 
 
 @triton.jit
-def _attention_grad(scratch, lse_ptr, r0, R, R_STRIDE, w_ok, inv_z, alpha, beta, m, gamma1,
+def _attention_grad(scratch, cols_ptr, r0, R, R_STRIDE, w_ok, inv_z, alpha, beta, m, gamma1,
                     BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr):
     """For the region tile at r0 (after _block_state with KEEP): a, b and dL/da."""
     offs_r, r_ok, tile = _region_tile(r0, R, BLOCK_R, BLOCK_W)
     b = tl.load(scratch + tile) * inv_z[None, :]
     s = tl.load(scratch + R_STRIDE * BLOCK_W + tile)
     h = tl.load(scratch + 2 * R_STRIDE * BLOCK_W + tile)
-    a = _over_words(s, tl.load(lse_ptr + offs_r, mask=r_ok, other=0.0), w_ok, r_ok)
+    a = _over_words(s, cols_ptr, offs_r, r_ok, w_ok, R)
     d_a = gamma1 * b * (alpha[None, :] * s + beta[None, :] * h - m[None, :])
     return offs_r, r_ok, tile, a, b, d_a
