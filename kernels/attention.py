@@ -4,8 +4,9 @@ For the scores s_wr = word_w . region_r of one (text, image) pair:
     a_wr = softmax over the text's real words of s_wr        (per region r)
     b_wr = softmax over regions of gamma1 * a_wr             (per word w)
 `cmgl_dist.losses.local_reference`, `attention_maps.local_attention_maps` (and through it the
-XX
-recomputes it in registers and is tested against it.
+evaluation's figures and localisation) call this function; the Triton kernels recompute it
+tile by tile (`_over_words` and `_block_state` in local_similarity_tiles.py) and are tested
+against it.
 """
 from __future__ import annotations
 

@@ -68,11 +68,11 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # default is the pinned config of the GPU's architecture (no tuning in training).
 _AUTOTUNE = os.environ.get("CMGL_KERNEL_AUTOTUNE", "0") == "1"
 # By compute capability major. sm_90 (benchmarks/kernel_compile_sm90.py --config, bf16, R 361):
-# BLOCK_R 64, BLOCK_D 64 at 8 warps compiles every kernel to wgmma with 160-230 registers and no
-# spills (rows in benchmarks/results/kernel_compile_sm90.csv); at 4 warps the backward kernels
-# spill 4-16 bytes, BLOCK_D 32 leaves the backward's dL/dx product on mma.sync, and BLOCK_R 128
-# spills 130-1000 bytes (the fp32 [128, 128] Gram tile). Ampere (sm_80) runs the same tiles; no
-# evidence recorded for it yet. AUTOTUNE_CONFIGS holds only configs that compile without spills.
+# BLOCK_R 64, BLOCK_D 64 at 8 warps compiles every kernel to wgmma with 165-241 registers and no
+# spills (rows in benchmarks/results/kernel_compile_sm90.csv); at 4 warps the word owner spills
+# 12 bytes, BLOCK_D 32 leaves the backward's dL/dx product on mma.sync, BLOCK_R 32 the forward,
+# and BLOCK_R 128 spills 128-990 bytes (the fp32 [128, 128] Gram tile). Ampere (sm_80) runs the
+# same tiles; no evidence recorded for it yet. AUTOTUNE_CONFIGS: only configs without spills.
 PINNED_CONFIGS = {
     9: dict(BLOCK_R=64, BLOCK_D=64, num_warps=8, num_stages=1),
     8: dict(BLOCK_R=64, BLOCK_D=64, num_warps=8, num_stages=1),
