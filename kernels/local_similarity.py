@@ -25,9 +25,10 @@ Design (kernels/README.md has the why and the compile evidence):
   go through a per-program scratch in global memory (L1/L2-resident, [4, R_STRIDE, BLOCK_W]
   fp32), between CTA barriers: a register tile cannot be indexed by a loop over region tiles.
 - Forward: program (image, text group) scores one image against every TEXT_GROUPS-th text.
-  Pass 1 the column log-sum-exp over words, per region tile; pass 2, per word block, the
-  cosines; when training also backward's column term delta_r = sum_w a_wr dL/da_wr for
-  dL/dS = exp(S - |gamma2|) (rescaled in backward, so no second pass is needed).
+  Pass 1 the column statistics over words, per region tile; pass 2, per word block, the
+  cosines; when training also backward's column term delta_r = sum_w a_wr dL/da_wr for the
+  word weights exp(gamma2 cos - |gamma2|), i.e. dL/dS = exp(S - |gamma2|): backward takes its
+  terms for the same weights (so d_a - delta cancels as here) and scales them to dL/dS last.
 - Backward, split as FlashAttention-2 splits dK/dV from dQ, so that every gradient has one
   owner program and no atomics are needed: `_backward_words_kernel` owns a (text, word block)
   and walks every image, adding dL/dx = gamma x + P Y; `_backward_regions_kernel` owns an image
@@ -38,8 +39,8 @@ Design (kernels/README.md has the why and the compile evidence):
   batches; by default the config is pinned per GPU architecture (CMGL_KERNEL_AUTOTUNE=1
   tunes over a few configs per bucket, once).
 
-Work per pair in multiply-adds: forward W R (2 D + R) (scores twice, G e); backward W R (2 D + R)
-for the word owner (scores, G e, P Y) and W R (4 D + R) for the region owner (scores, G e,
+Work per pair in multiply-adds: forward W R (2 D + R) (scores twice, G b); backward W R (2 D + R)
+for the word owner (scores, G b, P Y) and W R (4 D + R) for the region owner (scores, G b,
 b Y, P^T x, b^T (beta c)).
 """
 from __future__ import annotations
