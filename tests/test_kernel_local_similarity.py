@@ -130,6 +130,21 @@ def test_gammas_at_the_kernels_limits_match_float64_transcription():
         local_similarity_triton(words, word_mask, regions, 4.0, -ls.MAX_GAMMA2 - 1)
 
 
+def test_one_forward_program_scoring_every_text_of_its_image(monkeypatch):
+    """Forward programs reuse their scratch across texts (FORWARD_PROGRAMS caps them); here one
+    program per image walks all texts, over two word blocks and three region tiles."""
+    from cmgl_dist.kernels import local_similarity as ls
+
+    monkeypatch.setattr(ls, "FORWARD_PROGRAMS", 1)
+    words, word_mask, regions = make_inputs(3, 2, 20, 37, 16, [20, 1, 17], torch.float32, holes=True, seed=6)
+    grad = torch.randn(3, 2, device=DEVICE)
+    S, g_words, g_regions = run_kernel(words, word_mask, regions, grad, 4.0, 5.0)
+    S_ref, g_words_ref, g_regions_ref = expected(words, word_mask, regions, grad, 4.0, 5.0)
+    assert_close(S, S_ref, TOLERANCE[torch.float32], "S")
+    assert_close(g_words, g_words_ref, TOLERANCE[torch.float32], "dL/dwords")
+    assert_close(g_regions, g_regions_ref, TOLERANCE[torch.float32], "dL/dregions")
+
+
 def test_padded_words_change_nothing_and_holes_are_masked():
     T, I, W, R, D, counts = SHAPES[1]
     words, word_mask, regions = make_inputs(T, I, W, R, D, counts, torch.float32, holes=True, seed=2)
