@@ -35,7 +35,7 @@ def _kernels(ls):
     return [("forward_train", ls._forward_kernel, dict(SAVE_DELTA=True)),
             ("forward_infer", ls._forward_kernel, dict(SAVE_DELTA=False)),
             ("backward_words", ls._backward_words_kernel, {}),
-            ("backward_regions", ls._backward_regions_kernel, {})]
+            ("backward_regions", ls._backward_regions_kernel, dict(BLOCK_W=ls.REGION_OWNER_BLOCK_W))]
 
 
 def _ptxas_stats(ptx: str, ptxas: Path, arch: str) -> dict:
@@ -77,7 +77,7 @@ def compile_rows(dtype: str, params: dict | None = None) -> list[dict]:
     rows = []
     for name, kernel, extra in _kernels(ls):
         fn = kernel.fn
-        constexprs = dict(config.kwargs, BLOCK_W=ls.BLOCK_W, DOT_PRECISION=precision, **extra)
+        constexprs = {**config.kwargs, "BLOCK_W": ls.BLOCK_W, "DOT_PRECISION": precision, **extra}
         mine = {p: v for p, v in constexprs.items() if p in fn.arg_names}
         types = dict(SIGNATURE, X=f"*{dtype}", Y=f"*{dtype}")
         signature = {p: "constexpr" if p in mine else types[p] for p in fn.arg_names}
@@ -86,7 +86,8 @@ def compile_rows(dtype: str, params: dict | None = None) -> list[dict]:
         ptx = compiled.asm["ptx"]
         arch = re.search(r"^\.target\s+(\S+)", ptx, re.M).group(1)
         rows.append(dict(kernel=name, dtype=dtype, arch=arch, config=json.dumps(config.all_kwargs(), sort_keys=True),
-                         R=REGIONS, W_bucket=WORD_BUCKET_RECIPE, D=768, shared_bytes=compiled.metadata.shared,
+                         block_w=mine["BLOCK_W"], R=REGIONS, W_bucket=WORD_BUCKET_RECIPE, D=768,
+                         shared_bytes=compiled.metadata.shared,
                          **_ptxas_stats(ptx, tools / "ptxas", arch),
                          ptx_mma=",".join(sorted(set(MMA.findall(ptx)))) or "none",
                          sass_mma=_sass_mma(compiled.asm["cubin"], tools / "nvdisasm"),

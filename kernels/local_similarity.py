@@ -11,8 +11,9 @@ Design (kernels/README.md has the why and the compile evidence):
 - The context never exists. x_w . c_w = sum_r b_wr s_wr comes from the scores, and
   |c_w|^2 = b_w^T G b_w from the image's region Gram matrix G = Y Y^T [R, R] (fp32, made once
   per batch by `region_gram`): a pair costs W R (2 D + R) multiply-adds instead of 3-4 W R D.
-- Tiles. A word block (BLOCK_W words) meets the regions in tiles of BLOCK_R, so R is padded to
-  a multiple of BLOCK_R, not to a power of two, and only [BLOCK_R, BLOCK_W] fp32 tiles are live.
+- Tiles. A word block (BLOCK_W words; REGION_OWNER_BLOCK_W in the region owner) meets the
+  regions in tiles of BLOCK_R, so R is padded to a multiple of BLOCK_R, not to a power of two,
+  and only [BLOCK_R, BLOCK_W] fp32 tiles are live.
   Tiles are region-major (regions x words), so every product has BLOCK_R or BLOCK_D (>= 64)
   rows: the M side that Hopper's wgmma wants. Scores are tl.dot on the input dtype (bf16 on
   tensor cores), the Gram products on fp32 (tf32 for 16-bit inputs); accumulators are fp32.
@@ -58,6 +59,10 @@ from cmgl_dist.kernels.local_similarity_tiles import (_attention_grad, _block_st
                                                        _mma, _region_tile, _scores, _word_weights)
 
 BLOCK_W = 16  # words per block: the N side of every product; the scratch is sized by it
+# The region owner read-modify-writes its [R, D] gradient rows once per word block: 64-word blocks
+# do that once per text of up to 64 words (a third of the traffic of 16 for GLoRIA's ~42 words,
+# for a third more rows in its products; 255 registers, no spills on sm_90).
+REGION_OWNER_BLOCK_W = 64
 R_ALIGN = 128  # scratch rows per word block: R rounded up to this; every BLOCK_R divides it
 SCRATCH_ROWS = 4  # e, s, h = G b and P = dL/ds, each [R_STRIDE, BLOCK_W] fp32
 FORWARD_PROGRAMS = 512  # forward programs to aim for (image x text group); bounds the scratch
@@ -69,18 +74,19 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # default is the pinned config of the GPU's architecture (no tuning in training).
 _AUTOTUNE = os.environ.get("CMGL_KERNEL_AUTOTUNE", "0") == "1"
 # By compute capability major. sm_90 (benchmarks/kernel_compile_sm90.py --config, bf16, R 361):
-# BLOCK_R 64, BLOCK_D 64 at 8 warps compiles every kernel to wgmma with 165-241 registers and no
+# BLOCK_R 64, BLOCK_D 64 at 8 warps compiles every kernel to wgmma with 165-255 registers and no
 # spills (rows in benchmarks/results/kernel_compile_sm90.csv); at 4 warps the word owner spills
-# 12 bytes, BLOCK_D 32 leaves the backward's dL/dx product on mma.sync, BLOCK_R 32 the forward,
-# and BLOCK_R 128 spills 128-990 bytes (the fp32 [128, 128] Gram tile). Ampere (sm_80) runs the
-# same tiles; no evidence recorded for it yet. AUTOTUNE_CONFIGS: only configs without spills.
+# 12 bytes and the region owner 230-290; BLOCK_D 32 leaves the backward's 32-row products on
+# mma.sync, BLOCK_R 32 the forward; BLOCK_R 128 spills 128-990 bytes (the fp32 [128, 128] Gram
+# tile). Ampere (sm_80) runs the same tiles; no evidence recorded for it yet.
+# AUTOTUNE_CONFIGS: only configs that compile without spills.
 PINNED_CONFIGS = {
     9: dict(BLOCK_R=64, BLOCK_D=64, num_warps=8, num_stages=1),
     8: dict(BLOCK_R=64, BLOCK_D=64, num_warps=8, num_stages=1),
 }
 INTERPRETER_CONFIG = dict(BLOCK_R=16, BLOCK_D=16, num_warps=4, num_stages=1)
 AUTOTUNE_CONFIGS = [dict(BLOCK_R=br, BLOCK_D=bd, num_warps=nw, num_stages=ns)
-                    for br, bd, nw, ns in ((64, 64, 8, 1), (64, 32, 8, 1), (64, 32, 4, 1), (32, 64, 4, 1))]
+                    for br, bd, nw, ns in ((64, 64, 8, 1), (64, 32, 8, 1))]
 
 
 def _as_config(params: dict) -> triton.Config:
@@ -296,10 +302,12 @@ def region_gram(regions: torch.Tensor, images_per_chunk: int = 64) -> torch.Tens
                       for chunk in regions.split(images_per_chunk)])
 
 
-def _scratch(programs: int, R: int, device) -> tuple[torch.Tensor, int]:
-    """Per-program scratch ([programs, 4, R_STRIDE, BLOCK_W] fp32) and R_STRIDE."""
+def _scratch(R: int, device, *programs_and_block_w: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    """Per-program scratch ([programs, 4, R_STRIDE, block_w] fp32, as large as the largest of the
+    (programs, block_w) launches that share it) and R_STRIDE."""
     r_stride = -(-R // R_ALIGN) * R_ALIGN
-    return torch.empty(programs * SCRATCH_ROWS * r_stride * BLOCK_W, device=device, dtype=torch.float32), r_stride
+    size = max(programs * SCRATCH_ROWS * r_stride * block_w for programs, block_w in programs_and_block_w)
+    return torch.empty(size, device=device, dtype=torch.float32), r_stride
 
 
 def _launch_args(words, word_mask, regions):
@@ -332,7 +340,7 @@ def local_similarity_forward(words, word_mask, regions, gamma1, gamma2, save_del
     col_stats = torch.empty(T, I, 2, R, device=words.device, dtype=torch.float32)
     delta = torch.empty(T, I, R, device=words.device, dtype=torch.float32) if save_delta else None
     groups = min(T, -(-FORWARD_PROGRAMS // I))
-    scratch, r_stride = _scratch(I * groups, R, words.device)
+    scratch, r_stride = _scratch(R, words.device, (I * groups, BLOCK_W))
     _forward_kernel[(I, groups)](words, mask, n_words, regions, region_gram(regions), S, col_stats,
                                  col_stats if delta is None else delta, scratch, *sizes, r_stride, groups,
                                  *strides, float(gamma1), float(gamma2), COSINE_EPS,
@@ -350,10 +358,11 @@ def local_similarity_backward(grad_S, words, word_mask, regions, S, col_stats, d
     common = (words, mask, n_words, regions, region_gram(regions), S, col_stats, delta, grad_S.contiguous())
     hyper = (float(gamma1), float(gamma2), COSINE_EPS)
     word_blocks = triton.cdiv(W, BLOCK_W)
-    scratch, r_stride = _scratch(max(T * word_blocks, I), R, words.device)
+    scratch, r_stride = _scratch(R, words.device, (T * word_blocks, BLOCK_W), (I, REGION_OWNER_BLOCK_W))
     _backward_words_kernel[(T, word_blocks)](*common, grad_words, scratch, *sizes, r_stride, *strides,
                                              *hyper, **meta)
-    _backward_regions_kernel[(I,)](*common, grad_regions, scratch, *sizes, r_stride, *strides, *hyper, **meta)
+    _backward_regions_kernel[(I,)](*common, grad_regions, scratch, *sizes, r_stride, *strides, *hyper,
+                                   **dict(meta, BLOCK_W=REGION_OWNER_BLOCK_W))
     return grad_words[:, :n_slots].to(words.dtype), grad_regions.to(regions.dtype)
 
 

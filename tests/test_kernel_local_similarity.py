@@ -132,11 +132,13 @@ def test_gammas_at_the_kernels_limits_match_float64_transcription():
 
 def test_one_forward_program_scoring_every_text_of_its_image(monkeypatch):
     """Forward programs reuse their scratch across texts (FORWARD_PROGRAMS caps them); here one
-    program per image walks all texts, over two word blocks and three region tiles."""
+    program per image walks all texts, over several word blocks (two of the region owner's) and
+    three region tiles."""
     from cmgl_dist.kernels import local_similarity as ls
 
     monkeypatch.setattr(ls, "FORWARD_PROGRAMS", 1)
-    words, word_mask, regions = make_inputs(3, 2, 20, 37, 16, [20, 1, 17], torch.float32, holes=True, seed=6)
+    W = ls.REGION_OWNER_BLOCK_W + 6
+    words, word_mask, regions = make_inputs(3, 2, W, 37, 16, [W, 1, W - 3], torch.float32, holes=True, seed=6)
     grad = torch.randn(3, 2, device=DEVICE)
     S, g_words, g_regions = run_kernel(words, word_mask, regions, grad, 4.0, 5.0)
     S_ref, g_words_ref, g_regions_ref = expected(words, word_mask, regions, grad, 4.0, 5.0)
