@@ -93,6 +93,18 @@ class LossConfig(_Section):
                                 "(a window from the rank's own texts on; None: all N x B). Its cost grows with the "
                                 "global batch; the cap keeps it flat. Must be >= train.micro_batch.")
 
+    @model_validator(mode="after")
+    def _check_kernel_gammas(self):
+        if self.local_backend != "triton":
+            return self
+        from cmgl_dist.kernels.inputs import KERNEL_MAX_GAMMA1, KERNEL_MAX_GAMMA2  # imports torch: only here
+
+        if self.gamma1 > KERNEL_MAX_GAMMA1 or self.gamma2 > KERNEL_MAX_GAMMA2:
+            raise ValueError(f"loss.local_backend=triton takes loss.gamma1 <= {KERNEL_MAX_GAMMA1} and loss.gamma2 <= "
+                             f"{KERNEL_MAX_GAMMA2} (got {self.gamma1}, {self.gamma2}): lower them or use "
+                             "loss.local_backend=auto or reference")
+        return self
+
 
 class OptimizerConfig(_Section):
     name: Literal["adamw", "fused_adam", "fused_lamb"] = Field(

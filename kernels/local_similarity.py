@@ -54,7 +54,8 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from cmgl_dist.kernels.inputs import COSINE_EPS, check_local_inputs, word_bucket
+from cmgl_dist.kernels.inputs import (COSINE_EPS, KERNEL_MAX_GAMMA1, KERNEL_MAX_GAMMA2, check_local_inputs,
+                                      word_bucket)
 from cmgl_dist.kernels.local_similarity_tiles import (_attention_grad, _block_state, _cosine, _cosine_grad,
                                                        _mma, _region_tile, _scores, _word_weights)
 
@@ -66,8 +67,6 @@ REGION_OWNER_BLOCK_W = 64
 R_ALIGN = 128  # scratch rows per word block: R rounded up to this; every BLOCK_R divides it
 SCRATCH_ROWS = 4  # e, s, h = G b and P = dL/ds, each [R_STRIDE, BLOCK_W] fp32
 FORWARD_PROGRAMS = 512  # forward programs to aim for (image x text group); bounds the scratch
-# The bounded-exponent softmaxes above stay within fp32's range for these.
-MAX_GAMMA1, MAX_GAMMA2 = 60.0, 30.0
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # CMGL_KERNEL_AUTOTUNE=1 tunes over AUTOTUNE_CONFIGS once per (W bucket, R, D, dtypes); the
@@ -290,8 +289,8 @@ def _check_inputs(words, word_mask, regions, gamma1, gamma2):
     if words.device.type != "cuda" and not _INTERPRETED:
         raise RuntimeError("local_similarity_triton needs CUDA tensors, or TRITON_INTERPRET=1 set "
                            "before cmgl_dist.kernels is imported")
-    if not (abs(gamma1) <= MAX_GAMMA1 and abs(gamma2) <= MAX_GAMMA2):
-        raise ValueError(f"the Triton kernel takes |gamma1| <= {MAX_GAMMA1} and |gamma2| <= {MAX_GAMMA2} "
+    if not (abs(gamma1) <= KERNEL_MAX_GAMMA1 and abs(gamma2) <= KERNEL_MAX_GAMMA2):
+        raise ValueError(f"the Triton kernel takes |gamma1| <= {KERNEL_MAX_GAMMA1} and |gamma2| <= {KERNEL_MAX_GAMMA2} "
                          f"(its softmaxes use fixed offsets), got gamma1={gamma1}, gamma2={gamma2}; "
                          "use loss.local_backend=reference for larger ones")
 

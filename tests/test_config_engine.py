@@ -70,6 +70,7 @@ NEEDS_NO_SHARDS = [
     (["train.steps"], "not key=value"),
     (["data.resample=true"], "set train.batches_per_epoch"),
     (["data.shards=/nonexistent/shards"], "data.shards='/nonexistent/shards'"),
+    (["loss.local_backend=triton", "loss.gamma2=40"], "loss.local_backend=triton takes loss.gamma1 <= 60.0"),
 ]
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from cmgl_dist.kernels import local_attention_maps, local_similarity_triton
+from cmgl_dist.kernels.inputs import KERNEL_MAX_GAMMA1, KERNEL_MAX_GAMMA2
 from cmgl_dist.losses import local_similarity_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -112,22 +113,20 @@ def test_half_precision_within_tolerance(dtype):
 def test_gammas_at_the_kernels_limits_match_float64_transcription():
     """The kernel's softmaxes take fixed offsets (gamma1 a in [0, gamma1], gamma2 cos in
     [-gamma2, gamma2]) instead of running maxima: finite and as exact as at GLoRIA's gammas up
-    to MAX_GAMMA1/2, where a rounding of S or of the column log-sum-exp is amplified most."""
-    from cmgl_dist.kernels import local_similarity as ls
-
+    to KERNEL_MAX_GAMMA1/2, where a rounding of S or of the column log-sum-exp is amplified most."""
     T, I, W, R, D, counts = SHAPES[1]
     words, word_mask, regions = make_inputs(T, I, W, R, D, counts, torch.float32, seed=5)
     grad = torch.randn(T, I, device=DEVICE)
-    gammas = (ls.MAX_GAMMA1, ls.MAX_GAMMA2)
+    gammas = (KERNEL_MAX_GAMMA1, KERNEL_MAX_GAMMA2)
     S, g_words, g_regions = run_kernel(words, word_mask, regions, grad, *gammas)
     S_ref, g_words_ref, g_regions_ref = expected(words, word_mask, regions, grad, *gammas)
     assert_close(S, S_ref, TOLERANCE[torch.float32], "S")
     assert_close(g_words, g_words_ref, TOLERANCE[torch.float32], "dL/dwords")
     assert_close(g_regions, g_regions_ref, TOLERANCE[torch.float32], "dL/dregions")
     with pytest.raises(ValueError, match="gamma1"):
-        local_similarity_triton(words, word_mask, regions, ls.MAX_GAMMA1 + 1, 5.0)
+        local_similarity_triton(words, word_mask, regions, KERNEL_MAX_GAMMA1 + 1, 5.0)
     with pytest.raises(ValueError, match="gamma2"):
-        local_similarity_triton(words, word_mask, regions, 4.0, -ls.MAX_GAMMA2 - 1)
+        local_similarity_triton(words, word_mask, regions, 4.0, -KERNEL_MAX_GAMMA2 - 1)
 
 
 def test_one_forward_program_scoring_every_text_of_its_image(monkeypatch):
