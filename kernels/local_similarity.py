@@ -89,6 +89,8 @@ AUTOTUNE_CONFIGS = [dict(BLOCK_R=br, BLOCK_D=bd, num_warps=nw, num_stages=ns)
 
 
 def _as_config(params: dict) -> triton.Config:
+    if R_ALIGN % params["BLOCK_R"]:  # the region tiles must end within the scratch rows
+        raise ValueError(f"BLOCK_R={params['BLOCK_R']} must divide R_ALIGN={R_ALIGN}")
     meta = {k: v for k, v in params.items() if k.startswith("BLOCK_")}
     return triton.Config(meta, num_warps=params["num_warps"], num_stages=params["num_stages"])
 
