@@ -14,9 +14,9 @@ offered for evaluation; the loss always uses the log-sum-exp.
 The cosine is GLoRIA's: `(x . y) / max(|x| |y|, 1e-8)` (the eps clamps the product of the norms,
 not each norm as `torch.nn.functional.cosine_similarity` does).
 
-Memory: the pairs (texts x images) are processed in blocks whose [t, i, W, R] and [t, i, W, D]
-tensors fit a fixed element budget, so no [T, I, W, D] tensor ever exists. Chunking alone does not
-bound memory under autograd (every block's intermediates would be kept for backward), so a custom
+Memory: the pairs (texts x images) are processed in blocks whose [t, i, W, R] tensors fit a
+fixed element budget; no [t, i, W, D] context tensor exists at all (see `block_similarity`).
+Chunking alone does not bound memory under autograd (every block's intermediates would be kept for backward), so a custom
 autograd function saves only the inputs and recomputes each block in backward.
 
 Half-precision inputs are computed in float32 (autocast off); S comes back in the compute dtype.
@@ -30,7 +30,7 @@ from torch.autograd.function import once_differentiable
 
 from cmgl_dist.kernels.attention import word_region_attention
 from cmgl_dist.kernels.inputs import COSINE_EPS, check_local_inputs
-# Elements of one block's [t, i, W, 2R + D] working set; backward keeps ~3x this alive at once
+# Elements of one block's [t, i, W, 3R] working set; backward keeps ~3x this alive at once
 # (about 0.8 GB in float32 at the default).
 DEFAULT_BLOCK_ELEMENTS = 1 << 26
 WORD_POOLINGS = ("logsumexp", "max")
@@ -39,28 +39,39 @@ WORD_POOLINGS = ("logsumexp", "max")
 def block_similarity(words, word_mask, regions, gamma1: float, gamma2: float,
                      word_pooling: str = "logsumexp") -> torch.Tensor:
     """S [t, i] (float32, or float64 for float64 inputs) for every pair of a block of texts
-    [t, W, D] and images [i, R, D]. The two products take the inputs' dtype (bf16 operands on
-    tensor cores for 16-bit inputs); softmaxes, norms and the log-sum-exp run in float32."""
+    [t, W, D] and images [i, R, D].
+
+    The context vectors ctx_w = sum_r b[w, r] region_r are never formed (a [t, i, W, D] tensor):
+    the cosine needs only word_w . ctx_w = sum_r b[w, r] s[w, r] (the scores again) and
+    |ctx_w|^2 = b_w^T G b_w with each image's region Gram matrix G = Y Y^T [R, R]. Both come from
+    [t, i, W, R] tensors, so the work per pair is W R (D + R) instead of W R (2 D + ...) with a
+    batched per-word dot product, and autograd's backward is large matrix products only.
+    The two products (scores, b G) take the inputs' dtype (bf16 operands on tensor cores for
+    16-bit inputs); G, softmaxes, norms and the log-sum-exp run in float32."""
     acc = torch.promote_types(words.dtype, torch.float32)
     with torch.autocast(device_type=words.device.type, enabled=False):
         scores = torch.einsum("twd,ird->tiwr", words, regions).to(acc)
         attention = word_region_attention(scores, word_mask[:, None, :], gamma1)
-        context = torch.einsum("tiwr,ird->tiwd", attention.to(regions.dtype), regions).to(acc)
-        words = words.to(acc)
-        dot = torch.einsum("twd,tiwd->tiw", words, context)
-        norms = words.norm(dim=-1)[:, None, :] * context.norm(dim=-1)
+        upcast = regions.to(acc)
+        gram = torch.einsum("ird,iqd->irq", upcast, upcast)
+        dot = (attention * scores).sum(dim=-1)
+        attention_gram = torch.einsum("tiwr,irq->tiwq", attention.to(regions.dtype), gram.to(regions.dtype))
+        context_sq = (attention_gram.to(acc) * attention).sum(dim=-1).clamp(min=0)
+        norms = words.to(acc).norm(dim=-1)[:, None, :] * context_sq.sqrt()
         cosine = dot / norms.clamp(min=COSINE_EPS)
         scores = (gamma2 * cosine).masked_fill(~word_mask[:, None, :], float("-inf"))
         return scores.amax(dim=2) if word_pooling == "max" else scores.logsumexp(dim=2)
 
 
 def _blocks(words: torch.Tensor, regions: torch.Tensor, block_elements: int):
-    """(text slice, image slice) pairs covering [T, I], each within the element budget."""
-    n_texts, n_words, dim = words.shape
+    """(text slice, image slice) pairs covering [T, I], each within the element budget
+    (a pair's working set is [W, R] scores, attention and attention x Gram)."""
+    n_texts, n_words, _ = words.shape
     n_images, n_regions, _ = regions.shape
-    pairs = max(1, block_elements // (n_words * (2 * n_regions + dim)))
-    images_per_block = min(n_images, pairs)
-    texts_per_block = max(1, min(n_texts, pairs // images_per_block))
+    pairs = max(1, block_elements // (n_words * 3 * n_regions))
+    # texts first: an image's Gram matrix is then built once per text block, and few text blocks
+    texts_per_block = min(n_texts, pairs)
+    images_per_block = max(1, min(n_images, pairs // texts_per_block))
     for t0 in range(0, n_texts, texts_per_block):
         for i0 in range(0, n_images, images_per_block):
             yield slice(t0, t0 + texts_per_block), slice(i0, i0 + images_per_block)
