@@ -4,12 +4,12 @@ Nothing here imports cmgl_dist.losses: the losses dispatch to the kernels, never
 `local_similarity_triton` is imported on first use, so the PyTorch parts work without triton
 and importing this package does not fix Triton's JIT/interpreter mode.
 """
-from cmgl_dist.kernels.attention import word_region_attention
+from cmgl_dist.kernels.attention import region_gram, word_region_attention
 from cmgl_dist.kernels.attention_maps import local_attention_maps
 from cmgl_dist.kernels.inputs import COSINE_EPS, WORD_BUCKET, check_local_inputs, word_bucket
 
 __all__ = ["COSINE_EPS", "WORD_BUCKET", "check_local_inputs", "local_attention_maps",
-           "local_similarity_triton", "word_bucket", "word_region_attention"]
+           "local_similarity_triton", "region_gram", "word_bucket", "word_region_attention"]
 
 
 def __getattr__(name):

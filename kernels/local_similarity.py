@@ -10,7 +10,7 @@ For text t and image i (words x_w, w real; regions y_r):
 Design (kernels/README.md has the why and the compile evidence):
 - The context never exists. x_w . c_w = sum_r b_wr s_wr comes from the scores, and
   |c_w|^2 = b_w^T G b_w from the image's region Gram matrix G = Y Y^T [R, R] (fp32, made once
-  per batch by `region_gram`): a pair costs W R (2 D + R) multiply-adds instead of 3-4 W R D.
+  per batch by `attention.region_gram`): a pair costs W R (2 D + R) multiply-adds instead of 3-4 W R D.
 - Tiles. A word block (BLOCK_W words; REGION_OWNER_BLOCK_W in the region owner) meets the
   regions in tiles of BLOCK_R, so R is padded to a multiple of BLOCK_R, not to a power of two,
   and only [BLOCK_R, BLOCK_W] fp32 tiles are live.
@@ -54,6 +54,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
+from cmgl_dist.kernels.attention import region_gram
 from cmgl_dist.kernels.inputs import (COSINE_EPS, KERNEL_MAX_GAMMA1, KERNEL_MAX_GAMMA2, check_local_inputs,
                                       word_bucket)
 from cmgl_dist.kernels.local_similarity_tiles import (_attention_grad, _block_state, _cosine, _cosine_grad,
@@ -295,12 +296,6 @@ def _check_inputs(words, word_mask, regions, gamma1, gamma2):
         raise ValueError(f"the Triton kernel takes |gamma1| <= {KERNEL_MAX_GAMMA1} and |gamma2| <= {KERNEL_MAX_GAMMA2} "
                          f"(its softmaxes use fixed offsets), got gamma1={gamma1}, gamma2={gamma2}; "
                          "use loss.local_backend=reference for larger ones")
-
-
-def region_gram(regions: torch.Tensor, images_per_chunk: int = 64) -> torch.Tensor:
-    """G [I, R, R] fp32 = Y Y^T per image, from the input values in fp32 (chunks bound the copy)."""
-    return torch.cat([torch.bmm(chunk.float(), chunk.float().transpose(1, 2))
-                      for chunk in regions.split(images_per_chunk)])
 
 
 def _scratch(R: int, device, *programs_and_block_w: tuple[int, int]) -> tuple[torch.Tensor, int]:

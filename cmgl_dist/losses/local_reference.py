@@ -28,7 +28,7 @@ from functools import partial
 import torch
 from torch.autograd.function import once_differentiable
 
-from cmgl_dist.kernels.attention import word_region_attention
+from cmgl_dist.kernels.attention import region_gram, word_region_attention
 from cmgl_dist.kernels.inputs import COSINE_EPS, check_local_inputs
 # Elements of one block's [t, i, W, 3R] working set; backward keeps ~3x this alive at once
 # (about 0.8 GB in float32 at the default).
@@ -52,8 +52,7 @@ def block_similarity(words, word_mask, regions, gamma1: float, gamma2: float,
     with torch.autocast(device_type=words.device.type, enabled=False):
         scores = torch.einsum("twd,ird->tiwr", words, regions).to(acc)
         attention = word_region_attention(scores, word_mask[:, None, :], gamma1)
-        upcast = regions.to(acc)
-        gram = torch.einsum("ird,iqd->irq", upcast, upcast)
+        gram = region_gram(regions)
         dot = (attention * scores).sum(dim=-1)
         attention_gram = torch.einsum("tiwr,irq->tiwq", attention.to(regions.dtype), gram.to(regions.dtype))
         context_sq = (attention_gram.to(acc) * attention).sum(dim=-1).clamp(min=0)
