@@ -68,6 +68,16 @@ class ModelConfig(_Section):
                                "feed the attention's softmax over words unnormalised: at 1.0 with locked "
                                "encoders the word-region dot products start in the hundreds, the softmax is "
                                "saturated (one word takes each region) and passes almost no gradient.")
+    local_scale: Optional[float] = Field(
+        None, gt=0, description="None: GLoRIA's word-region scores, raw dot products of the projected features. "
+                                "A number k: regions and words are L2-normalised and scaled by sqrt(k), so every "
+                                "score is k x cosine, bounded in [-k, k]: the softmax over words cannot saturate "
+                                "however the heads grow (the cosines of the local loss are scale-free, unchanged).")
+    center_regions: bool = Field(
+        False, description="Subtract each image's mean projected region before the attention (and before "
+                           "local_scale's normalisation): a word's context is then what sets its regions apart "
+                           "from the rest of the image, not the shared component every region carries. "
+                           "GLoRIA: false.")
 
     @model_validator(mode="after")
     def _check_pretrained(self):

@@ -114,3 +114,25 @@ def test_local_init_gain_scales_only_the_region_and_word_heads():
         torch.testing.assert_close(heads[0.1][name], 0.1 * heads[1.0][name])
     for name in ("image_global_head.weight", "sentence_head.weight", "word_head.bias"):
         assert torch.equal(heads[0.1][name], heads[1.0][name])
+
+
+def test_local_scale_and_center_regions_shape_the_local_features_only():
+    from cmgl_dist.config import load_config
+    from cmgl_dist.data import tokenize_texts
+
+    torch.manual_seed(0)
+    plain = build_model(load_config("debug").model).eval()
+    torch.manual_seed(0)
+    scaled = build_model(load_config("debug", ["model.local_scale=9.0", "model.center_regions=true"]).model).eval()
+    images = torch.randn(2, 3, 64, 64)
+    batch = tokenize_texts(plain.tokenizer, ["small left pleural effusion", "no acute disease"], 32)
+    with torch.no_grad():
+        (g0, r0), (g1, r1) = plain.encode_image(images), scaled.encode_image(images)
+        (s0, w0, m0), (s1, w1, m1) = plain.encode_text(batch), scaled.encode_text(batch)
+    assert torch.equal(g0, g1) and torch.equal(s0, s1)  # global features untouched
+    centred = r0 - r0.mean(dim=1, keepdim=True)
+    torch.testing.assert_close(r1, torch.nn.functional.normalize(centred, dim=-1) * 3.0)
+    torch.testing.assert_close(r1.norm(dim=-1), torch.full(r1.shape[:2], 3.0))
+    torch.testing.assert_close(w1.norm(dim=-1), 3.0 * m1.float())  # padded word slots stay zero
+    scores = torch.einsum("twd,ird->tiwr", w1, r1)
+    assert scores.abs().max() <= 9.0 + 1e-4

@@ -5,11 +5,14 @@ stride-16 feature map -> 1x1 convolution (no bias) to D, flattened to [B, R, D].
 Text (GLoRIA `BertEncoder`): sentence and word features (see text_backbone.py) -> linear to D;
 word slots with no word are zero after the projection too. (GLoRIA projects only the image, to
 BERT's 768; separate heads let any text width meet any image width at `embed_dim`.)
-Features are not normalised here: the loss normalises where it takes cosines.
+Global features are not normalised here: the loss normalises where it takes cosines. Local
+features are GLoRIA's by default; `local_scale` and `center_regions` (ModelConfig) change them
+here, in the one place every consumer (losses, evaluation, attention maps) reads them from.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cmgl_dist.config import ModelConfig
@@ -20,8 +23,11 @@ from cmgl_dist.model.text_backbone import TextBackbone, freeze_text_layers, load
 
 class CMGLModel(nn.Module):
     def __init__(self, image_backbone: nn.Module, text_backbone: TextBackbone, tokenizer, embed_dim: int,
-                 freeze_image: bool = False, local_init_gain: float = 1.0):
+                 freeze_image: bool = False, local_init_gain: float = 1.0, local_scale: float | None = None,
+                 center_regions: bool = False):
         super().__init__()
+        self.local_scale = local_scale
+        self.center_regions = center_regions
         self.image_backbone = image_backbone
         self.text_backbone = text_backbone
         self.tokenizer = tokenizer
@@ -48,14 +54,22 @@ class CMGLModel(nn.Module):
         """images [B, 3, H, W] -> (global [B, D], regions [B, R, D])."""
         pooled, region_map = self.image_backbone(images)
         regions = self.image_region_head(region_map).flatten(2).transpose(1, 2)
-        return self.image_global_head(pooled), regions
+        if self.center_regions:
+            regions = regions - regions.mean(dim=1, keepdim=True)
+        return self.image_global_head(pooled), self._scale_local(regions)
+
+    def _scale_local(self, features: torch.Tensor) -> torch.Tensor:
+        """Features of norm sqrt(local_scale) (zero rows stay zero), or as they are."""
+        if self.local_scale is None:
+            return features
+        return F.normalize(features, dim=-1) * self.local_scale ** 0.5
 
     def encode_text(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """batch with input_ids, attention_mask, word_ids, word_mask -> (sentence [B, D], words [B, W, D], word_mask [B, W])."""
         word_mask = batch["word_mask"]
         sentence, words = self.text_backbone(
             batch["input_ids"], batch["attention_mask"], batch["word_ids"], word_mask.shape[1])
-        words = self.word_head(words) * word_mask.unsqueeze(-1).to(words.dtype)
+        words = self._scale_local(self.word_head(words)) * word_mask.unsqueeze(-1).to(words.dtype)
         return self.sentence_head(sentence), words, word_mask
 
     def forward(self, batch: dict) -> dict:
@@ -73,4 +87,5 @@ def build_model(model_cfg: ModelConfig) -> CMGLModel:
     freeze_text_layers(transformer, model_cfg.freeze_text_layers)
     text_backbone = TextBackbone(transformer, model_cfg.text_last_layers)
     return CMGLModel(image_backbone, text_backbone, tokenizer, model_cfg.embed_dim,
-                     freeze_image=model_cfg.freeze_image, local_init_gain=model_cfg.local_init_gain)
+                     freeze_image=model_cfg.freeze_image, local_init_gain=model_cfg.local_init_gain,
+                     local_scale=model_cfg.local_scale, center_regions=model_cfg.center_regions)
