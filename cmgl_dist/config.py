@@ -68,6 +68,10 @@ class ModelConfig(_Section):
                                "feed the attention's softmax over words unnormalised: at 1.0 with locked "
                                "encoders the word-region dot products start in the hundreds, the softmax is "
                                "saturated (one word takes each region) and passes almost no gradient.")
+    text_cache_mb: int = Field(
+        0, ge=0, description="Memory (MB, per rank) for the token features of a locked text encoder "
+                             "(freeze_text_layers = all its layers), so each distinct report is encoded once per "
+                             "run instead of once per visit. 0: off. Rows past the budget are encoded as usual.")
     local_scale: Optional[float] = Field(
         None, gt=0, description="None: GLoRIA's word-region scores, raw dot products of the projected features. "
                                 "A number k: regions and words are L2-normalised and scaled by sqrt(k), so every "

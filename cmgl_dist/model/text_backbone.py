@@ -14,6 +14,8 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 from transformers.models.bert.modeling_bert import BertPooler
 
+from cmgl_dist.model.text_cache import FrozenTextCache
+
 TINY_BERT_SEED = 0
 
 
@@ -87,7 +89,7 @@ def freeze_text_layers(transformer: nn.Module, count: int) -> None:
 class TextBackbone(nn.Module):
     """Token ids -> (sentence [B, H], words [B, W, H]) before projection; padded words are zero."""
 
-    def __init__(self, transformer: nn.Module, last_layers: int):
+    def __init__(self, transformer: nn.Module, last_layers: int, cache_mb: int = 0):
         super().__init__()
         layer_count = transformer.config.num_hidden_layers
         if last_layers > layer_count:
@@ -95,9 +97,25 @@ class TextBackbone(nn.Module):
         self.transformer = transformer
         self.last_layers = last_layers
         self.hidden_dim = transformer.config.hidden_size
+        self.locked = not any(p.requires_grad for p in transformer.parameters())
+        if cache_mb and not self.locked:
+            raise ValueError("model.text_cache_mb needs a locked text encoder: set model.freeze_text_layers to "
+                             f"its layer count ({layer_count}) or model.text_cache_mb=0")
+        self.cache = FrozenTextCache(cache_mb) if cache_mb else None
+
+    def train(self, mode: bool = True) -> "TextBackbone":
+        super().train(mode)
+        if self.locked:  # a locked encoder runs as it was trained to be used: no dropout
+            self.transformer.eval()
+        return self
 
     def token_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Sum of the last `last_layers` hidden states, [B, L, H]."""
+        if self.cache is not None:
+            return self.cache.token_features(input_ids, attention_mask, self._encode)
+        return self._encode(input_ids, attention_mask)
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         output = self.transformer(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         return torch.stack(output.hidden_states[-self.last_layers:]).sum(dim=0)
 
