@@ -60,3 +60,14 @@ def test_sweep_retries_reports_failures_and_resumes(ray_session, tiny_export, tm
     # without the bad export everything is done: nothing runs and the sweep succeeds
     assert sweep_main([a for a in argv if a != str(missing)]) == 0
     assert len(_records(tmp_path / "sweep")) == len(again)
+
+
+def test_the_sweep_starts_the_longest_tasks_first():
+    from cmgl_dist.evaluate.jobs import LONGEST_FIRST, TASKS, longest_first, plan_jobs
+
+    assert sorted(LONGEST_FIRST) == sorted(TASKS)  # every task has a place
+    jobs = plan_jobs(["a", "b"], ["zero_shot", "probe", "retrieval", "attention"], [0.1, 1.0], [0])
+    ordered = longest_first(jobs)
+    assert sorted(ordered, key=lambda j: j.job_id) == sorted(jobs, key=lambda j: j.job_id)
+    assert [j.task for j in ordered[:2]] == ["retrieval", "retrieval"]
+    assert [j.task for j in ordered[-2:]] == ["attention", "attention"]

@@ -15,7 +15,7 @@ import argparse
 import logging
 import os
 
-from cmgl_dist.evaluate.jobs import run_job
+from cmgl_dist.evaluate.jobs import longest_first, run_job
 from cmgl_dist.evaluate.results import append_record
 from cmgl_dist.evaluate.run import Plan, add_common_args, failure_record, finish, prepare_or_exit
 
@@ -34,7 +34,7 @@ def run_on_ray(plan: Plan, *, retries: int) -> int:
     gpus = int(ray.cluster_resources().get("GPU", 0))
     remote_job = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=retries,
                             retry_exceptions=True)(run_job)
-    pending = {remote_job.remote(job, plan.inputs): job for job in plan.todo}
+    pending = {remote_job.remote(job, plan.inputs): job for job in longest_first(plan.todo)}
     log.info("submitted %d jobs (%s)", len(pending), f"{gpus} GPUs, one per job" if gpus else "CPU only")
     failures = 0
     while pending:
