@@ -1,4 +1,5 @@
-"""Compile evidence for the local-similarity kernels on an H100/H200 (sm_90), without a GPU.
+"""Compile evidence for the local-similarity kernels on an H100/H200 (sm_90), without a GPU;
+`--capability 80` gives the same for an A100 (sm_80, its pinned config).
 
 Each kernel (forward for training, forward for inference, backward word owner, backward region
 owner) is compiled by Triton for sm_90 with its pinned config and the shapes of the GLoRIA
@@ -8,7 +9,7 @@ whether tensor-core MMA is used (wgmma / HGMMA on sm_90, mma.sync / HMMA otherwi
 per kernel and dtype goes to benchmarks/results/kernel_compile_sm90.csv.
 
 Run it with TRITON_INTERPRET unset (the interpreter compiles nothing):
-    python benchmarks/kernel_compile_sm90.py --dtypes bf16 [--csv PATH | --no-csv]
+    python benchmarks/kernel_compile_sm90.py --dtypes bf16 [--capability 80] [--csv PATH | --no-csv]
 """
 from __future__ import annotations
 
@@ -63,8 +64,9 @@ def _sass_mma(cubin: bytes, nvdisasm: Path) -> str:
 COMPILE_METRICS = ("shared_bytes", "registers", "spill_store_bytes", "spill_load_bytes", "stack_frame_bytes")
 
 
-def compile_rows(dtype: str, params: dict | None = None) -> list[dict]:
-    """Rows for every kernel in `dtype`, with the pinned sm_90 config or `params` (same keys)."""
+def compile_rows(dtype: str, params: dict | None = None, capability: int = 90) -> list[dict]:
+    """Rows for every kernel in `dtype` for compute capability `capability` (90: sm_90a, 80:
+    sm_80), with that architecture's pinned config or `params` (same keys)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -72,7 +74,7 @@ def compile_rows(dtype: str, params: dict | None = None) -> list[dict]:
     from cmgl_dist.kernels import local_similarity as ls
 
     tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    config = ls._as_config(params or ls.PINNED_CONFIGS[9])
+    config = ls._as_config(params or ls.PINNED_CONFIGS[capability // 10])
     precision = "ieee" if dtype == "fp32" else "tf32"
     rows = []
     for name, kernel, extra in _kernels(ls):
@@ -81,7 +83,7 @@ def compile_rows(dtype: str, params: dict | None = None) -> list[dict]:
         mine = {p: v for p, v in constexprs.items() if p in fn.arg_names}
         types = dict(SIGNATURE, X=f"*{dtype}", Y=f"*{dtype}")
         signature = {p: "constexpr" if p in mine else types[p] for p in fn.arg_names}
-        compiled = triton.compile(ASTSource(fn, signature, mine), target=GPUTarget("cuda", 90, 32),
+        compiled = triton.compile(ASTSource(fn, signature, mine), target=GPUTarget("cuda", capability, 32),
                                   options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
         ptx = compiled.asm["ptx"]
         arch = re.search(r"^\.target\s+(\S+)", ptx, re.M).group(1)
@@ -101,11 +103,13 @@ def main(argv=None):
     parser.add_argument("--csv", default=str(Path(__file__).parent / "results" / "kernel_compile_sm90.csv"))
     parser.add_argument("--config", type=json.loads, help='JSON like {"BLOCK_R": 64, "BLOCK_D": 64, '
                         '"num_warps": 4, "num_stages": 1} instead of the pinned sm_90 config (offline tuning)')
+    parser.add_argument("--capability", type=int, default=90, choices=[80, 90],
+                        help="compute capability: 90 (H100/H200, sm_90a) or 80 (A100, sm_80)")
     parser.add_argument("--no-csv", action="store_true", help="print the rows as JSON only")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("unset TRITON_INTERPRET: the interpreter compiles nothing")
-    rows = [row for dtype in args.dtypes for row in compile_rows(dtype, args.config)]
+    rows = [row for dtype in args.dtypes for row in compile_rows(dtype, args.config, args.capability)]
     print(json.dumps(rows))
     if not args.no_csv:
         from cmgl_dist.benchmarking import append_results
