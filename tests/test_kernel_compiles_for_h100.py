@@ -24,7 +24,8 @@ PTXAS = Path(importlib.util.find_spec("triton").origin).parent / "backends" / "n
 
 
 def committed_rows(dtype: str) -> dict[str, dict]:
-    rows = [row for row in pivot(read_rows(EVIDENCE), "kernel_compile_sm90") if row["dtype"] == dtype]
+    rows = [row for row in pivot(read_rows(EVIDENCE), "kernel_compile_sm90")
+            if row["dtype"] == dtype and row["arch"] == "sm_90a"]  # the file also holds sm_80 rows
     return {row["kernel"]: row for row in rows}  # the latest row per kernel
 
 
