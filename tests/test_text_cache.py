@@ -47,3 +47,11 @@ def test_rows_past_the_budget_are_encoded_but_not_kept():
 def test_the_cache_refuses_a_trainable_encoder():
     with pytest.raises(ValueError, match="text_cache_mb needs a locked text encoder"):
         backbone(64, frozen_layers=2)
+
+
+def test_a_left_padded_batch_is_refused():
+    model, tokenizer = backbone(64)
+    batch = tokenize_texts(tokenizer, TEXTS, 32)
+    left = batch["attention_mask"].flip(1)
+    with pytest.raises(ValueError, match="right-padded"):
+        model.cache.token_features(batch["input_ids"], left, model._encode)

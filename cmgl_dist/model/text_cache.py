@@ -26,17 +26,18 @@ class FrozenTextCache:
     def token_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """[B, L, H] features of the batch's tokens (zero at padding) from `encode(ids, mask)`."""
-        lengths = attention_mask.sum(dim=1).tolist()
-        if not all(bool(attention_mask[i, :n].all()) for i, n in enumerate(lengths)):
+        lengths = attention_mask.sum(dim=1)
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        if not torch.equal(attention_mask.bool(), positions[None, :] < lengths[:, None]):
             raise ValueError("the text cache needs right-padded batches (attention mask 1...1 0...0)")
+        host_ids = input_ids.cpu().numpy()  # one device-to-host copy per batch, not per row
         rows = []
-        for i, n in enumerate(lengths):
-            ids = input_ids[i, :n]
-            key = ids.cpu().numpy().tobytes()
+        for i, n in enumerate(lengths.tolist()):
+            key = host_ids[i, :n].tobytes()
             row = self.rows.get(key)
             if row is None:
                 self.misses += 1
-                row = encode(ids[None], attention_mask[i:i + 1, :n])[0]
+                row = encode(input_ids[i:i + 1, :n], attention_mask[i:i + 1, :n])[0]
                 self._keep(key, row)
             else:
                 self.hits += 1
