@@ -146,3 +146,113 @@ def test_patient_folds_keep_patients_together_and_spread_rare_positives():
     assert auc(labels[:, 0], scores[:, 0]) > 0.8
     with pytest.raises(ValueError, match="at least 5 patients"):
         patient_folds(labels[:9], patients[:9], 5, seed=0)
+
+
+def _one_hot(index: int, dim: int = 4, scale: float = 1.0) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.tensor(index), dim).float() * scale
+
+
+def test_paired_report_words_point_at_their_lesion_and_reports_without_them_are_counted():
+    from functools import partial
+
+    from cmgl_dist.evaluate.features import SplitFeatures
+    from cmgl_dist.evaluate.localisation import score_lesions
+    from cmgl_dist.evaluate.similarity import word_region_attention
+
+    # 4x4 regions; region 5 (row 1, column 1) holds what the word "effusions" says, the rest not
+    regions = torch.stack([_one_hot(1)] * 16)
+    regions[5] = _one_hot(0, scale=4.0)
+    words = torch.stack([_one_hot(2), _one_hot(0, scale=4.0), _one_hot(3)])  # small, effusions, left
+    feats = SplitFeatures(keys=["a", "b"], labels=torch.zeros(2, 6), image_global=torch.zeros(2, 4),
+                          regions=torch.stack([regions, regions]), words=torch.stack([words, words]),
+                          word_mask=torch.tensor([[True, True, True], [True, True, False]]),
+                          word_strings=[["small", "Effusions", "left"], ["heart", "normal"]])
+    mask = torch.zeros(32, 32, dtype=torch.bool)
+    mask[8:16, 8:16] = True
+    prompt = ([torch.stack([_one_hot(2), _one_hot(3)])], [[0]])  # a prompt word blind to region 5
+    lesions = [("pleural_effusion", 0, mask), ("pleural_effusion", 1, mask)]
+    out = score_lesions(lesions, feats, {"pleural_effusion": prompt}, partial(word_region_attention, gamma1=8.0))
+    paired = out["localisation"]
+    assert set(paired) == {"pleural_effusion", "all"}
+    for entry in paired.values():
+        assert (entry["n"], entry["pointing"], entry["unscored"]) == (1, 1.0, 1)
+        assert entry["mass"] > 2 * entry["mask_share"] and entry["mask_share"] == pytest.approx(64 / 1024)
+    prompts = out["localisation_prompts"]["pleural_effusion"]
+    assert prompts["n"] == 2 and "unscored" not in prompts and prompts["pointing"] == 0.0
+
+
+def test_report_finding_words_include_iu_rr_plurals_and_collapse():
+    from cmgl_dist.evaluate.prompts import finding_word_positions
+
+    words = "Small bilateral pleural effusions and infiltrates ; partial collapse".split()
+    assert finding_word_positions(words, "pleural_effusion") == [3]
+    assert finding_word_positions(words, "consolidation") == [5]
+    assert finding_word_positions(words, "atelectasis") == [8]
+    assert finding_word_positions(words, "edema") == []
+
+
+def _text_features(strings) -> "SplitFeatures":
+    from cmgl_dist.evaluate.features import SplitFeatures
+
+    return SplitFeatures(keys=["a", "b"], labels=torch.zeros(2, 6), image_global=torch.randn(2, 4),
+                         regions=torch.randn(2, 16, 4), sentence=torch.randn(2, 4), words=torch.randn(2, 3, 4),
+                         word_mask=torch.tensor([[True, True, True], [True, False, False]]), word_strings=strings)
+
+
+def test_feature_cache_keeps_the_word_strings_and_refuses_a_file_without_them(tmp_path):
+    from safetensors.torch import save_file
+
+    from cmgl_dist.evaluate.features import load_features, save_features
+
+    feats = _text_features([["mild", "cardiomégaly", "[SEP]"], ['"quoted"']])
+    save_features(feats, tmp_path / "f.safetensors")
+    loaded = load_features(tmp_path / "f.safetensors")
+    assert loaded.word_strings == feats.word_strings and loaded.keys == ["a", "b"]
+    words, strings = loaded.text_words(0)
+    assert torch.equal(words, feats.words[0]) and strings == ["mild", "cardiomégaly", "[SEP]"]
+    # a with_text file of the format before word strings
+    save_file(feats.tensors(), str(tmp_path / "old.safetensors"), metadata={"keys": json.dumps(feats.keys)})
+    with pytest.raises(ValueError, match="without their word strings.*delete it"):
+        load_features(tmp_path / "old.safetensors")
+    image_only = _text_features(None)
+    image_only.regions = image_only.sentence = image_only.words = image_only.word_mask = None
+    save_features(image_only, tmp_path / "img.safetensors")
+    assert load_features(tmp_path / "img.safetensors").word_strings is None
+
+
+@pytest.mark.parametrize("special_words", ["none", "cls_sep"])
+def test_encoded_word_strings_follow_the_word_mask_columns(special_words):
+    from cmgl_dist.config import load_config
+    from cmgl_dist.data import tokenize_texts
+    from cmgl_dist.evaluate.features import encode_split
+    from cmgl_dist.model import build_model
+
+    cfg = load_config("debug")
+    model = build_model(cfg.model).eval()
+    texts = ["Small left pleural effusions.", "Heart size normal; no focal consolidation or effusion."]
+    batch = {"images": torch.zeros(2, 3, 64, 64), "labels": torch.zeros(2, 6), "keys": ["a", "b"],
+             **tokenize_texts(model.tokenizer, texts, cfg.data.max_length, special_words)}
+    feats = encode_split(model, [batch], with_text=True, device=torch.device("cpu"))
+    assert feats.word_strings == batch["words"]
+    assert [len(s) for s in feats.word_strings] == feats.word_mask.sum(1).tolist()
+    _, first = feats.text_words(0)
+    assert first[:2] == (["[CLS]", "Small"] if special_words == "cls_sep" else ["Small", "left"])
+    batch["words"] = [w[:-1] for w in batch["words"]]
+    with pytest.raises(ValueError, match="word strings do not match word_mask"):
+        encode_split(model, [batch], with_text=True, device=torch.device("cpu"))
+
+
+def test_the_feature_format_is_part_of_the_feature_file_name(tmp_path, monkeypatch):
+    from cmgl_dist.config import EvalConfig
+    from cmgl_dist.evaluate import context
+    from cmgl_dist.evaluate.context import EvalContext, EvalInputs
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model.safetensors").write_bytes(b"weights")
+    (export / "config.yaml").write_text("name: x\n")
+    ctx = EvalContext(str(export), EvalInputs(str(tmp_path / "test-000000.tar"), str(tmp_path / "out"), EvalConfig()))
+    path = ctx._feature_path("test", with_text=True)
+    assert path == ctx._feature_path("test", with_text=True) and path.name.endswith("-text.safetensors")
+    monkeypatch.setattr(context, "FEATURES_FORMAT", context.FEATURES_FORMAT - 1)
+    assert ctx._feature_path("test", with_text=True) != path

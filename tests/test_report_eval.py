@@ -9,11 +9,13 @@ from PIL import Image
 
 from cmgl_dist.config import load_config
 from cmgl_dist.engine.export import export_model
+from cmgl_dist.evaluate.report import build_table
 from cmgl_dist.evaluate.run import main as evaluate_main
 from cmgl_dist.model import build_model
 from cmgl_dist.shards.manifest import shards_sha256
 from cmgl_dist.shards.schema import PATHOLOGIES
 
+LOCALISATION = ["Attention mass in mask", "Pointing game", "Chance (mask share)"]
 AUC_HEADER = ["Setting", "Atelectasis", "Cardiomegaly", "Edema", "Pleural effusion", "Consolidation", "Mean"]
 
 
@@ -61,7 +63,7 @@ def test_every_job_succeeds_and_is_recorded(evaluated):
 
 def test_table_has_the_paper_shape(evaluated):
     out, _ = evaluated
-    auc, retrieval, localisation = _markdown_tables((out / "table.md").read_text())
+    auc, retrieval, paired, prompts = _markdown_tables((out / "table.md").read_text())
     assert auc[0] == AUC_HEADER
     assert [row[0] for row in auc[2:]] == ["zero-shot", "zero-shot vs negation", "probe 10%", "probe 100%"]
     for row in auc[2:]:
@@ -70,8 +72,26 @@ def test_table_has_the_paper_shape(evaluated):
     n_test = int(re.search(r"Candidates: (\d+) test pairs", (out / "table.md").read_text()).group(1))
     assert all(cell.endswith(f"({10 / n_test:.3f})") for cell in [row[3] for row in retrieval[2:]])
     assert re.search(r"precision, image -> report P@10 .*: \d\.\d{3} \(\d\.\d{3}\)\.", (out / "table.md").read_text())
-    assert localisation[0] == ["Finding", "Masks", "Attention mass in mask", "Pointing game", "Chance (mask share)"]
-    assert localisation[-1][0] == "All"
+    assert paired[0] == ["Finding", "Masks scored", "Not scored (no finding word in the report)"] + LOCALISATION
+    assert prompts[0] == ["Finding", "Masks scored"] + LOCALISATION
+    assert paired[-1][0] == prompts[-1][0] == "All"
+    # every mask in the crop is scored by the prompts, and by its report or counted as not scored
+    assert int(paired[-1][1]) + int(paired[-1][2]) == int(prompts[-1][1]) > 0
+    record = next(r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())
+                  if r["task"] == "localisation")
+    assert record["localisation"]["all"]["unscored"] == int(paired[-1][2])
+    assert "unscored" not in record["localisation_prompts"]["all"]
+
+
+def test_a_localisation_record_of_the_prompt_only_format_still_renders():
+    old = {"n": 3, "mass": 0.07, "pointing": 0.333, "mask_share": 0.072}
+    record = {"status": "ok", "task": "localisation", "export": "e", "corpus": "c", "split": "test",
+              "localisation": {"edema": old, "all": old}}
+    text = build_table([record])
+    (prompts,) = _markdown_tables(text)
+    assert prompts[0] == ["Finding", "Masks scored"] + LOCALISATION
+    assert prompts[2:] == [["Edema", "3", "0.070", "0.333", "0.072"], ["All", "3", "0.070", "0.333", "0.072"]]
+    assert "Paired-report protocol: not in this record" in text and "Class-prompt protocol" in text
 
 
 def test_roc_and_attention_pngs_open(evaluated):

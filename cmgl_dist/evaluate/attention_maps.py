@@ -1,12 +1,12 @@
 """GLoRIA-style figures: for a few test reports, each chosen word's attention over the X-ray.
 
 One PNG per report: the image, then one panel per word with its word->region attention
-(upsampled from the region grid) over the image. Finding words (those of the prompt
-vocabulary, e.g. 'effusion', 'cardiomegaly') are shown first, then the longest other words.
+(upsampled from the region grid) over the image. Finding words (`prompts.FINDING_WORDS`, the
+words localisation scores, e.g. 'effusion', 'cardiomegaly') are shown first, then the longest
+other words.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
@@ -14,18 +14,17 @@ import torch
 from cmgl_dist.data.images import IMAGENET_MEAN, IMAGENET_STD
 from cmgl_dist.evaluate.figures import plt, save_figure
 from cmgl_dist.evaluate.localisation import attention_heatmap
-from cmgl_dist.evaluate.prompts import PROMPT_PARTS
+from cmgl_dist.evaluate.prompts import FINDING_WORDS
 from cmgl_dist.shards.schema import PATHOLOGIES
 
 WORDS_PER_FIGURE = 5
-FINDING_WORDS = frozenset(w for parts in PROMPT_PARTS.values() for phrase in parts[1]
-                          for w in re.findall(r"\w+", phrase) if len(w) > 4)
+ANY_FINDING_WORD = frozenset().union(*FINDING_WORDS.values())
 
 
 def pick_words(words: list[str], k: int = WORDS_PER_FIGURE) -> list[int]:
     """Indices of up to k distinct words: finding words first, then the longest others."""
     seen, ranked = set(), []
-    order = sorted(range(len(words)), key=lambda i: (words[i].lower() not in FINDING_WORDS, -len(words[i]), i))
+    order = sorted(range(len(words)), key=lambda i: (words[i].lower() not in ANY_FINDING_WORD, -len(words[i]), i))
     for i in order:
         if words[i].lower() not in seen:
             seen.add(words[i].lower())

@@ -23,7 +23,8 @@ import numpy as np
 from cmgl_dist.atomic import atomic_path
 from cmgl_dist.config import EvalConfig
 from cmgl_dist.data.shardlist import shard_urls, shards_fingerprint
-from cmgl_dist.evaluate.features import Export, SplitFeatures, cached_features, encode_split, export_fingerprint
+from cmgl_dist.evaluate.features import (FEATURES_FORMAT, Export, SplitFeatures, cached_features, encode_split,
+                                         export_fingerprint)
 
 # fields of EvalConfig that choose which jobs run, not what a job computes
 JOB_LIST_FIELDS = ("probe_fractions", "seeds", "finetune")
@@ -106,7 +107,8 @@ class EvalContext:
 
     def _feature_path(self, split: str, with_text: bool) -> Path:
         loader = {"batch_size": self.settings.batch_size, "workers": self.settings.workers}
-        key = inputs_key({"shards": self.key_parts["shards"], "split": split, "loader": loader})
+        key = inputs_key({"format": FEATURES_FORMAT, "shards": self.key_parts["shards"], "split": split,
+                          "loader": loader})
         return self.out_dir / "features" / self.export.fingerprint / f"{split}-{key}{'-text' if with_text else ''}.safetensors"
 
     def save_scores(self, name: str, **arrays: np.ndarray) -> str:

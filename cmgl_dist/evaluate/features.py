@@ -3,8 +3,8 @@
 A sweep runs many jobs on the same checkpoint (probe fractions x seeds, zero-shot, retrieval):
 they all read the same cached file instead of re-encoding. The evaluation context
 (`context.py`) names the file after what the features were computed from (the export's and the
-shards' content fingerprints, the split, the loader settings); here it is written atomically and
-guarded by a file lock so that two jobs starting together encode once.
+shards' content fingerprints, the split, the loader settings and `FEATURES_FORMAT`); here it is
+written atomically and guarded by a file lock so that two jobs starting together encode once.
 """
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ from cmgl_dist.config import load_config
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
+# What a feature file holds; part of its cache key, so a file of another format is not found.
+# 2: with_text files also carry each text's word strings (metadata "word_strings").
+FEATURES_FORMAT = 2
 
 
 @dataclass
@@ -36,10 +39,17 @@ class SplitFeatures:
     sentence: Optional[torch.Tensor] = None     # [N, D]
     words: Optional[torch.Tensor] = None        # [N, W, D], zero-padded
     word_mask: Optional[torch.Tensor] = None    # [N, W] bool
+    word_strings: Optional[list[list[str]]] = None  # per text, one string per True of its word_mask row
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name != "keys" and getattr(self, f.name) is not None}
+                if f.name not in ("keys", "word_strings") and getattr(self, f.name) is not None}
+
+    def text_words(self, row: int) -> tuple[torch.Tensor, list[str]]:
+        """(real words [W, D], their strings) of the text of sample `row`."""
+        if self.words is None or self.word_strings is None:
+            raise ValueError("these features hold no text words: encode them with_text")
+        return self.words[row][self.word_mask[row]], self.word_strings[row]
 
 
 def export_fingerprint(export_dir: str | os.PathLike) -> str:
@@ -102,7 +112,7 @@ def encode_split(model, loader: Iterable[dict], *, with_text: bool, device: Opti
     """Run the model over every batch of an evaluation loader (one pass, centre crops)."""
     device = device or eval_device()
     model = model.to(device).eval()
-    keys, labels, image_global, regions, sentence, words, word_mask = [], [], [], [], [], [], []
+    keys, labels, image_global, regions, sentence, words, word_mask, strings = [], [], [], [], [], [], [], []
     for batch in loader:
         batch = _to_device(batch, device)
         g, r = model.encode_image(batch["images"])
@@ -115,28 +125,47 @@ def encode_split(model, loader: Iterable[dict], *, with_text: bool, device: Opti
             sentence.append(s.float().cpu())
             words.append(w.float().cpu())
             word_mask.append(m.bool().cpu())
+            strings += _word_strings(batch, word_mask[-1])
     if not keys:
         raise ValueError(f"{what} holds no samples")
     feats = SplitFeatures(keys, torch.cat(labels), torch.cat(image_global))
     if with_text:
         feats.regions, feats.sentence = torch.cat(regions), torch.cat(sentence)
         feats.words, feats.word_mask = _pad_words(words, word_mask)
+        feats.word_strings = strings
     return feats
 
 
+def _word_strings(batch: dict, word_mask: torch.Tensor) -> list[list[str]]:
+    """The batch's word strings (`tokenize_texts`), checked against the word columns they name."""
+    strings = batch["words"]
+    counts = word_mask.sum(1).tolist()
+    if [len(s) for s in strings] != counts:
+        raise ValueError(f"word strings do not match word_mask: {[len(s) for s in strings]} strings "
+                         f"for {counts} words per text (batch keys {batch['keys'][:3]}...)")
+    return [list(s) for s in strings]
+
+
 def save_features(feats: SplitFeatures, path: Path) -> None:
+    metadata = {"keys": json.dumps(feats.keys), "format": str(FEATURES_FORMAT)}
+    if feats.word_strings is not None:
+        metadata["word_strings"] = json.dumps(feats.word_strings)
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in feats.tensors().items()}, str(tmp),
-                  metadata={"keys": json.dumps(feats.keys)})
+        save_file({k: v.contiguous() for k, v in feats.tensors().items()}, str(tmp), metadata=metadata)
 
 
 def load_features(path: Path) -> SplitFeatures:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        keys = json.loads(f.metadata()["keys"])
+        metadata = f.metadata()
     tensors = load_file(str(path))
-    return SplitFeatures(keys=keys, **tensors)
+    strings = metadata.get("word_strings")
+    if "words" in tensors and strings is None:
+        raise ValueError(f"{path} holds text features without their word strings (written before feature "
+                         f"format {FEATURES_FORMAT}); delete it and rerun to encode the split again")
+    return SplitFeatures(keys=json.loads(metadata["keys"]), 
+                         word_strings=None if strings is None else json.loads(strings), **tensors)
 
 
 def cached_features(path: Path, encode: Callable[[], SplitFeatures]) -> SplitFeatures:

@@ -1,10 +1,16 @@
 """Localisation on phantom data: does the word->region attention land on the lesion?
 
-For every test sample with a lesion mask (phantom images carry `masks.npz`, one bool mask per
-present finding at the stored image's resolution), the class prompts' words attend over the
-image's regions (GLoRIA attention); the map of the words that name the finding
-(`prompts.FINDING_WORDS`: "effusion", "cardiomegaly", ...), averaged over those words and the
-prompts, is upsampled to the crop and scored two ways:
+Phantom images carry `masks.npz`, one bool mask per present finding at the stored image's
+resolution. For every test sample with a mask of pathology p, a heatmap is made from the words
+that name p (`prompts.FINDING_WORDS`: "effusion", "cardiomegaly", ...), two ways:
+- paired report (the primary protocol, GLoRIA's attention maps): the finding words of the
+  image's own report, attending over the image's regions with the rest of that report. A mask
+  whose report names p with none of these words cannot be scored so; it is counted as
+  `unscored`, per pathology;
+- class prompts: the finding words of the zero-shot class prompts, averaged over the prompts.
+  A prompt has a handful of words, so its finding word takes most of every region (below) and
+  the map is flatter than the report's.
+Each heatmap is upsampled to the crop and scored two ways:
 - mass: the share of attention inside the mask;
 - pointing game: whether the map's maximum falls inside the mask.
 Both have the same chance level, the mask's share of the crop (a uniform map's mass; the hit
@@ -15,12 +21,13 @@ words (softmax over words, so the shares of a region sum to 1), and the mean of 
 is therefore close to uniform whatever the model learnt.
 Masks go through the eval image transform (`cmgl_dist.data.images`: longest side to
 data.image_size, centred zero-padding to a square, centre crop), so they align with the
-pixels the model saw.
+pixels the model saw; a lesion outside the centre crop is not counted at all.
 """
 from __future__ import annotations
 
 import io
 import math
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -66,38 +73,79 @@ def score_map(heatmap: torch.Tensor, mask: torch.Tensor) -> tuple[float, bool]:
 
 
 def localisation_scores(ctx) -> dict:
-    """Per-pathology and overall mean mass, pointing-game accuracy and chance level."""
+    """Per-pathology and overall mean mass, pointing-game accuracy and chance level, for the
+    paired reports ("localisation", with `unscored` counts) and the class prompts."""
     from cmgl_dist.evaluate.prompts import class_prompts
 
-    cfg = ctx.cfg
+    feats = ctx.features(with_text=True)
+    prompts = class_prompts(ctx.settings.n_prompts, seed=0)
+    prompt_words = {p: finding_word_rows(ctx.model, prompts[p], p, ctx.cfg.data) for p in PATHOLOGIES}
+    return score_lesions(lesions(ctx, feats), feats, prompt_words, ctx.attention)
+
+
+def score_lesions(found: Iterable[tuple[str, int, torch.Tensor]], feats, prompt_words: dict,
+                  attention: Callable) -> dict:
+    """Both protocols over `found` lesions (pathology, feature row, mask); `prompt_words` as
+    `finding_word_rows` gives per pathology; `attention(words, regions) -> [W, R]`."""
+    report_rows, prompt_rows = _empty(), _empty()
+    unscored = dict.fromkeys(PATHOLOGIES, 0)
+    for pathology, row, mask in found:
+        share = float(mask.float().mean())
+        prompt_map = prompt_attention(*prompt_words[pathology], feats.regions[row], attention)
+        prompt_rows[pathology].append((*_score(prompt_map, mask), share))
+        report_map = paired_report_attention(feats, row, pathology, attention)
+        if report_map is None:
+            unscored[pathology] += 1
+        else:
+            report_rows[pathology].append((*_score(report_map, mask), share))
+    return {"localisation": _summary(report_rows, unscored), "localisation_prompts": _summary(prompt_rows)}
+
+
+def lesions(ctx, feats) -> Iterator[tuple[str, int, torch.Tensor]]:
+    """(pathology, feature row, mask [crop, crop]) for every test lesion inside the centre crop."""
     masks = read_masks(ctx.shards, ctx.split)
     if not masks:
         raise ValueError(f"no {ctx.split} sample in {ctx.shards} carries {MASKS}: "
                          "localisation needs phantom images (pack with phantom images)")
-    feats = ctx.features(with_text=True)
     row_of = {key: i for i, key in enumerate(feats.keys)}
-    prompts = class_prompts(ctx.settings.n_prompts, seed=0)
-    rows: dict[str, list[tuple[float, bool, float]]] = {p: [] for p in PATHOLOGIES}
+    data = ctx.cfg.data
+    found = False
     for pathology in PATHOLOGIES:
-        words, finding = finding_word_rows(ctx.model, prompts[pathology], pathology, cfg.data)
         for key, sample_masks in masks.items():
             if pathology not in sample_masks or key not in row_of:
                 continue
-            mask = mask_to_view(sample_masks[pathology], cfg.data.image_size, cfg.data.crop_size)
-            if not mask.any():
-                continue  # the lesion lies outside the centre crop
-            regions = feats.regions[row_of[key]]
-            attention = torch.stack([ctx.attention(w, regions)[rows].mean(0)
-                                     for w, rows in zip(words, finding)])
-            heatmap = attention_heatmap(attention.mean(0), cfg.data.crop_size)
-            mass, hit = score_map(heatmap, mask)
-            rows[pathology].append((mass, hit, float(mask.float().mean())))
-    summary = {p: _summarise(r) for p, r in rows.items() if r}
-    everything = [x for r in rows.values() for x in r]
-    if not everything:
+            mask = mask_to_view(sample_masks[pathology], data.image_size, data.crop_size)
+            if mask.any():
+                found = True
+                yield pathology, row_of[key], mask
+    if not found:
         raise ValueError("no lesion mask falls inside the centre crop of any test sample")
-    summary["all"] = _summarise(everything)
-    return {"localisation": summary}
+
+
+def paired_report_attention(feats, row: int, pathology: str, attention: Callable) -> Optional[torch.Tensor]:
+    """[R]: the mean attention of the words of sample `row`'s own report that name `pathology`
+    (attending beside all of that report's words), or None when the report has none of them."""
+    from cmgl_dist.evaluate.prompts import finding_word_positions
+
+    words, strings = feats.text_words(row)
+    rows = finding_word_positions(strings, pathology)
+    if not rows:
+        return None
+    return attention(words, feats.regions[row])[rows].mean(0)
+
+
+def prompt_attention(words: list[torch.Tensor], rows: list[list[int]], regions: torch.Tensor,
+                     attention: Callable) -> torch.Tensor:
+    """[R]: the finding words' attention averaged within each prompt, then over the prompts."""
+    return torch.stack([attention(w, regions)[r].mean(0) for w, r in zip(words, rows)]).mean(0)
+
+
+def _score(attention: torch.Tensor, mask: torch.Tensor) -> tuple[float, bool]:
+    return score_map(attention_heatmap(attention, mask.shape[-1]), mask)
+
+
+def _empty() -> dict[str, list]:
+    return {p: [] for p in PATHOLOGIES}
 
 
 def finding_word_rows(model, prompts: list[str], pathology: str, data_cfg) -> tuple[list, list]:
@@ -105,14 +153,14 @@ def finding_word_rows(model, prompts: list[str], pathology: str, data_cfg) -> tu
 
     Prompts without such a word are dropped; every pathology's prompt set has some."""
     from cmgl_dist.data import tokenize_texts
-    from cmgl_dist.evaluate.prompts import FINDING_WORDS
+    from cmgl_dist.evaluate.prompts import FINDING_WORDS, finding_word_positions
     from cmgl_dist.evaluate.zero_shot import encode_texts
 
     _, words, word_mask = encode_texts(model, prompts, data_cfg.max_length, data_cfg.special_words)
     strings = tokenize_texts(model.tokenizer, prompts, data_cfg.max_length, data_cfg.special_words)["words"]
     kept_words, kept_rows = [], []
     for w, m, names in zip(words, word_mask, strings):
-        rows = [i for i, name in enumerate(names) if name.lower() in FINDING_WORDS[pathology]]
+        rows = finding_word_positions(names, pathology)
         if rows:
             kept_words.append(w[m].cpu())
             kept_rows.append(rows)
@@ -121,7 +169,21 @@ def finding_word_rows(model, prompts: list[str], pathology: str, data_cfg) -> tu
     return kept_words, kept_rows
 
 
+def _summary(rows: dict[str, list], unscored: Optional[dict[str, int]] = None) -> dict:
+    """pathology (those with a lesion) and "all" -> n, mass, pointing, mask_share (None when
+    nothing was scored) and, given `unscored`, the masks that could not be scored."""
+    everything = [x for r in rows.values() for x in r]
+    out = {}
+    for name, scored in [*rows.items(), ("all", everything)]:
+        missed = None if unscored is None else sum(unscored.values()) if name == "all" else unscored[name]
+        if scored or missed:
+            out[name] = _summarise(scored) | ({} if missed is None else {"unscored": missed})
+    return out
+
+
 def _summarise(rows: list[tuple[float, bool, float]]) -> dict:
+    if not rows:
+        return {"n": 0, "mass": None, "pointing": None, "mask_share": None}
     mass, hit, share = (np.asarray(c, float) for c in zip(*rows))
     return {"n": len(rows), "mass": float(mass.mean()), "pointing": float(hit.mean()),
             "mask_share": float(share.mean())}

@@ -46,15 +46,22 @@ PROMPT_PARTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
 
 
 # pathology -> the words of its prompts that name the finding itself (lower case). Localisation
-# scores where these words look; severity, location and filler words ("the", "left") do not
-# name the lesion, and averaging every word's map would flatten it (see localisation.py).
+# scores where these words look, in the prompts and in each image's own report; severity,
+# location and filler words ("the", "left") do not name the lesion, and averaging every word's
+# map would flatten it (see localisation.py). The plurals and "collapse" ("partial collapse of
+# the left upper lobe") are how IU-RR's positive reports name these findings.
 FINDING_WORDS: dict[str, frozenset[str]] = {
-    "atelectasis": frozenset({"atelectasis"}),
+    "atelectasis": frozenset({"atelectasis", "collapse"}),
     "cardiomegaly": frozenset({"cardiomegaly", "enlargement", "enlarged", "cardiac", "heart", "cardiomediastinal"}),
     "edema": frozenset({"edema", "congestion"}),
-    "pleural_effusion": frozenset({"effusion", "fluid"}),
-    "consolidation": frozenset({"consolidation", "airspace", "infiltrate"}),
+    "pleural_effusion": frozenset({"effusion", "effusions", "fluid"}),
+    "consolidation": frozenset({"consolidation", "consolidations", "airspace", "infiltrate", "infiltrates"}),
 }
+
+
+def finding_word_positions(words: list[str], pathology: str) -> list[int]:
+    """Indices of the words (strings, any case) that name `pathology`."""
+    return [i for i, word in enumerate(words) if word.lower() in FINDING_WORDS[pathology]]
 
 
 # pathology -> statements that the finding is absent, as IU-RR reports phrase them. Used by the

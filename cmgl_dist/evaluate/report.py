@@ -3,8 +3,8 @@
 Table rows: zero-shot (GLoRIA's score, then contrasted with negated prompts), then the probe
 fractions in increasing order, then fine-tuning when run; columns: the five AUCs and
 their mean, each "0.87 [0.82, 0.91]" (bootstrap 95% CI). One section per exported checkpoint;
-with several seeds of one setting, each seed gets its own row. Retrieval and localisation go
-to a second and third small table, failed jobs to a list at the end.
+with several seeds of one setting, each seed gets its own row. Retrieval goes to a second small
+table, localisation to two more (paired report, class prompts), failed jobs to a list at the end.
 """
 from __future__ import annotations
 
@@ -90,13 +90,41 @@ def _with_chance(value: float, chance) -> str:
     return f"{value:.3f}" if chance is None else f"{value:.3f} ({chance:.3f})"
 
 
-def localisation_table(records: list[dict]) -> list[str]:
-    scores = records[0]["localisation"]
-    rows = [[TITLES.get(name, "All"), str(s["n"]), f"{s['mass']:.3f}", f"{s['pointing']:.3f}", f"{s['mask_share']:.3f}"]
+LOCALISATION_COLUMNS = ["Attention mass in mask", "Pointing game", "Chance (mask share)"]
+
+
+def localisation_tables(record: dict) -> list[str]:
+    """The paired-report table, then the class-prompt one. A record written before the paired
+    protocol holds only the prompt protocol, under "localisation" without `unscored` counts."""
+    paired, prompts = record["localisation"], record.get("localisation_prompts")
+    if prompts is None and "unscored" not in paired.get("all", {}):
+        paired, prompts = None, paired
+    lines = []
+    if paired is not None:
+        lines += _localisation_rows(paired, unscored=True) + [
+            "", "Paired-report protocol (GLoRIA's attention maps): the finding words of the image's own "
+                "report attend over its regions; a mask whose report names the finding with none of these "
+                "words is not scored, and counted."]
+    else:
+        lines += ["Paired-report protocol: not in this record (written by an older cmgl; rerun the "
+                  "localisation job)."]
+    if prompts is not None:
+        lines += ["", "Class-prompt protocol: the finding words of the zero-shot class prompts.", ""]
+        lines += _localisation_rows(prompts, unscored=False)
+    return lines + ["", "Chance is the same for mass and pointing: a uniform map's mass in the mask, and the "
+                        "hit rate of a peak placed at random."]
+
+
+def _localisation_rows(scores: dict, unscored: bool) -> list[str]:
+    header = ["Finding", "Masks scored"] + (["Not scored (no finding word in the report)"] if unscored else [])
+    rows = [[TITLES.get(name, "All"), str(s["n"])] + ([str(s.get("unscored", 0))] if unscored else [])
+            + [_fraction(s.get(k)) for k in ("mass", "pointing", "mask_share")]
             for name, s in ((n, scores[n]) for n in PATHOLOGIES + ("all",) if n in scores)]
-    return _markdown(["Finding", "Masks", "Attention mass in mask", "Pointing game", "Chance (mask share)"], rows) + [
-        "", "Chance is the same for both: a uniform map's mass in the mask, and the hit rate of a peak "
-            "placed at random."]
+    return _markdown(header + LOCALISATION_COLUMNS, rows)
+
+
+def _fraction(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def build_table(records: list[dict]) -> str:
@@ -116,7 +144,7 @@ def build_table(records: list[dict]) -> str:
             lines += ["### Image <-> report retrieval", ""] + retrieval_table(retrieval) + [""]
         localisation = [r for r in recs if r["task"] == "localisation"]
         if localisation:
-            lines += ["### Localisation (phantom lesion masks)", ""] + localisation_table(localisation) + [""]
+            lines += ["### Localisation (phantom lesion masks)", ""] + localisation_tables(localisation[0]) + [""]
     if failed:
         lines += ["## Failed jobs", ""] + [f"- `{r['job_id']}` after {r['attempts']} attempt(s): {r['error']}"
                                            for r in failed] + [""]
