@@ -164,7 +164,7 @@ def load_features(path: Path) -> SplitFeatures:
     if "words" in tensors and strings is None:
         raise ValueError(f"{path} holds text features without their word strings (written before feature "
                          f"format {FEATURES_FORMAT}); delete it and rerun to encode the split again")
-    return SplitFeatures(keys=json.loads(metadata["keys"]), 
+    return SplitFeatures(keys=json.loads(metadata["keys"]),
                          word_strings=None if strings is None else json.loads(strings), **tensors)
 
 
