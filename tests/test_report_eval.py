@@ -3,6 +3,7 @@ import json
 import shutil
 import re
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -150,3 +151,18 @@ def test_a_repack_in_place_is_not_served_from_old_results_or_features(tiny_expor
     assert evaluate_main(argv) == 0
     before, after = _retrieval_records(tmp_path / "eval")
     assert after["n_test"] == before["n_test"] - dropped["samples"]
+
+
+def _zero_shot_scores(out):
+    (record,) = [r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines()) if r["task"] == "zero_shot"]
+    return np.load(out / record["scores_file"])["scores"]
+
+
+def test_eval_word_pooling_override_is_the_one_computed(tiny_export, tmp_path):
+    """`--set eval.word_pooling=max` keys the record and must also be what the job computes (the
+    jobs once read the export's config instead, so a 'max' record held log-sum-exp scores)."""
+    argv = ["--exports", str(tiny_export), "--tasks", "zero_shot", "--n-prompts", "4"]
+    assert evaluate_main(argv + ["--out", str(tmp_path / "lse")]) == 0
+    assert evaluate_main(argv + ["--out", str(tmp_path / "max"), "--set", "eval.word_pooling=max"]) == 0
+    lse, pooled_max = _zero_shot_scores(tmp_path / "lse"), _zero_shot_scores(tmp_path / "max")
+    assert not np.allclose(lse, pooled_max)
