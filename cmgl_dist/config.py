@@ -185,9 +185,23 @@ class EvalConfig(_Section):
     n_prompts: int = Field(20, ge=1, description="Zero-shot prompts per class (--n-prompts).")
     n_figures: int = Field(4, ge=1, description="Reports drawn as attention-map figures.")
     workers: int = Field(0, ge=0, description="DataLoader worker processes of the evaluation loaders.")
-    word_pooling: Literal["logsumexp", "max"] = Field(
-        "logsumexp", description="Local score over words in zero-shot and retrieval: logsumexp (cmgl, the "
-                                 "training loss's) or max (GLoRIA's zero-shot: gamma2 * max cosine).")
+    zero_shot_word_pooling: Literal["logsumexp", "max"] = Field(
+        "max", description="Local score over a prompt's words in zero-shot: max (GLoRIA's zero-shot score, "
+                           "gamma2 * the best word's cosine) or logsumexp (the training loss's pooling).")
+    retrieval_word_pooling: Literal["logsumexp", "max"] = Field(
+        "logsumexp", description="Local score over a report's words in retrieval: logsumexp (the training "
+                                 "loss's image-report similarity) or max.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_word_pooling(cls, data):
+        """Configs written before the split (exports included) name one `word_pooling` for both."""
+        if isinstance(data, dict) and "word_pooling" in data:
+            data = dict(data)
+            pooling = data.pop("word_pooling")
+            for field in ("zero_shot_word_pooling", "retrieval_word_pooling"):
+                data.setdefault(field, pooling)
+        return data
 
 
 class CMGLConfig(_Section):

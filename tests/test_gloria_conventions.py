@@ -76,6 +76,14 @@ def test_max_pooling_routes_to_the_reference_and_is_checked():
 
 
 def test_config_selects_both_conventions():
-    cfg = load_config("debug", ["data.special_words=sep", "eval.word_pooling=max"])
-    assert (cfg.data.special_words, cfg.eval.word_pooling) == ("sep", "max")
-    assert load_config("debug").data.special_words == "none" and load_config("debug").eval.word_pooling == "logsumexp"
+    cfg = load_config("debug", ["data.special_words=sep", "eval.retrieval_word_pooling=max"])
+    assert (cfg.data.special_words, cfg.eval.retrieval_word_pooling) == ("sep", "max")
+    default = load_config("debug")
+    assert default.data.special_words == "none"
+    assert (default.eval.zero_shot_word_pooling, default.eval.retrieval_word_pooling) == ("max", "logsumexp")
+
+
+def test_a_config_naming_one_word_pooling_sets_both():
+    """Exports written before the split carry `eval.word_pooling`; they still load, meaning what they meant."""
+    cfg = load_config("debug", ["eval.word_pooling=logsumexp"])
+    assert (cfg.eval.zero_shot_word_pooling, cfg.eval.retrieval_word_pooling) == ("logsumexp", "logsumexp")

@@ -159,10 +159,10 @@ def _zero_shot_scores(out):
 
 
 def test_eval_word_pooling_override_is_the_one_computed(tiny_export, tmp_path):
-    """`--set eval.word_pooling=max` keys the record and must also be what the job computes (the
-    jobs once read the export's config instead, so a 'max' record held log-sum-exp scores)."""
+    """`--set eval.zero_shot_word_pooling=...` keys the record and must also be what the job computes
+    (the jobs once read the export's config instead, so a 'max' record held log-sum-exp scores)."""
     argv = ["--exports", str(tiny_export), "--tasks", "zero_shot", "--n-prompts", "4"]
-    assert evaluate_main(argv + ["--out", str(tmp_path / "lse")]) == 0
-    assert evaluate_main(argv + ["--out", str(tmp_path / "max"), "--set", "eval.word_pooling=max"]) == 0
+    assert evaluate_main(argv + ["--out", str(tmp_path / "lse"), "--set", "eval.zero_shot_word_pooling=logsumexp"]) == 0
+    assert evaluate_main(argv + ["--out", str(tmp_path / "max"), "--set", "eval.zero_shot_word_pooling=max"]) == 0
     lse, pooled_max = _zero_shot_scores(tmp_path / "lse"), _zero_shot_scores(tmp_path / "max")
     assert not np.allclose(lse, pooled_max)

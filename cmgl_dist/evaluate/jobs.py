@@ -100,7 +100,7 @@ def run_zero_shot(job: Job, ctx: EvalContext) -> dict:
     scores = class_scores(ctx.model, feats, class_prompts(ctx.settings.n_prompts, seed=job.seed),
                           max_length=ctx.cfg.data.max_length, **ctx.gammas,
                           negatives=NEGATIVE_PROMPTS if job.task == "zero_shot_negated" else None,
-                          special_words=ctx.cfg.data.special_words, word_pooling=ctx.settings.word_pooling)
+                          special_words=ctx.cfg.data.special_words, word_pooling=ctx.settings.zero_shot_word_pooling)
     return _auc_result(ctx, job, _finding_labels(feats), scores, feats.keys)
 
 
@@ -166,7 +166,8 @@ def run_retrieval(job: Job, ctx: EvalContext) -> dict:
 
     if samples_without_text(ctx.shards, ctx.split):
         raise ValueError(f"{ctx.shards} has samples without a report: retrieval needs reports")
-    return retrieval_recalls(ctx.features(with_text=True), **ctx.gammas, word_pooling=ctx.settings.word_pooling)
+    return retrieval_recalls(ctx.features(with_text=True), **ctx.gammas,
+                             word_pooling=ctx.settings.retrieval_word_pooling)
 
 
 def run_localisation(job: Job, ctx: EvalContext) -> dict:

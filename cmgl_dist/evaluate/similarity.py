@@ -15,7 +15,7 @@ def image_text_similarity(image_global: torch.Tensor, regions: torch.Tensor, sen
     """[N_images, N_texts]: (global cosine + local similarity) / 2, as GLoRIA's `get_similarities`.
 
     The local similarity pools the words with the training log-sum-exp, or with GLoRIA's
-    zero-shot max (`word_pooling="max"`, `eval.word_pooling`)."""
+    zero-shot max (`word_pooling="max"`, `eval.zero_shot_word_pooling`)."""
     device = words.device
     global_sim = F.normalize(image_global.to(device).float(), dim=-1) @ F.normalize(sentence.float(), dim=-1).T
     # local_similarity works in memory-bounded blocks of (texts x images) itself
