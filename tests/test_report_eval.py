@@ -166,3 +166,15 @@ def test_eval_word_pooling_override_is_the_one_computed(tiny_export, tmp_path):
     assert evaluate_main(argv + ["--out", str(tmp_path / "max"), "--set", "eval.zero_shot_word_pooling=max"]) == 0
     lse, pooled_max = _zero_shot_scores(tmp_path / "lse"), _zero_shot_scores(tmp_path / "max")
     assert not np.allclose(lse, pooled_max)
+
+
+def test_records_made_under_another_results_version_are_recomputed(tiny_export, tmp_path, monkeypatch):
+    from cmgl_dist.evaluate import context
+
+    argv = ["--exports", str(tiny_export), "--out", str(tmp_path), "--tasks", "localisation", "--n-prompts", "2"]
+    assert evaluate_main(argv) == 0
+    monkeypatch.setattr(context, "RESULTS_VERSION", context.RESULTS_VERSION + 1)
+    assert evaluate_main(argv) == 0
+    first, second = map(json.loads, (tmp_path / "results.jsonl").read_text().splitlines())
+    assert first["inputs_key"] != second["inputs_key"]
+    assert second["inputs"]["results_version"] == context.RESULTS_VERSION

@@ -5,7 +5,7 @@ Jobs ask the context instead of re-deriving: `ctx.features(split, with_text=...)
 sweep and cached on disk), `ctx.loader(split, ...)`, `ctx.gammas`, `ctx.attention(...)`,
 `ctx.save_scores(...)`. Every result is keyed by what it was computed from (`inputs_key`): the
 content fingerprints of the export (weights + config) and of the shards (their manifest, which
-lists each shard's sha256), the split and the evaluation settings. A cached feature file or a
+lists each shard's sha256), the split, the evaluation settings and `RESULTS_VERSION`. A cached feature file or a
 recorded result with another key is never reused, so a rerun with another --split, --shards, a
 re-export or a repack into the same folder computes afresh.
 """
@@ -28,6 +28,9 @@ from cmgl_dist.evaluate.features import (FEATURES_FORMAT, Export, SplitFeatures,
 
 # fields of EvalConfig that choose which jobs run, not what a job computes
 JOB_LIST_FIELDS = ("probe_fractions", "seeds", "finetune")
+# Raised whenever a job computes something else from the same inputs, so that records made by
+# older code are not served as answers: 2 = localisation scores the paired reports' words.
+RESULTS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,8 @@ class EvalInputs:
     def key_parts(self, export_fp: str) -> dict:
         """What every result of one export is computed from (the job adds its task, fraction, seed)."""
         settings = self.settings.model_dump(mode="json", exclude=set(JOB_LIST_FIELDS))
-        return {"export": export_fp, "shards": shards_fingerprint(self.shards), "settings": settings}
+        return {"export": export_fp, "shards": shards_fingerprint(self.shards), "settings": settings,
+                "results_version": RESULTS_VERSION}
 
     def expected_key(self, export: str) -> Optional[str]:
         """The key a job of `export` will record, or None when the export cannot be read (the job fails)."""
