@@ -148,3 +148,15 @@ def test_export_is_world_readable_and_loads_in_transformers_without_new_weights(
     assert not info["missing_keys"] and not info["unexpected_keys"]
     ours = build_model(cfg.model).text_backbone.transformer.state_dict()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ours.items())
+
+
+def test_exporting_the_same_weights_writes_the_same_bytes(tmp_path):
+    """The export's fingerprint keys every evaluation result, so identical runs must write
+    identical files (a two-key metadata map was written in a per-process hash order)."""
+    from cmgl_dist.engine.export import export_model
+
+    cfg = load_config("debug")
+    torch.manual_seed(0)
+    state = build_model(cfg.model).state_dict()
+    files = [(export_model(state, cfg, tmp_path / f"export{i}") / "model.safetensors").read_bytes() for i in range(4)]
+    assert all(f == files[0] for f in files[1:])

@@ -64,7 +64,9 @@ def export_model(state: dict[str, torch.Tensor], cfg: CMGLConfig, export_dir: st
     model = build_model(cfg.model.model_copy(update={"image_pretrained": False}))
     model.load_state_dict(state, strict=True)
     save_config(cfg, staging / "config.yaml")
-    save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt", "config_name": cfg.name})
+    # One metadata key: safetensors writes the metadata map in hash order, so two keys made the
+    # bytes (and the export's fingerprint) differ between identical runs. The name is in config.yaml.
+    save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
     image = {k: v.contiguous() for k, v in model.image_backbone.state_dict().items()}
     save_file(image, str(staging / "image_encoder.safetensors"), metadata={"format": "pt"})
     model.text_backbone.transformer.save_pretrained(str(staging / TEXT_DIR))
