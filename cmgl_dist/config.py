@@ -82,6 +82,11 @@ class ModelConfig(_Section):
                            "local_scale's normalisation): a word's context is then what sets its regions apart "
                            "from the rest of the image, not the shared component every region carries. "
                            "GLoRIA: false.")
+    global_region_detector: int = Field(
+        0, ge=0, description="Width of a region detector added to the image's global feature: a 1x1 convolution "
+                             "and GELU over the region map, max over regions, linear to embed_dim. The pooled "
+                             "last stage averages a small finding (a granuloma, a line) into the background; the "
+                             "max keeps it. 0: off (GLoRIA, the pooled last stage alone).")
 
     @model_validator(mode="after")
     def _check_pretrained(self):

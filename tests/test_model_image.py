@@ -136,3 +136,26 @@ def test_local_scale_and_center_regions_shape_the_local_features_only():
     torch.testing.assert_close(w1.norm(dim=-1), 3.0 * m1.float())  # padded word slots stay zero
     scores = torch.einsum("twd,ird->tiwr", w1, r1)
     assert scores.abs().max() <= 9.0 + 1e-4
+
+
+def test_global_region_detector_adds_the_max_over_regions_to_the_global_feature_only():
+    from cmgl_dist.config import load_config
+
+    torch.manual_seed(0)
+    plain = build_model(load_config("debug").model).eval()
+    torch.manual_seed(0)
+    detecting = build_model(load_config("debug", ["model.global_region_detector=8"]).model).eval()
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        (g0, r0), (g1, r1) = plain.encode_image(images), detecting.encode_image(images)
+        _, region_map = detecting.image_backbone(images)
+        detector = detecting.region_detector
+        per_region = torch.nn.functional.gelu(torch.einsum("bchw,kc->bkhw", region_map, detector.detect.weight)
+                                              + detector.detect.bias[:, None, None])
+        expected = g0 + detector.project(per_region.flatten(2).amax(dim=2))
+    torch.testing.assert_close(g1, expected)
+    assert torch.equal(r0, r1)  # regions untouched
+    # The max passes gradient to the detector from the region that wins it.
+    detecting.train()
+    detecting.encode_image(images)[0].square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in detecting.region_detector.parameters())

@@ -1,7 +1,8 @@
 """CMGLModel: image and text encoders with projection heads into one shared space of dimension D.
 
-Image (GLoRIA `ImageEncoder`): global = pooled last stage -> linear to D; regions = the
-stride-16 feature map -> 1x1 convolution (no bias) to D, flattened to [B, R, D].
+Image (GLoRIA `ImageEncoder`): global = pooled last stage -> linear to D (plus, with
+`global_region_detector`, the max over regions of a small detector on the region map); regions =
+the stride-16 feature map -> 1x1 convolution (no bias) to D, flattened to [B, R, D].
 Text (GLoRIA `BertEncoder`): sentence and word features (see text_backbone.py) -> linear to D;
 word slots with no word are zero after the projection too. (GLoRIA projects only the image, to
 BERT's 768; separate heads let any text width meet any image width at `embed_dim`.)
@@ -21,10 +22,27 @@ from cmgl_dist.model.image_backbones import IMAGE_BACKBONES
 from cmgl_dist.model.text_backbone import TextBackbone, freeze_text_layers, load_text_backbone
 
 
+class MaxPooledDetector(nn.Module):
+    """items [B, N, C] (mask [B, N], True = real) -> [B, out_dim]: linear and GELU per item, the max
+    over items, linear. A finding in one region or one word survives the max; a mean dilutes it."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.detect = nn.Linear(in_dim, hidden)
+        self.project = nn.Linear(hidden, out_dim)
+
+    def forward(self, items: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        scores = F.gelu(self.detect(items))
+        if mask is not None:
+            scores = scores.masked_fill(~mask.bool().unsqueeze(-1), float("-inf"))
+        pooled = scores.amax(dim=1)
+        return self.project(pooled.masked_fill(pooled.isneginf(), 0.0))  # an item-less row pools to 0
+
+
 class CMGLModel(nn.Module):
     def __init__(self, image_backbone: nn.Module, text_backbone: TextBackbone, tokenizer, embed_dim: int,
                  freeze_image: bool = False, local_init_gain: float = 1.0, local_scale: float | None = None,
-                 center_regions: bool = False):
+                 center_regions: bool = False, global_region_detector: int = 0):
         super().__init__()
         self.local_scale = local_scale
         self.center_regions = center_regions
@@ -42,6 +60,9 @@ class CMGLModel(nn.Module):
         with torch.no_grad():  # see ModelConfig.local_init_gain
             for head in (self.image_region_head, self.word_head):
                 head.weight.mul_(local_init_gain)
+        # Made last, so that turning it on leaves the other heads' initial weights as they were.
+        self.region_detector = (MaxPooledDetector(image_backbone.region_dim, global_region_detector, embed_dim)
+                                if global_region_detector else None)
 
     def train(self, mode: bool = True) -> "CMGLModel":
         super().train(mode)
@@ -56,7 +77,10 @@ class CMGLModel(nn.Module):
         regions = self.image_region_head(region_map).flatten(2).transpose(1, 2)
         if self.center_regions:
             regions = regions - regions.mean(dim=1, keepdim=True)
-        return self.image_global_head(pooled), self._scale_local(regions)
+        img_global = self.image_global_head(pooled)
+        if self.region_detector is not None:
+            img_global = img_global + self.region_detector(region_map.flatten(2).transpose(1, 2))
+        return img_global, self._scale_local(regions)
 
     def _scale_local(self, features: torch.Tensor) -> torch.Tensor:
         """Features of norm sqrt(local_scale) (zero rows stay zero), or as they are."""
@@ -88,4 +112,5 @@ def build_model(model_cfg: ModelConfig) -> CMGLModel:
     text_backbone = TextBackbone(transformer, model_cfg.text_last_layers, model_cfg.text_cache_mb)
     return CMGLModel(image_backbone, text_backbone, tokenizer, model_cfg.embed_dim,
                      freeze_image=model_cfg.freeze_image, local_init_gain=model_cfg.local_init_gain,
-                     local_scale=model_cfg.local_scale, center_regions=model_cfg.center_regions)
+                     local_scale=model_cfg.local_scale, center_regions=model_cfg.center_regions,
+                     global_region_detector=model_cfg.global_region_detector)
