@@ -83,8 +83,8 @@ class ModelConfig(_Section):
                            "from the rest of the image, not the shared component every region carries. "
                            "GLoRIA: false.")
     global_region_detector: int = Field(
-        0, ge=0, description="Width of a region detector added to the image's global feature: a 1x1 convolution "
-                             "and GELU over the region map, max over regions, linear to embed_dim. The pooled "
+        0, ge=0, description="Width of a region detector added to the image's global feature: linear and GELU "
+                             "on each region of the region map, max over regions, linear to embed_dim. The pooled "
                              "last stage averages a small finding (a granuloma, a line) into the background; the "
                              "max keeps it. 0: off (GLoRIA, the pooled last stage alone).")
 

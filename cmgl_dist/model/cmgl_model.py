@@ -23,20 +23,16 @@ from cmgl_dist.model.text_backbone import TextBackbone, freeze_text_layers, load
 
 
 class MaxPooledDetector(nn.Module):
-    """items [B, N, C] (mask [B, N], True = real) -> [B, out_dim]: linear and GELU per item, the max
-    over items, linear. A finding in one region or one word survives the max; a mean dilutes it."""
+    """items [B, N, C] -> [B, out_dim]: linear and GELU per item, the max over items, linear.
+    A finding in one region survives the max; a mean over the image dilutes it."""
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int):
         super().__init__()
         self.detect = nn.Linear(in_dim, hidden)
         self.project = nn.Linear(hidden, out_dim)
 
-    def forward(self, items: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        scores = F.gelu(self.detect(items))
-        if mask is not None:
-            scores = scores.masked_fill(~mask.bool().unsqueeze(-1), float("-inf"))
-        pooled = scores.amax(dim=1)
-        return self.project(pooled.masked_fill(pooled.isneginf(), 0.0))  # an item-less row pools to 0
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        return self.project(F.gelu(self.detect(items)).amax(dim=1))
 
 
 class CMGLModel(nn.Module):
