@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One-call GPU check: CUDA tests, the local-similarity benchmark (every backend at T = I = 128
 # and 512), and end-to-end training throughput of the GLoRIA recipe (ResNet-50 @224 + BERT-base
-# from random weights, bf16, ZeRO-1, micro-batch 128) with each local-loss backend.
+# from random weights, bf16, ZeRO-1, micro-batch 128) with each local-loss backend; the auto
+# backend's run also turns on the main job's region detector (model.global_region_detector=512), so
+# its row against the best named backend's row is the detector's cost.
 #
 #   bash benchmarks/gpu_check.sh --prepare   # on the CPU machine, once: wheels + carried inputs -> .whl/
 #   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=420)   # on the GPU machine
@@ -22,7 +24,7 @@ STAGES=${STAGES:-"setup tests kernel_bench e2e_setup e2e step"}
 # Limits (s): ~20 setup + 45 + 40 + 45 + 25 + 5 x 24 + 60 (step) = 355 s at most.
 TESTS_S=${TESTS_S:-45} BENCH128_S=${BENCH128_S:-40} BENCH512_S=${BENCH512_S:-45} PACK_S=${PACK_S:-25}
 E2E_S=${E2E_S:-$([ "$DRY" = 1 ] && echo 240 || echo 24)}
-E2E_BACKENDS=${E2E_BACKENDS:-"global_only reference compiled triton auto"}
+E2E_BACKENDS=${E2E_BACKENDS:-"global_only reference compiled triton auto_detector"}
 WORK=${WORK:-/tmp/gpu_check} CARRIED=$ROOT/.whl/carried
 mkdir -p "$OUT" "$WORK/logs"
 PY=python3
@@ -143,6 +145,7 @@ stage_e2e() {
     for name in $E2E_BACKENDS; do
         case $name in
             global_only) e2e_run global_only loss.local_weight=0 ;;
+            auto_detector) e2e_run auto_detector loss.local_backend=auto model.global_region_detector=512 ;;
             *) e2e_run "$name" loss.local_backend="$name" ;;
         esac
     done
