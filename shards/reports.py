@@ -27,6 +27,9 @@ HEADING_SUBSTRINGS = {
     "pleural_effusion": "pleural effusion",
     "consolidation": "consolidation",
 }
+# The major term of a report the indexers did not index: its labels read all 0 (neither normal
+# nor any finding), but its finding set is unknown (most of these reports read as normal).
+UNINDEXED = "no indexing"
 
 # A word carrying the de-identification token (`XXXX`, `XXXX-year-old`, `x-XXXX`, `XXXX/XXXX`) is
 # dropped up to the punctuation that ends it after its last token.
@@ -100,6 +103,11 @@ def labels_from_mesh(mesh_major: tuple[str, ...] | list[str]) -> dict[str, int]:
     labels = {key: int(any(sub in h for h in headings)) for key, sub in HEADING_SUBSTRINGS.items()}
     labels["normal"] = int("normal" in headings)
     return {key: labels[key] for key in LABEL_KEYS}
+
+
+def labels_known(mesh_major: tuple[str, ...] | list[str] | None) -> bool:
+    """False for an unindexed report (`UNINDEXED`); corpora without MeSH terms label otherwise."""
+    return not any(term.strip().lower() == UNINDEXED for term in mesh_major or ())
 
 
 def mesh_qualifiers(mesh_major: tuple[str, ...] | list[str], label: str) -> list[str]:

@@ -256,3 +256,34 @@ def test_the_feature_format_is_part_of_the_feature_file_name(tmp_path, monkeypat
     assert path == ctx._feature_path("test", with_text=True) and path.name.endswith("-text.safetensors")
     monkeypatch.setattr(context, "FEATURES_FORMAT", context.FEATURES_FORMAT - 1)
     assert ctx._feature_path("test", with_text=True) != path
+
+
+def test_finding_precision_leaves_out_samples_with_unknown_labels():
+    """An unindexed report labelled all 0 would count as 'other': the precision leaves it out
+    (query and candidate) and gives the figure with it beside."""
+    from cmgl_dist.evaluate.features import SplitFeatures
+    from cmgl_dist.evaluate.metrics import finding_set_precision
+    from cmgl_dist.evaluate.report import _finding_precision
+    from cmgl_dist.evaluate.retrieval import retrieval_recalls
+
+    torch.manual_seed(0)
+    n, d = 24, 8
+    labels = torch.zeros(n, 6)
+    labels[: n // 2, 5] = 1  # half normal, half neither normal nor any finding
+    feats = SplitFeatures(keys=[f"k{i}" for i in range(n)], labels=labels, image_global=torch.randn(n, d),
+                          regions=torch.randn(n, 4, d), sentence=torch.randn(n, d), words=torch.randn(n, 3, d),
+                          word_mask=torch.ones(n, 3, dtype=torch.bool))
+    unknown = frozenset({"k0", "k13", "k20"})
+    got = retrieval_recalls(feats, gamma1=4.0, gamma2=5.0, unknown_labels=unknown)["finding_precision"]
+    everyone = retrieval_recalls(feats, gamma1=4.0, gamma2=5.0)["finding_precision"]
+    assert everyone["left_out"] == 0 and everyone["precision"] == everyone["with_left_out"]["precision"]
+    assert got["left_out"] == 3 and got["with_left_out"] == everyone["with_left_out"]
+    from cmgl_dist.evaluate.similarity import image_text_similarity
+
+    sim = image_text_similarity(feats.image_global, feats.regions, feats.sentence, feats.words, feats.word_mask,
+                                gamma1=4.0, gamma2=5.0).numpy()
+    keep = [i for i in range(n) if f"k{i}" not in unknown]
+    sets = labels.numpy()[keep] > 0.5
+    assert (got["precision"], got["chance"]) == finding_set_precision(sim[keep][:, keep], sets, sets, 10)
+    assert "21 test pairs whose finding set is known; 3 unindexed" in _finding_precision(got, n)
+    assert _finding_precision(everyone, n).endswith(f"{everyone['precision']:.3f} ({everyone['chance']:.3f}).")

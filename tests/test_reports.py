@@ -4,7 +4,8 @@ import tarfile
 
 import pytest
 
-from cmgl_dist.shards.reports import clean_text, labels_from_mesh, mesh_qualifiers, parse_report, read_reports
+from cmgl_dist.shards.reports import (clean_text, labels_from_mesh, labels_known, mesh_qualifiers, parse_report,
+                                      read_reports)
 from cmgl_dist.shards.schema import LABEL_KEYS
 
 GOOD_XML = b"""<?xml version="1.0"?><eCitation><uId id="CXR42"/>
@@ -84,6 +85,15 @@ def test_normal_is_the_heading_not_a_substring():
     assert labels_from_mesh(["normal"])["normal"] == 1
     assert labels_from_mesh(["Pericardial Effusion"])["pleural_effusion"] == 0
     assert mesh_qualifiers(["Pleural Effusion/left/small", "Cardiomegaly/mild"], "pleural_effusion") == ["left", "small"]
+
+
+def test_unindexed_reports_have_unknown_labels(all_reports):
+    """'No Indexing' reports label as neither normal nor any finding, but their findings are unknown."""
+    reports, _ = all_reports
+    unindexed = [r for r in reports if not labels_known(r.mesh_major)]
+    assert len(unindexed) == 95 and all(r.mesh_major == ("No Indexing",) for r in unindexed)
+    assert all(not any(labels_from_mesh(r.mesh_major).values()) for r in unindexed)
+    assert labels_known(["normal"]) and labels_known(["Opacity/lung/no indexing"]) and labels_known(None)
 
 
 def test_parse_one_report():

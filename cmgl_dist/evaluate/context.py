@@ -29,8 +29,9 @@ from cmgl_dist.evaluate.features import (FEATURES_FORMAT, Export, SplitFeatures,
 # fields of EvalConfig that choose which jobs run, not what a job computes
 JOB_LIST_FIELDS = ("probe_fractions", "seeds", "finetune")
 # Raised whenever a job computes something else from the same inputs, so that records made by
-# older code are not served as answers: 2 = localisation scores the paired reports' words.
-RESULTS_VERSION = 2
+# older code are not served as answers: 2 = localisation scores the paired reports' words;
+# 3 = finding-aware precision leaves out samples whose labels are unknown.
+RESULTS_VERSION = 3
 
 
 @dataclass(frozen=True)

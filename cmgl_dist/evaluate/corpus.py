@@ -1,13 +1,15 @@
-"""What evaluation needs to know about a packed corpus beyond its features: its name and its
-patients (k-fold probes keep a patient in one fold)."""
+"""What evaluation needs to know about a packed corpus beyond its features: its name, its
+patients (k-fold probes keep a patient in one fold) and the samples whose labels are unknown."""
 from __future__ import annotations
 
 import json
 import tarfile
 from pathlib import Path
+from typing import Iterator
 
 from cmgl_dist.data.shardlist import shard_urls
 from cmgl_dist.shards.manifest import read_manifest
+from cmgl_dist.shards.reports import labels_known
 from cmgl_dist.shards.schema import META
 
 
@@ -19,13 +21,21 @@ def corpus_name(shards: str) -> str:
     return f"{read_manifest(str(folder)).get('source', 'iurr')} ({folder.name})"
 
 
-def patients(shards: str, split: str) -> dict[str, str]:
-    """sample key -> patient id from meta.json (IU-RR has none: each report is its own patient)."""
-    out = {}
+def _metas(shards: str, split: str) -> Iterator[tuple[str, dict]]:
+    """(sample key, meta.json) for every sample of `split`, without decoding its images."""
     for url in shard_urls(shards, split):
         with tarfile.open(url) as tar:
             for member in tar:
                 key, _, ext = member.name.partition(".")
                 if ext == META:
-                    out[key] = str(json.loads(tar.extractfile(member).read()).get("patient_id", key))
-    return out
+                    yield key, json.loads(tar.extractfile(member).read())
+
+
+def patients(shards: str, split: str) -> dict[str, str]:
+    """sample key -> patient id from meta.json (IU-RR has none: each report is its own patient)."""
+    return {key: str(meta.get("patient_id", key)) for key, meta in _metas(shards, split)}
+
+
+def unknown_labels(shards: str, split: str) -> set[str]:
+    """Keys of the samples whose labels do not state their finding set (unindexed IU-RR reports)."""
+    return {key for key, meta in _metas(shards, split) if not labels_known(meta.get("mesh_major"))}

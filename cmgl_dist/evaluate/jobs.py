@@ -162,12 +162,14 @@ def run_finetune(job: Job, ctx: EvalContext) -> dict:
 
 def run_retrieval(job: Job, ctx: EvalContext) -> dict:
     from cmgl_dist.data.shardlist import samples_without_text
+    from cmgl_dist.evaluate.corpus import unknown_labels
     from cmgl_dist.evaluate.retrieval import retrieval_recalls
 
     if samples_without_text(ctx.shards, ctx.split):
         raise ValueError(f"{ctx.shards} has samples without a report: retrieval needs reports")
     return retrieval_recalls(ctx.features(with_text=True), **ctx.gammas,
-                             word_pooling=ctx.settings.retrieval_word_pooling)
+                             word_pooling=ctx.settings.retrieval_word_pooling,
+                             unknown_labels=frozenset(unknown_labels(ctx.shards, ctx.split)))
 
 
 def run_localisation(job: Job, ctx: EvalContext) -> dict:

@@ -79,11 +79,20 @@ def retrieval_table(records: list[dict]) -> list[str]:
             for name, label in (("image_to_text", "image -> report"), ("text_to_image", "report -> image"))]
     lines = _markdown(header, rows) + ["", f"Candidates: {record['n_test']} test pairs."]
     if "finding_precision" in record:
-        (name, value), = ((k, v) for k, v in record["finding_precision"].items() if k != "chance")
-        lines.append(f"Finding-aware precision, image -> report {name} (retrieved reports whose finding set, "
-                     f"five pathologies + normal, equals the image's): "
-                     f"{_with_chance(value, record['finding_precision']['chance'])}.")
+        lines.append(_finding_precision(record["finding_precision"], record["n_test"]))
     return lines
+
+
+def _finding_precision(fp: dict, n_test: int) -> str:
+    line = (f"Finding-aware precision, image -> report P@{fp['k']} (retrieved reports whose finding set, "
+            f"five pathologies + normal, equals the image's): {_with_chance(fp['precision'], fp['chance'])}")
+    if not fp["left_out"]:
+        return line + "."
+    everyone = fp["with_left_out"]
+    return (line + f" over the {n_test - fp['left_out']} test pairs whose finding set is known; "
+            f"{fp['left_out']} unindexed reports (MeSH \"No Indexing\", labelled neither normal nor any "
+            f"finding) left out. Counting them as so labelled: "
+            f"{_with_chance(everyone['precision'], everyone['chance'])}.")
 
 
 def _with_chance(value: float, chance) -> str:
