@@ -20,12 +20,9 @@ per patient, a missing zone is the base. Size follows borderline/mild/small/mode
 
 Incidental findings (no label, no mask) are drawn too, from the MeSH headings most IU-RR reports
 without one of the five carry, so that an image shows what its report says even then: calcified
-granulomas, nodules, opacities, scars, degenerative spine, scoliosis, healed rib fractures,
-pneumothorax, enlarged hila, tortuous aorta, lines and surgical material, low or hyperinflated
-lung volumes, an elevated hemidiaphragm, a hiatal hernia, an underexposed grainy film
-(`INCIDENTAL_HEADINGS`). A normal report gets none of them. What stays undrawn: reports without
-MeSH terms ("No Indexing") and a long tail of rare headings (breast implants, epicardial fat,
-blunted costophrenic angles, humerus lesions).
+granulomas, nodules, opacities, scars, degenerative spine, scoliosis, tortuous aorta, lines and
+surgical material, low or hyperinflated lung volumes, an elevated hemidiaphragm, a hiatal hernia
+(`INCIDENTAL_HEADINGS`). A normal report gets none of them.
 """
 from __future__ import annotations
 
@@ -49,31 +46,19 @@ SEVERITY_WORDS = {"borderline": 0.6, "mild": 0.8, "small": 0.8, "moderate": 1.2,
 # headings whose meaning is in the qualifier.
 INCIDENTAL_HEADINGS = {
     "calcified granuloma": "granuloma", "granulomatous disease": "granuloma", "granuloma": "granuloma",
-    "calcinosis": "granuloma", "nodule": "nodule", "mass": "nodule", "cavitation": "nodule",
-    "opacity": "opacity", "density": "opacity", "infiltrate": "opacity", "airspace disease": "opacity",
-    "pneumonia": "opacity", "cicatrix": "scar", "markings": "scar", "fibrosis": "scar",
-    "pulmonary fibrosis": "scar", "lung diseases, interstitial": "scar", "thickening": "scar",
-    "thoracic vertebrae": "spine", "spine": "spine", "osteophyte": "spine", "spondylosis": "spine",
-    "cervical vertebrae": "spine", "arthritis": "spine", "bone diseases, metabolic": "spine",
-    "hyperostosis, diffuse idiopathic skeletal": "spine", "scoliosis": "scoliosis",
-    "fractures, bone": "fracture", "surgical instruments": "device", "catheters, indwelling": "device",
-    "implanted medical device": "device", "medical device": "device", "foreign bodies": "device",
-    "spinal fusion": "device", "pacemaker, artificial": "device", "sutures": "device", "stents": "device",
-    "tube, inserted": "device", "aorta": "aorta", "aorta, thoracic": "aorta", "atherosclerosis": "aorta",
-    "aortic aneurysm": "aorta", "emphysema": "hyperinflated", "pulmonary emphysema": "hyperinflated",
-    "lung, hyperlucent": "hyperinflated", "pulmonary disease, chronic obstructive": "hyperinflated",
-    "volume loss": "low_volumes", "diaphragm": "elevated_diaphragm",
-    "diaphragmatic eventration": "elevated_diaphragm", "hernia, hiatal": "hiatal_hernia",
-    "pneumothorax": "pneumothorax", "lymph nodes": "hilar", "pulmonary artery": "hilar",
-    "technical quality of image unsatisfactory": "poor_quality",
+    "calcinosis": "granuloma", "nodule": "nodule", "mass": "nodule", "opacity": "opacity",
+    "density": "opacity", "infiltrate": "opacity", "airspace disease": "opacity", "pneumonia": "opacity",
+    "cicatrix": "scar", "markings": "scar", "fibrosis": "scar", "thoracic vertebrae": "spine",
+    "spine": "spine", "osteophyte": "spine", "spondylosis": "spine", "scoliosis": "scoliosis",
+    "surgical instruments": "device", "catheters, indwelling": "device", "implanted medical device": "device",
+    "pacemaker, artificial": "device", "sutures": "device", "stents": "device", "tube, inserted": "device",
+    "aorta": "aorta", "aorta, thoracic": "aorta", "atherosclerosis": "aorta", "emphysema": "hyperinflated",
+    "pulmonary disease, chronic obstructive": "hyperinflated", "diaphragm": "elevated_diaphragm",
+    "hernia, hiatal": "hiatal_hernia",
     ("lung", "hypoinflation"): "low_volumes", ("lung", "hyperdistention"): "hyperinflated",
-    ("lung", "hilum"): "hilar", ("mediastinum", "lymph nodes"): "hilar", ("mediastinum", "enlarged"): "hilar",
-    ("fractures, bone", "thoracic vertebrae"): "spine", ("deformity", "thoracic vertebrae"): "spine",
-    ("deformity", "lumbar vertebrae"): "spine", ("deformity", "spine"): "spine",
-    ("sclerosis", "thoracic vertebrae"): "spine", ("deformity", "ribs"): "fracture", ("lucency", "ribs"): "fracture",
 }
-# Kinds that change the anatomy (lung volumes, diaphragm, spine) or the exposure rather than add a density.
-ANATOMY_KINDS = ("low_volumes", "hyperinflated", "elevated_diaphragm", "scoliosis", "poor_quality")
+# Kinds that change the anatomy (lung volumes, diaphragm, spine) rather than add a density.
+ANATOMY_KINDS = ("low_volumes", "hyperinflated", "elevated_diaphragm", "scoliosis")
 
 
 @dataclass(frozen=True)
@@ -82,7 +67,6 @@ class Finding:
     sides: tuple[str, ...]  # patient sides, ("right",), ("left",) or both; () for cardiomegaly
     zone: str  # "upper" | "middle" | "lower"; "" for cardiomegaly
     severity: float  # 0.6 (borderline) .. 1.5 (large/severe), 1.0 when unstated
-    count: int = 1  # how many to draw, for the kinds drawn as countable items (fractures): 3 for "multiple"
 
 
 @dataclass(frozen=True)
@@ -151,8 +135,8 @@ def plan_incidentals(mesh_major, rng: np.random.Generator) -> list[Finding]:
     out, seen = [], set()
     for term in mesh_major:
         heading, *qualifiers = [part.strip().lower() for part in term.split("/")]
-        kind = next((INCIDENTAL_HEADINGS[(heading, q)] for q in qualifiers if (heading, q) in INCIDENTAL_HEADINGS),
-                    INCIDENTAL_HEADINGS.get(heading))
+        kind = INCIDENTAL_HEADINGS.get(heading) or next(
+            (INCIDENTAL_HEADINGS[(heading, q)] for q in qualifiers if (heading, q) in INCIDENTAL_HEADINGS), None)
         if kind is None or kind in seen:
             continue
         seen.add(kind)
@@ -162,7 +146,7 @@ def plan_incidentals(mesh_major, rng: np.random.Generator) -> list[Finding]:
         zone = next((z for z, keys in ZONE_WORDS.items() if any(k in q for q in qualifiers for k in keys)),
                     ("upper", "middle", "lower")[rng.integers(3)])
         severity = max((SEVERITY_WORDS[q] for q in qualifiers if q in SEVERITY_WORDS), default=1.0)
-        out.append(Finding(kind, sides, zone, severity, count=3 if "multiple" in qualifiers else 1))
+        out.append(Finding(kind, sides, zone, severity))
     return out
 
 
@@ -179,8 +163,6 @@ def reshape_anatomy(a: Anatomy, incidentals: list[Finding]) -> Anatomy:
             base[f.sides[0] == "left"] -= 0.13
         elif f.pathology == "scoliosis":
             a = replace(a, spine_curve=0.06 * f.severity)
-        elif f.pathology == "poor_quality":  # underexposed and grainy
-            a = replace(a, gain=a.gain * 0.8, noise=a.noise * 2.5 + 0.02)
     return replace(a, base=(base[0], base[1]))
 
 
@@ -208,13 +190,10 @@ class _Canvas:
         self.a, self.size = a, size
         self.edge = 2.5 / size  # soft-edge half width: a couple of pixels
 
-    def radius(self, cu, cv, ru, rv) -> np.ndarray:
-        """Each pixel's elliptic radius about (cu, cv): 1 on the ellipse with half-axes ru, rv."""
-        return np.sqrt(((self.u - cu) / ru) ** 2 + ((self.v - cv) / rv) ** 2)
-
     def ellipse(self, cu, cv, ru, rv) -> np.ndarray:
         """Soft inside-ness of an ellipse (1 inside, 0 outside)."""
-        return _ramp(1.0 - self.radius(cu, cv, ru, rv), self.edge / min(ru, rv))
+        r = np.sqrt(((self.u - cu) / ru) ** 2 + ((self.v - cv) / rv) ** 2)
+        return _ramp(1.0 - r, self.edge / min(ru, rv))
 
     def lung(self, side: str) -> np.ndarray:
         a = self.a
@@ -300,11 +279,10 @@ def _density(anatomy: Anatomy, findings: list[Finding], size: int, seed: int, ui
              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Attenuation map [size, size] and each finding's soft shape (0..1) on the same grid.
 
-    `anatomy` is already reshaped by the incidental findings; `findings` may hold incidental
-    findings (kinds outside PATHOLOGIES): they get no shape."""
+    `findings` may hold incidental findings (kinds outside PATHOLOGIES): they get no shape."""
     incidentals = [f for f in findings if f.pathology not in PATHOLOGIES]
     findings = [f for f in findings if f.pathology in PATHOLOGIES]
-    cv = _Canvas(anatomy, size)
+    cv = _Canvas(reshape_anatomy(anatomy, incidentals), size)
     a = cv.a
     by_name = {f.pathology: f for f in findings}
     torso = cv.ellipse(0.0, 0.15, a.thorax_half_width, 1.05)
@@ -378,22 +356,6 @@ def _incidental(cv: _Canvas, f: Finding, lungs: dict, spine_u: np.ndarray, heart
         return 0.60 * _ramp(0.010 - np.abs(cv.u - path_u), cv.edge) * _ramp(cv.v + 0.85, 0.01) * _ramp(-0.10 - cv.v, 0.01)
     if f.pathology == "aorta":  # a prominent aortic knob, left of the upper mediastinum
         return 0.16 * cv.ellipse(0.13, a.lung_top + 0.28, 0.08, 0.07)
-    if f.pathology == "fracture":  # healed rib fractures: fusiform calluses along the lateral chest wall
-        calluses = np.zeros_like(cv.u)
-        for _ in range(f.count):
-            u = SIDE_SIGN[side] * (a.lung_center + a.lung_half_width * rng.uniform(0.75, 0.95))
-            calluses = np.maximum(calluses, cv.ellipse(u, cv_ + rng.uniform(-0.2, 0.2), 0.025, 0.045))
-        return 0.32 * calluses
-    if f.pathology == "pneumothorax":  # air between the chest wall and the edge of the collapsed lung
-        collapse = 0.10 + 0.06 * f.severity
-        lung_u = SIDE_SIGN[side] * (a.lung_center - collapse * 0.5)  # the lung falls away from the wall ...
-        lung_v = a.base[side == "left"] - 0.45 + collapse  # ... and from the apex
-        r = cv.radius(lung_u, lung_v, a.lung_half_width * (1.0 - collapse), 0.60 - collapse)
-        pleural_line = _ramp(0.02 - np.abs(r - 1.0), cv.edge * 4)
-        return (-0.10 * _ramp(r - 1.0, cv.edge * 4) + 0.18 * pleural_line) * lungs[side]
-    if f.pathology == "hilar":  # enlarged hilar nodes or arteries: lobulated densities beside the heart
-        hilum_v = a.lung_top + 0.55 * (a.base[0] - a.lung_top)
-        return 0.22 * sum(cv.ellipse(SIDE_SIGN[s] * a.lung_center * 0.6, hilum_v, 0.07, 0.10) for s in f.sides)
     if f.pathology == "hiatal_hernia":  # a retrocardiac air bubble
         return -0.25 * cv.ellipse(a.heart_center[0] - 0.04, a.heart_center[1] + 0.05, 0.07, 0.05) * heart
     raise ValueError(f"no drawing for incidental finding {f.pathology!r}")
@@ -414,7 +376,6 @@ def render(anatomy: Anatomy, findings: list[Finding], size: int, uid_seed: tuple
     pixel of the image as it was (what the tests check).
     """
     seed, uid = uid_seed
-    anatomy = reshape_anatomy(anatomy, [f for f in findings if f.pathology not in PATHOLOGIES])
     density, shapes = _density(anatomy, findings, min(size, WORK_SIZE), seed, uid)
     density = _upsample(density, size)
     masks = {name: _upsample(shape, size) > (0.5 if name == "cardiomegaly" else MASK_LEVEL)
