@@ -37,9 +37,11 @@ class DataConfig(_Section):
     crop_size: int = Field(224, ge=32, description="Random crop (train) / centre crop (eval) (GLoRIA: 224; 299 for 19x19 ResNet-50 regions).")
     text_mode: Literal["report", "sentence"] = Field("report", description="findings + impression, or one sampled sentence.")
     max_length: int = Field(97, ge=8, le=512, description="Maximum tokens per text (GLoRIA: 97).")
-    special_words: Literal["none", "sep", "cls_sep"] = Field(
-        "none", description="Special tokens that are local words too: none (cmgl), sep (GLoRIA's slots "
-                            "1..cap_len: the words + [SEP]), cls_sep ([CLS], the words, [SEP]).")
+    special_words: Literal["none", "cls", "sep", "cls_sep"] = Field(
+        "none", description="Special tokens that are local words too, in training (and zero-shot unless "
+                            "eval.zero_shot_special_words): none (cmgl), cls (GLoRIA's training slots: [CLS] + "
+                            "the words), sep (GLoRIA's zero-shot slots 1..cap_len: the words + [SEP]), cls_sep "
+                            "([CLS], the words, [SEP]).")
     shuffle_buffer: int = Field(1000, ge=0, description="Sample shuffle buffer per worker (0 disables).")
     shard_shuffle: bool = Field(True, description="Shuffle the shard order each epoch (seeded).")
     resample: bool = Field(False, description="Sample shards with replacement (infinite stream, fixed epoch length).")
@@ -196,6 +198,16 @@ class EvalConfig(_Section):
     retrieval_word_pooling: Literal["logsumexp", "max"] = Field(
         "logsumexp", description="Local score over a report's words in retrieval: logsumexp (the training "
                                  "loss's image-report similarity) or max.")
+    zero_shot_special_words: Optional[Literal["none", "cls", "sep", "cls_sep"]] = Field(
+        None, description="Special tokens that are local words of a zero-shot prompt; None: data.special_words "
+                          "(the training slots). GLoRIA's zero-shot score takes sep (slots 1..cap_len).")
+    prompt_pooling: Literal["mean", "max"] = Field(
+        "mean", description="A class's score over its prompts' scores: mean (cmgl) or max (GLoRIA's "
+                            "zero_shot_classification).")
+    probe_features: Literal["backbone", "embedding"] = Field(
+        "backbone", description="What the linear probe (probe, probe_cv) fits on: backbone (the image encoder's "
+                                "pooled features, GLoRIA's linear classification) or embedding (the projected "
+                                "global embedding).")
 
     @model_validator(mode="before")
     @classmethod

@@ -1,15 +1,20 @@
-"""GLoRIA's conventions where cmgl differs, each selectable: special tokens as local words, and the
-zero-shot local score as the max over words (cmgl: the training log-sum-exp)."""
+"""GLoRIA's conventions where cmgl differs, each selectable, against GLoRIA's functions
+(tests/gloria_oracle.py) in float64: its training slots ([CLS] + the words), its zero-shot slots
+(the words + [SEP]) and score (max over words, max over prompts), the probe's features."""
+import numpy as np
 import pytest
 import torch
+from gloria_oracle import get_local_similarities, local_similarities, ragged_batch, zero_shot_classification
 from transformers import AutoTokenizer
 
 from cmgl_dist.config import load_config
 from cmgl_dist.data.text import tokenize_texts
+from cmgl_dist.evaluate.features import SplitFeatures
+from cmgl_dist.evaluate.zero_shot import class_scores, encode_texts, zero_shot_settings
 from cmgl_dist.losses import local_similarity_reference
 from cmgl_dist.losses.similarity import local_similarity
+from cmgl_dist.model.cmgl_model import build_model
 from cmgl_dist.model.text_backbone import minilm_path
-from test_local_reference import _gloria_attention, _gloria_cosine, _ragged_batch
 
 
 @pytest.fixture(scope="module")
@@ -44,21 +49,10 @@ def test_unknown_special_words_are_refused(tokenizer):
         tokenize_texts(tokenizer, ["x"], 97, special_words="all")
 
 
-def gloria_zero_shot_local(words, lengths, regions, gamma1, gamma2):
-    """GLoRIA's `get_local_similarities`: log of the max over words of exp(gamma2 * cos), as S [T, I]."""
-    columns = []
-    for t, words_num in enumerate(lengths):
-        word = words[t, :words_num].T.unsqueeze(0).repeat(regions.shape[0], 1, 1)  # [I, D, W]
-        context = _gloria_attention(word, regions.transpose(1, 2), gamma1)
-        cos = _gloria_cosine(word.transpose(1, 2).reshape(-1, word.shape[1]),
-                             context.transpose(1, 2).reshape(-1, word.shape[1])).view(regions.shape[0], words_num)
-        columns.append(torch.log(cos.mul(gamma2).exp().max(dim=1, keepdim=True).values))
-    return torch.cat(columns, 1).T
-
-
 def test_max_word_pooling_matches_gloria_zero_shot_score():
-    words, word_mask, regions, lengths = _ragged_batch(5, 4, 7, 9, 6, seed=3)
-    expected = gloria_zero_shot_local(words, lengths, regions, 4.0, 5.0)
+    words, word_mask, regions, lengths = ragged_batch(5, 4, 7, 9, 6, seed=3)
+    with_cls_slot = torch.cat([torch.randn(5, 1, 6, dtype=torch.float64), words], dim=1)  # skipped: slot 0
+    expected = get_local_similarities(with_cls_slot, lengths, regions, 4.0, 5.0)
     got = local_similarity_reference(words, word_mask, regions, 4.0, 5.0, word_pooling="max", block_elements=500)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
     lse = local_similarity_reference(words, word_mask, regions, 4.0, 5.0)
@@ -68,7 +62,7 @@ def test_max_word_pooling_matches_gloria_zero_shot_score():
 
 
 def test_max_pooling_routes_to_the_reference_and_is_checked():
-    words, word_mask, regions, _ = _ragged_batch(2, 2, 3, 4, 5, seed=1)
+    words, word_mask, regions, _ = ragged_batch(2, 2, 3, 4, 5, seed=1)
     assert torch.equal(local_similarity(words, word_mask, regions, word_pooling="max", backend="auto"),
                        local_similarity_reference(words, word_mask, regions, word_pooling="max"))
     with pytest.raises(ValueError, match="word_pooling"):
@@ -87,3 +81,88 @@ def test_a_config_naming_one_word_pooling_sets_both():
     """Exports written before the split carry `eval.word_pooling`; they still load, meaning what they meant."""
     cfg = load_config("debug", ["eval.word_pooling=logsumexp"])
     assert (cfg.eval.zero_shot_word_pooling, cfg.eval.retrieval_word_pooling) == ("logsumexp", "logsumexp")
+
+
+def test_cls_words_are_gloria_training_slots(tokenizer):
+    """GLoRIA's local loss takes slots :cap_len of its word tensor, cap_len = words + 1: [CLS] + the words."""
+    out = tokenize_texts(tokenizer, ["Mild cardiomegaly.", "No effusion"], max_length=97, special_words="cls")
+    assert out["words"] == [["[CLS]", "Mild", "cardiomegaly"], ["[CLS]", "No", "effusion"]]
+    tokens = tokenizer.convert_ids_to_tokens(out["input_ids"][1])
+    ids = dict(zip(tokens, out["word_ids"][1].tolist()))
+    assert (ids["[CLS]"], ids["no"], ids["[SEP]"]) == (0, 1, -1)
+
+
+TEXTS = ["Mild cardiomegaly. Small left pleural effusion.", "No effusion", "Heart size is normal, lungs clear.",
+         "Bibasilar atelectasis"]
+
+
+@pytest.fixture(scope="module")
+def model64():
+    torch.manual_seed(0)
+    return build_model(load_config("debug").model).double().eval()
+
+
+def gloria_word_tensor(model, texts, max_length):
+    """GLoRIA's aggregated word tensor ([CLS], the words, [SEP], zero slots) and its cap_lens (words + 1)."""
+    _, words, word_mask = encode_texts(model, texts, max_length, special_words="cls_sep")
+    return words, (word_mask.sum(1) - 1).tolist()
+
+
+@torch.inference_mode()
+def test_cls_training_slots_equal_gloria_local_loss(model64):
+    images = torch.randn(3, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    _, regions = model64.encode_image(images)
+    gloria_words, cap_lens = gloria_word_tensor(model64, TEXTS, 32)
+    expected = local_similarities(gloria_words, cap_lens, regions, 4.0, 5.0)
+    _, words, word_mask = encode_texts(model64, TEXTS, 32, special_words="cls")
+    assert words.dtype == torch.float64
+    got = local_similarity_reference(words, word_mask, regions, 4.0, 5.0)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    _, sep_words, sep_mask = encode_texts(model64, TEXTS, 32, special_words="sep")
+    assert not torch.allclose(local_similarity_reference(sep_words, sep_mask, regions, 4.0, 5.0), expected)
+
+
+@torch.inference_mode()
+def test_gloria_config_zero_shot_score_equals_gloria(model64):
+    """The gloria config's zero-shot settings: slots 1..cap_len, max over words, max over prompts,
+    standardised per class; against `zero_shot_classification` on the same features."""
+    cfg = load_config("gloria_r50_bert")
+    images = torch.randn(5, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    image_global, regions = model64.encode_image(images)
+    feats = SplitFeatures(keys=[str(i) for i in range(5)], labels=torch.zeros(5, 6), image_global=image_global,
+                          regions=regions)
+    prompts = {"cardiomegaly": TEXTS[:2], "atelectasis": TEXTS[2:], "mixed": TEXTS[1:]}
+    got = class_scores(model64, feats, prompts, **zero_shot_settings(cfg, cfg.eval))
+
+    class_texts = []
+    for texts in prompts.values():
+        sentence, _, _ = encode_texts(model64, texts, cfg.data.max_length)
+        class_texts.append((sentence, *gloria_word_tensor(model64, texts, cfg.data.max_length)))
+    expected = zero_shot_classification(image_global, regions, class_texts, cfg.loss.gamma1, cfg.loss.gamma2)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-10, atol=1e-10)
+    cmgl = class_scores(model64, feats, prompts, **zero_shot_settings(cfg, load_config("debug").eval))
+    assert not np.allclose(cmgl, expected.numpy())
+
+
+def test_gloria_config_names_gloria_conventions():
+    cfg = load_config("gloria_r50_bert")
+    assert cfg.data.special_words == "cls"
+    assert (cfg.eval.zero_shot_special_words, cfg.eval.zero_shot_word_pooling) == ("sep", "max")
+    assert (cfg.eval.prompt_pooling, cfg.eval.probe_features) == ("max", "backbone")
+    assert (cfg.loss.gamma1, cfg.loss.gamma2, cfg.loss.gamma3, cfg.loss.global_temperature) == (4.0, 5.0, 10.0, 0.1)
+    default = load_config("debug").eval
+    assert (default.zero_shot_special_words, default.prompt_pooling, default.probe_features) == (None, "mean",
+                                                                                                  "backbone")
+
+
+@torch.inference_mode()
+def test_probe_reads_the_backbones_pooled_features_or_the_embedding(model64):
+    images = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    image_global, _, pooled = model64.encode_image(images, with_pooled=True)
+    assert pooled.shape == (2, model64.image_backbone.global_dim)
+    torch.testing.assert_close(model64.image_global_head(pooled), image_global)
+    feats = SplitFeatures(keys=["a", "b"], labels=torch.zeros(2, 6), image_global=image_global, image_pooled=pooled)
+    assert np.array_equal(feats.probe_inputs("backbone"), pooled.numpy())
+    assert np.array_equal(feats.probe_inputs("embedding"), image_global.numpy())
+    with pytest.raises(ValueError, match="probe_features"):
+        feats.probe_inputs("regions")

@@ -1,8 +1,9 @@
-"""The fused local-similarity kernel against a float64 transcription of GLoRIA's per-pair loop
+"""The fused local-similarity kernel against the float64 transcription of GLoRIA's loop (gloria_oracle)
 and against `local_similarity_reference`: outputs and gradients, ragged and holed masks,
 T != I, fp32/bf16/fp16. Runs on CUDA when present, else in Triton's interpreter (tiny shapes)."""
 import pytest
 import torch
+from gloria_oracle import local_similarities
 
 from cmgl_dist.kernels import local_attention_maps, local_similarity_triton
 from cmgl_dist.kernels.inputs import KERNEL_MAX_GAMMA1, KERNEL_MAX_GAMMA2
@@ -19,24 +20,13 @@ SHAPES = [
 ]
 
 
-def pair_similarity(words, n_real, regions, gamma1, gamma2):
-    """GLoRIA's attention_fn + local_loss for one (text, image) pair, as written there."""
-    x = words[:n_real]                                          # [w, D]
-    attn = torch.softmax(regions @ x.T, dim=-1)                 # over words, per region [R, w]
-    attn = torch.softmax(gamma1 * attn.T, dim=-1)               # over regions, per word [w, R]
-    context = attn @ regions                                    # [w, D]
-    cos = (x * context).sum(-1) / (x.norm(dim=-1) * context.norm(dim=-1)).clamp(min=1e-8)
-    return torch.log(torch.exp(gamma2 * cos).sum())
-
-
 def transcribed_similarity(words, word_mask, regions, gamma1, gamma2):
-    """S [T, I] in float64 from the per-pair transcription; real words gathered to the front."""
-    rows = []
+    """S [T, I] in float64 from GLoRIA's loop (tests/gloria_oracle.py); real words gathered to the front."""
+    counts = word_mask.sum(1)
+    packed = torch.zeros_like(words)
     for t in range(words.shape[0]):
-        real = words[t][word_mask[t]]
-        rows.append(torch.stack([pair_similarity(real, real.shape[0], regions[i], gamma1, gamma2)
-                                 for i in range(regions.shape[0])]))
-    return torch.stack(rows)
+        packed[t, :counts[t]] = words[t][word_mask[t]]
+    return local_similarities(packed, counts.tolist(), regions, gamma1, gamma2)
 
 
 def make_inputs(T, I, W, R, D, counts, dtype, holes=False, seed=0):

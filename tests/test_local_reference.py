@@ -1,56 +1,9 @@
-"""The chunked local-similarity reference against a line-by-line transcription of GLoRIA's loop."""
+"""The chunked local-similarity reference against GLoRIA's training loop (tests/gloria_oracle.py)."""
 import pytest
 import torch
-import torch.nn as nn
+from gloria_oracle import local_similarities, ragged_batch
 
 from cmgl_dist.losses import local_similarity_reference
-
-
-def _gloria_cosine(x1, x2, dim=1, eps=1e-8):
-    w12 = torch.sum(x1 * x2, dim)
-    w1 = torch.norm(x1, 2, dim)
-    w2 = torch.norm(x2, 2, dim)
-    return (w12 / (w1 * w2).clamp(min=eps)).squeeze()
-
-
-def _gloria_attention(query, context, temp1):
-    """GLoRIA's attention_fn; context is [I, D, R] here (GLoRIA's is [I, D, ih, iw], flattened the same)."""
-    batch_size, query_len, source_len = query.size(0), query.size(2), context.size(2)
-    context_t = torch.transpose(context, 1, 2).contiguous()
-    attn = torch.bmm(context_t, query).view(batch_size * source_len, query_len)
-    attn = nn.Softmax(dim=-1)(attn).view(batch_size, source_len, query_len)
-    attn = torch.transpose(attn, 1, 2).contiguous().view(batch_size * query_len, source_len)
-    attn = nn.Softmax(dim=-1)(attn * temp1).view(batch_size, query_len, source_len)
-    return torch.bmm(context, torch.transpose(attn, 1, 2).contiguous())
-
-
-def gloria_similarities(words, lengths, regions, gamma1, gamma2):
-    """GLoRIA's `local_loss` loop up to the similarities, as S [T, I] (words [T, W, D], regions [I, R, D])."""
-    n_images = regions.shape[0]
-    words_emb = words.transpose(1, 2)  # GLoRIA's [T, D, W]
-    img_features = regions.transpose(1, 2)  # [I, D, R]
-    columns = []
-    for t in range(words_emb.shape[0]):
-        words_num = lengths[t]
-        word = words_emb[t, :, :words_num].unsqueeze(0).contiguous().repeat(n_images, 1, 1)
-        wei_context = _gloria_attention(word, img_features, gamma1)
-        word = word.transpose(1, 2).contiguous().view(n_images * words_num, -1)
-        wei_context = wei_context.transpose(1, 2).contiguous().view(n_images * words_num, -1)
-        row_sim = _gloria_cosine(word, wei_context).view(n_images, words_num)
-        row_sim = row_sim.mul(gamma2).exp().sum(dim=1, keepdim=True).log()
-        columns.append(row_sim)
-    return torch.cat(columns, 1).t()
-
-
-def _ragged_batch(n_texts, n_images, n_words, n_regions, dim, seed, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, n_words + 1, (n_texts,), generator=g)
-    lengths[0] = n_words
-    lengths[-1] = 1
-    word_mask = torch.arange(n_words)[None, :] < lengths[:, None]
-    words = scale * torch.randn(n_texts, n_words, dim, generator=g, dtype=torch.float64)
-    regions = scale * torch.randn(n_images, n_regions, dim, generator=g, dtype=torch.float64)
-    return words, word_mask, regions, lengths.tolist()
 
 
 def _relative_error(actual, expected):
@@ -60,12 +13,12 @@ def _relative_error(actual, expected):
 @pytest.mark.parametrize("block_elements", [1, 600, 1 << 26], ids=["pair-per-block", "ragged-blocks", "one-block"])
 @pytest.mark.parametrize("scale", [0.3, 1.0])
 def test_reference_matches_gloria_loop_float64(block_elements, scale):
-    words, word_mask, regions, lengths = _ragged_batch(5, 4, 7, 9, 6, seed=11, scale=scale)
+    words, word_mask, regions, lengths = ragged_batch(5, 4, 7, 9, 6, seed=11, scale=scale)
     gamma1, gamma2 = 4.0, 5.0
     upstream = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
 
     leaves = [words.clone().requires_grad_(), regions.clone().requires_grad_()]
-    expected = gloria_similarities(leaves[0], lengths, leaves[1], gamma1, gamma2)
+    expected = local_similarities(leaves[0], lengths, leaves[1], gamma1, gamma2)
     expected_grads = torch.autograd.grad(expected, leaves, upstream)
 
     leaves = [words.clone().requires_grad_(), regions.clone().requires_grad_()]
@@ -79,7 +32,7 @@ def test_reference_matches_gloria_loop_float64(block_elements, scale):
 
 
 def test_padded_words_change_nothing():
-    words, word_mask, regions, _ = _ragged_batch(4, 3, 6, 5, 8, seed=2)
+    words, word_mask, regions, _ = ragged_batch(4, 3, 6, 5, 8, seed=2)
     garbage = torch.randn(4, 3, 8, dtype=torch.float64) * 100
     padded_words = torch.cat([words, garbage], dim=1).requires_grad_()
     padded_mask = torch.cat([word_mask, torch.zeros(4, 3, dtype=torch.bool)], dim=1)
@@ -96,7 +49,7 @@ def test_padded_words_change_nothing():
 
 
 def test_gradient_of_one_input_alone_equals_the_joint_gradient():
-    words, word_mask, regions, _ = _ragged_batch(3, 4, 5, 6, 8, seed=5)
+    words, word_mask, regions, _ = ragged_batch(3, 4, 5, 6, 8, seed=5)
     both = [words.clone().requires_grad_(), regions.clone().requires_grad_()]
     joint = torch.autograd.grad(local_similarity_reference(both[0], word_mask, both[1], block_elements=1).sum(), both)
 
@@ -110,7 +63,7 @@ def test_gradient_of_one_input_alone_equals_the_joint_gradient():
 
 
 def test_half_precision_is_computed_in_float32():
-    words, word_mask, regions, _ = _ragged_batch(3, 4, 5, 6, 8, seed=6)
+    words, word_mask, regions, _ = ragged_batch(3, 4, 5, 6, 8, seed=6)
     half_words = words.bfloat16().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         similarity = local_similarity_reference(half_words, word_mask, regions.bfloat16())
@@ -129,6 +82,6 @@ def test_half_precision_is_computed_in_float32():
     (lambda w, m, r: (w[0], m, r), "expected words"),
 ])
 def test_bad_inputs_raise(mutate, message):
-    words, word_mask, regions, _ = _ragged_batch(2, 2, 3, 4, 5, seed=0)
+    words, word_mask, regions, _ = ragged_batch(2, 2, 3, 4, 5, seed=0)
     with pytest.raises(ValueError, match=message):
         local_similarity_reference(*mutate(words, word_mask, regions))

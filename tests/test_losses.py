@@ -3,31 +3,13 @@ import os
 
 import pytest
 import torch
-import torch.nn as nn
+from gloria_oracle import global_loss as gloria_global_loss
+from gloria_oracle import local_loss_tail as gloria_local_loss_tail
 from model_outputs import random_model_outputs
 
 from cmgl_dist.config import LossConfig
 from cmgl_dist.losses import (CMGLLoss, global_contrastive_loss, local_contrastive_loss, local_similarity,
                               local_similarity_reference, resolve_backend)
-
-
-def gloria_global_loss(cnn_code, rnn_code, eps=1e-8, temp3=10.0):
-    """GLoRIA's `global_loss`, returning loss0 + loss1 as its model sums them."""
-    labels = torch.arange(cnn_code.shape[0])
-    cnn_code, rnn_code = cnn_code.unsqueeze(0), rnn_code.unsqueeze(0)
-    cnn_code_norm = torch.norm(cnn_code, 2, dim=2, keepdim=True)
-    rnn_code_norm = torch.norm(rnn_code, 2, dim=2, keepdim=True)
-    scores0 = torch.bmm(cnn_code, rnn_code.transpose(1, 2))
-    norm0 = torch.bmm(cnn_code_norm, rnn_code_norm.transpose(1, 2))
-    scores0 = (scores0 / norm0.clamp(min=eps) * temp3).squeeze()
-    return nn.CrossEntropyLoss()(scores0, labels) + nn.CrossEntropyLoss()(scores0.transpose(0, 1), labels)
-
-
-def gloria_local_loss_tail(similarity_text_by_image, temp3=10.0):
-    """The end of GLoRIA's `local_loss`: its `similarities` are [images, captions]."""
-    similarities = similarity_text_by_image.T * temp3
-    labels = torch.arange(similarities.shape[0])
-    return nn.CrossEntropyLoss()(similarities, labels) + nn.CrossEntropyLoss()(similarities.transpose(0, 1), labels)
 
 
 _outputs = random_model_outputs

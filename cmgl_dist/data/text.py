@@ -15,8 +15,10 @@ that fit, and its string in `words` is the part of the text those pieces cover.
 
 `special_words` chooses whether the tokenizer's special tokens are local words too:
 - "none" (cmgl): only the words of the text;
-- "sep": the words, then [SEP], GLoRIA's slots 1..cap_len (its local loss and zero-shot score
-  skip [CLS] at slot 0 and take cap_len = words + 1 slots, so [SEP] is the last local word);
+- "cls": [CLS], then the words: GLoRIA's training slots (its local loss takes
+  `words_emb[i, :, :cap_len]`, cap_len = words + 1, so slot 0, [CLS], is the first local word);
+- "sep": the words, then [SEP]: GLoRIA's zero-shot slots (`get_local_similarities` takes slots
+  1..cap_len, skipping [CLS], so [SEP] is the last local word);
 - "cls_sep": [CLS], the words, [SEP]: GLoRIA's whole aggregated word tensor.
 """
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 _WORD_CHARACTER = re.compile(r"\w")
 
 
-SPECIAL_WORDS = ("none", "sep", "cls_sep")
+SPECIAL_WORDS = ("none", "cls", "sep", "cls_sep")
 
 
 def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int, special_words: str = "none") -> dict:
@@ -59,7 +61,7 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int, special_wor
                                   word_ids[row])
         if special_words != "none":
             row_words = _add_special_words(row_words, encoding["input_ids"][row], word_ids[row], tokenizer,
-                                           with_cls=special_words == "cls_sep")
+                                           with_cls="cls" in special_words, with_sep="sep" in special_words)
         words.append(row_words)
 
     most_words = max(1, max(len(row_words) for row_words in words))
@@ -93,11 +95,13 @@ def _assign_words(text: str, token_words: list, offsets: list, row_word_ids: tor
 
 
 def _add_special_words(words: list[str], input_ids: torch.Tensor, row_word_ids: torch.Tensor, tokenizer,
-                       with_cls: bool) -> list[str]:
-    """Make [SEP] (and [CLS] first, `with_cls`) words of their own, in place; return the word strings."""
+                       with_cls: bool, with_sep: bool) -> list[str]:
+    """Make [CLS] (first) and/or [SEP] (last) words of their own, in place; return the word strings."""
     if with_cls:
         row_word_ids[row_word_ids >= 0] += 1
         row_word_ids[input_ids == tokenizer.cls_token_id] = 0
         words = [tokenizer.cls_token, *words]
-    row_word_ids[input_ids == tokenizer.sep_token_id] = len(words)
-    return [*words, tokenizer.sep_token]
+    if with_sep:
+        row_word_ids[input_ids == tokenizer.sep_token_id] = len(words)
+        words = [*words, tokenizer.sep_token]
+    return words

@@ -25,8 +25,9 @@ from cmgl_dist.config import load_config
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
 # What a feature file holds; part of its cache key, so a file of another format is not found.
-# 2: with_text files also carry each text's word strings (metadata "word_strings").
-FEATURES_FORMAT = 2
+# 2: with_text files also carry each text's word strings (metadata "word_strings");
+# 3: every file also carries the backbone's pooled features (`image_pooled`, the probe's default).
+FEATURES_FORMAT = 3
 
 
 @dataclass
@@ -35,6 +36,7 @@ class SplitFeatures:
     keys: list[str]
     labels: torch.Tensor                 # [N, 6] float, LABEL_KEYS order
     image_global: torch.Tensor           # [N, D]
+    image_pooled: Optional[torch.Tensor] = None  # [N, C], the image backbone's pooled features
     regions: Optional[torch.Tensor] = None      # [N, R, D]
     sentence: Optional[torch.Tensor] = None     # [N, D]
     words: Optional[torch.Tensor] = None        # [N, W, D], zero-padded
@@ -50,6 +52,16 @@ class SplitFeatures:
         if self.words is None or self.word_strings is None:
             raise ValueError("these features hold no text words: encode them with_text")
         return self.words[row][self.word_mask[row]], self.word_strings[row]
+
+    def probe_inputs(self, choice: str):
+        """[N, F] numpy features the linear probe fits on (`eval.probe_features`)."""
+        if choice == "embedding":
+            return self.image_global.numpy()
+        if choice != "backbone":
+            raise ValueError(f"probe_features={choice!r} is not backbone or embedding (eval.probe_features)")
+        if self.image_pooled is None:
+            raise ValueError("these features hold no backbone pooled features: encode them again")
+        return self.image_pooled.numpy()
 
 
 def export_fingerprint(export_dir: str | os.PathLike) -> str:
@@ -112,13 +124,14 @@ def encode_split(model, loader: Iterable[dict], *, with_text: bool, device: Opti
     """Run the model over every batch of an evaluation loader (one pass, centre crops)."""
     device = device or eval_device()
     model = model.to(device).eval()
-    keys, labels, image_global, regions, sentence, words, word_mask, strings = [], [], [], [], [], [], [], []
+    keys, labels, image_global, pooled, regions, sentence, words, word_mask, strings = ([] for _ in range(9))
     for batch in loader:
         batch = _to_device(batch, device)
-        g, r = model.encode_image(batch["images"])
+        g, r, p = model.encode_image(batch["images"], with_pooled=True)
         keys += list(batch["keys"])
         labels.append(batch["labels"].float().cpu())
         image_global.append(g.float().cpu())
+        pooled.append(p.float().cpu())
         if with_text:
             regions.append(r.float().cpu())
             s, w, m = model.encode_text(batch)
@@ -128,7 +141,7 @@ def encode_split(model, loader: Iterable[dict], *, with_text: bool, device: Opti
             strings += _word_strings(batch, word_mask[-1])
     if not keys:
         raise ValueError(f"{what} holds no samples")
-    feats = SplitFeatures(keys, torch.cat(labels), torch.cat(image_global))
+    feats = SplitFeatures(keys, torch.cat(labels), torch.cat(image_global), torch.cat(pooled))
     if with_text:
         feats.regions, feats.sentence = torch.cat(regions), torch.cat(sentence)
         feats.words, feats.word_mask = _pad_words(words, word_mask)

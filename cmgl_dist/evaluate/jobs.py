@@ -94,13 +94,12 @@ def _finding_labels(feats) -> np.ndarray:
 
 def run_zero_shot(job: Job, ctx: EvalContext) -> dict:
     from cmgl_dist.evaluate.prompts import NEGATIVE_PROMPTS, class_prompts
-    from cmgl_dist.evaluate.zero_shot import class_scores
+    from cmgl_dist.evaluate.zero_shot import class_scores, zero_shot_settings
 
     feats = ctx.features(with_text=True)
     scores = class_scores(ctx.model, feats, class_prompts(ctx.settings.n_prompts, seed=job.seed),
-                          max_length=ctx.cfg.data.max_length, **ctx.gammas,
                           negatives=NEGATIVE_PROMPTS if job.task == "zero_shot_negated" else None,
-                          special_words=ctx.cfg.data.special_words, word_pooling=ctx.settings.zero_shot_word_pooling)
+                          **zero_shot_settings(ctx.cfg, ctx.settings))
     return _auc_result(ctx, job, _finding_labels(feats), scores, feats.keys)
 
 
@@ -112,8 +111,9 @@ def run_probe(job: Job, ctx: EvalContext) -> dict:
     test = ctx.features(with_text=True)
     train_y = _finding_labels(train)
     subset = stratified_subset(train_y, job.fraction, job.seed)
-    scores, unfittable = fit_predict(train.image_global.numpy()[subset], train_y[subset],
-                                     test.image_global.numpy(), seed=job.seed)
+    choice = ctx.settings.probe_features
+    scores, unfittable = fit_predict(train.probe_inputs(choice)[subset], train_y[subset],
+                                     test.probe_inputs(choice), seed=job.seed)
     result = _auc_result(ctx, job, _finding_labels(test), scores, test.keys)
     result.update(n_train=int(subset.size), unfittable=[PATHOLOGIES[c] for c in unfittable])
     return result
@@ -132,7 +132,7 @@ def run_probe_cv(job: Job, ctx: EvalContext) -> dict:
     labels = _finding_labels(feats)
     patient_of = patients(ctx.shards, ctx.split)
     fold_of = patient_folds(labels, [patient_of[k] for k in feats.keys], folds, job.seed)
-    scores, unfittable = cross_validated_scores(feats.image_global.numpy(), labels, fold_of, seed=job.seed)
+    scores, unfittable = cross_validated_scores(feats.probe_inputs(ctx.settings.probe_features), labels, fold_of, seed=job.seed)
     per_fold = [bootstrap_aucs(labels[fold_of == f], scores[fold_of == f], PATHOLOGIES, n_boot=0, seed=job.seed)
                 for f in range(folds)]
     result = _auc_result(ctx, job, labels, scores, feats.keys)

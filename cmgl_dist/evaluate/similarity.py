@@ -17,11 +17,17 @@ def image_text_similarity(image_global: torch.Tensor, regions: torch.Tensor, sen
     The local similarity pools the words with the training log-sum-exp, or with GLoRIA's
     zero-shot max (`word_pooling="max"`, `eval.zero_shot_word_pooling`)."""
     device = words.device
-    global_sim = F.normalize(image_global.to(device).float(), dim=-1) @ F.normalize(sentence.float(), dim=-1).T
+    global_sim = F.normalize(at_least_float32(image_global.to(device)), dim=-1) @ F.normalize(
+        at_least_float32(sentence), dim=-1).T
     # local_similarity works in memory-bounded blocks of (texts x images) itself
-    local = local_similarity(words.float(), word_mask.bool(), regions.to(device).float(),
+    local = local_similarity(at_least_float32(words), word_mask.bool(), at_least_float32(regions.to(device)),
                              gamma1=gamma1, gamma2=gamma2, word_pooling=word_pooling)  # [T, I]
     return (global_sim + local.T) / 2
+
+
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Half precision up to float32; float64 (the checks against GLoRIA's code) kept as it is."""
+    return tensor if tensor.dtype == torch.float64 else tensor.float()
 
 
 def word_region_attention(words: torch.Tensor, regions: torch.Tensor, gamma1: float) -> torch.Tensor:

@@ -67,8 +67,9 @@ class CMGLModel(nn.Module):
             self.image_backbone.eval()
         return self
 
-    def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images [B, 3, H, W] -> (global [B, D], regions [B, R, D])."""
+    def encode_image(self, images: torch.Tensor, with_pooled: bool = False) -> tuple[torch.Tensor, ...]:
+        """images [B, 3, H, W] -> (global [B, D], regions [B, R, D]), then the backbone's pooled features
+        [B, C] (`with_pooled`: what GLoRIA's linear classification fits on)."""
         pooled, region_map = self.image_backbone(images)
         regions = self.image_region_head(region_map).flatten(2).transpose(1, 2)
         if self.center_regions:
@@ -76,6 +77,8 @@ class CMGLModel(nn.Module):
         img_global = self.image_global_head(pooled)
         if self.region_detector is not None:
             img_global = img_global + self.region_detector(region_map.flatten(2).transpose(1, 2))
+        if with_pooled:
+            return img_global, self._scale_local(regions), pooled
         return img_global, self._scale_local(regions)
 
     def _scale_local(self, features: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,124 @@
+"""GLoRIA's functions, transcribed line by line (Huang et al., ICCV 2021; the GLoRIA repository's
+`gloria/loss/gloria_loss.py`, `gloria/models/gloria_model.py` and `gloria/gloria.py`): the one
+oracle every test that compares cmgl with GLoRIA imports. Run it in float64.
+
+Layouts are GLoRIA's but for the word tensor, which is cmgl's [T, W, D] (GLoRIA's `words_emb` is
+[T, D, W], transposed here once): slot 0 holds [CLS], then the words, then [SEP], then zero
+padding, as GLoRIA's `BertEncoder.aggregate_tokens` lays them out. Regions are [I, R, D]
+(GLoRIA's [I, D, ih, iw], flattened the same way).
+
+Slots: the training loss takes `words_emb[i, :, :cap_len]` (its `_calc_local_loss` sets cap_len =
+the words + 1, so [CLS] + the words); the zero-shot score takes `text_emb_l[i, :, 1:cap_len + 1]`
+(the words + [SEP] for the same cap_len).
+"""
+import torch
+import torch.nn as nn
+
+
+def cosine_similarity(x1, x2, dim=1, eps=1e-8):
+    """gloria_loss.cosine_similarity."""
+    w12 = torch.sum(x1 * x2, dim)
+    w1 = torch.norm(x1, 2, dim)
+    w2 = torch.norm(x2, 2, dim)
+    return (w12 / (w1 * w2).clamp(min=eps)).squeeze()
+
+
+def attention_fn(query, context, temp1):
+    """gloria_loss.attention_fn; query [I, D, W], context [I, D, R]."""
+    batch_size, query_len, source_len = query.size(0), query.size(2), context.size(2)
+    context_t = torch.transpose(context, 1, 2).contiguous()
+    attn = torch.bmm(context_t, query).view(batch_size * source_len, query_len)
+    attn = nn.Softmax(dim=-1)(attn).view(batch_size, source_len, query_len)
+    attn = torch.transpose(attn, 1, 2).contiguous().view(batch_size * query_len, source_len)
+    attn = nn.Softmax(dim=-1)(attn * temp1).view(batch_size, query_len, source_len)
+    return torch.bmm(context, torch.transpose(attn, 1, 2).contiguous())
+
+
+def _row_cosines(word, img_features, gamma1):
+    """[I, W]: each word's cosine with its attention-weighted region context, for every image."""
+    n_images, words_num = word.shape[0], word.shape[2]
+    wei_context = attention_fn(word, img_features, gamma1)
+    word = word.transpose(1, 2).contiguous().view(n_images * words_num, -1)
+    wei_context = wei_context.transpose(1, 2).contiguous().view(n_images * words_num, -1)
+    return cosine_similarity(word, wei_context).view(n_images, words_num)
+
+
+def local_similarities(words, cap_lens, regions, gamma1=4.0, gamma2=5.0):
+    """The similarities of gloria_loss.local_loss, as S [T, I]: slots :cap_len, log-sum-exp over them."""
+    n_images = regions.shape[0]
+    words_emb, img_features = words.transpose(1, 2), regions.transpose(1, 2)
+    columns = []
+    for i in range(words_emb.shape[0]):
+        words_num = cap_lens[i]
+        word = words_emb[i, :, :words_num].unsqueeze(0).contiguous().repeat(n_images, 1, 1)
+        row_sim = _row_cosines(word, img_features, gamma1)
+        columns.append(row_sim.mul(gamma2).exp().sum(dim=1, keepdim=True).log())
+    return torch.cat(columns, 1).t()
+
+
+def get_local_similarities(words, cap_lens, regions, gamma1=4.0, gamma2=5.0):
+    """gloria_model.get_local_similarities, as S [T, I]: slots 1..cap_len, log of the max over them."""
+    n_images = regions.shape[0]
+    words_emb, img_features = words.transpose(1, 2), regions.transpose(1, 2)
+    columns = []
+    for i in range(words_emb.shape[0]):
+        words_num = cap_lens[i]
+        word = words_emb[i, :, 1:words_num + 1].unsqueeze(0).contiguous().repeat(n_images, 1, 1)
+        row_sim = _row_cosines(word, img_features, gamma1).mul(gamma2).exp()
+        columns.append(torch.log(torch.max(row_sim, dim=1, keepdim=True).values))
+    return torch.cat(columns, 1).t()
+
+
+def get_global_similarities(img_emb_g, text_emb_g):
+    """gloria_model.get_global_similarities (sklearn's cosine_similarity), as [I, T]."""
+    img = img_emb_g / torch.norm(img_emb_g, 2, dim=1, keepdim=True)
+    text = text_emb_g / torch.norm(text_emb_g, 2, dim=1, keepdim=True)
+    return img @ text.T
+
+
+def zero_shot_classification(img_emb_g, regions, class_texts, gamma1=4.0, gamma2=5.0):
+    """gloria.zero_shot_classification: [I, C]; class_texts = [(text_emb_g [T, D], words, cap_lens)].
+
+    Per class (local + global) / 2 over its prompts, the max over the prompts, then
+    `utils.normalize` per class over the images."""
+    class_similarities = []
+    for text_emb_g, words, cap_lens in class_texts:
+        global_similarities = get_global_similarities(img_emb_g, text_emb_g)
+        local_similarities = get_local_similarities(words, cap_lens, regions, gamma1, gamma2).T
+        similarities = (local_similarities + global_similarities) / 2
+        class_similarities.append(similarities.max(dim=1).values)
+    class_similarities = torch.stack(class_similarities, 1)
+    mean, std = class_similarities.mean(0), class_similarities.std(0, unbiased=False)
+    return (class_similarities - mean) / std
+
+
+def global_loss(cnn_code, rnn_code, eps=1e-8, temp3=10.0):
+    """gloria_loss.global_loss, returning loss0 + loss1 as its model sums them."""
+    labels = torch.arange(cnn_code.shape[0])
+    cnn_code, rnn_code = cnn_code.unsqueeze(0), rnn_code.unsqueeze(0)
+    cnn_code_norm = torch.norm(cnn_code, 2, dim=2, keepdim=True)
+    rnn_code_norm = torch.norm(rnn_code, 2, dim=2, keepdim=True)
+    scores0 = torch.bmm(cnn_code, rnn_code.transpose(1, 2))
+    norm0 = torch.bmm(cnn_code_norm, rnn_code_norm.transpose(1, 2))
+    scores0 = (scores0 / norm0.clamp(min=eps) * temp3).squeeze()
+    return nn.CrossEntropyLoss()(scores0, labels) + nn.CrossEntropyLoss()(scores0.transpose(0, 1), labels)
+
+
+def local_loss_tail(similarity_text_by_image, temp3=10.0):
+    """The end of gloria_loss.local_loss: its `similarities` are [images, captions]."""
+    similarities = similarity_text_by_image.T * temp3
+    labels = torch.arange(similarities.shape[0])
+    return nn.CrossEntropyLoss()(similarities, labels) + nn.CrossEntropyLoss()(similarities.transpose(0, 1), labels)
+
+
+def ragged_batch(n_texts, n_images, n_words, n_regions, dim, seed, scale=1.0):
+    """float64 words [T, W, D] (the first `lengths[t]` slots of text t real), their mask,
+    regions [I, R, D], lengths; one text with every slot and one with a single slot."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, n_words + 1, (n_texts,), generator=g)
+    lengths[0] = n_words
+    lengths[-1] = 1
+    word_mask = torch.arange(n_words)[None, :] < lengths[:, None]
+    words = scale * torch.randn(n_texts, n_words, dim, generator=g, dtype=torch.float64)
+    regions = scale * torch.randn(n_images, n_regions, dim, generator=g, dtype=torch.float64)
+    return words, word_mask, regions, lengths.tolist()
