@@ -36,7 +36,7 @@ class ViewChoice:
 
 
 def choose_views(image_ids: tuple[str, ...], views: dict[str, str]) -> ViewChoice:
-    """Frontal: images the metadata calls PA, then AP, in XML order. When the metadata names no
+    """Frontal: images the metadata calls PA, then AP, then FRONTAL (Kaggle's projections), in XML order. When the metadata names no
     frontal view for a report, fall back to XML order over the images it does not call lateral
     (Open-i lists the frontal `-1001` first; measured on the reports whose first image has a
     view position, that image is PA/AP in 90% of them).
@@ -44,9 +44,10 @@ def choose_views(image_ids: tuple[str, ...], views: dict[str, str]) -> ViewChoic
     """
     pa = [i for i in image_ids if views.get(i) == "PA"]
     ap = [i for i in image_ids if views.get(i) == "AP"]
+    frontal = [i for i in image_ids if views.get(i) == "FRONTAL"]  # Kaggle's projections table
     lateral = [i for i in image_ids if views.get(i) in LATERAL_VIEWS]
-    if pa or ap:
-        return ViewChoice(tuple(pa + ap), lateral[0] if lateral else None, "metadata")
+    if pa or ap or frontal:
+        return ViewChoice(tuple(pa + ap + frontal), lateral[0] if lateral else None, "metadata")
     unknown = [i for i in image_ids if i not in lateral]
     if lateral:
         return ViewChoice(tuple(unknown), lateral[0], "fallback-xml-order")

@@ -24,6 +24,8 @@ from tqdm import tqdm
 from cmgl_dist.shards.bounds import bounded, check_bounds
 from cmgl_dist.shards.download import default_reports, packaged_file
 from cmgl_dist.shards.images import extract_archive, index_folder
+from cmgl_dist.shards.iurr_kaggle import (KaggleLayoutError, index_kaggle_images, kaggle_tables, kaggle_views,
+                                          read_kaggle_reports)
 from cmgl_dist.shards.manifest import build_manifest, describe_skips
 from cmgl_dist.shards.metadata import read_view_positions
 from cmgl_dist.shards.outdir import STAGED_IMAGES, OutRefused, claim, remove_stale
@@ -67,13 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _image_paths(images: str, out: Path, wanted: set[str]) -> tuple[dict[str, str] | None, list]:
+def _image_paths(images: str, out: Path, wanted: set[str], kaggle: bool = False) -> tuple[dict[str, str] | None, list]:
     """image id -> file, None for phantom; plus skips from reading an archive."""
     if images == "phantom":
         return None, []
     source = Path(images)
     if source.is_dir():
-        return {k: str(v) for k, v in index_folder(source).items()}, []
+        return {k: str(v) for k, v in (index_kaggle_images if kaggle else index_folder)(source).items()}, []
+    if kaggle:
+        raise NothingUsable(f"--images {images!r}: the Kaggle IU-RR layout takes its images folder (unzipped)")
     if source.is_file() and tarfile.is_tarfile(source):
         extracted = out / STAGED_IMAGES
         log.info("extracting %d images from %s into %s", len(wanted), source, extracted)
@@ -101,17 +105,22 @@ def pack(*, images: str, out: str | Path, reports: str | Path | None = None, met
     out = Path(out)
     reports = Path(reports) if reports else default_reports()
     try:
-        parsed, xml_skips = read_reports(reports)
-    except (OSError, tarfile.TarError) as e:
+        kaggle = kaggle_tables(reports)  # Kaggle's CSVs instead of Open-i's XML: iurr_kaggle.py
+        parsed, xml_skips = read_kaggle_reports(*kaggle) if kaggle else read_reports(reports)
+    except (OSError, tarfile.TarError, KaggleLayoutError) as e:
         raise NothingUsable(f"--reports {reports}: {e}") from None
-    if metadata is None:
+    if kaggle and metadata is not None and str(metadata).lower() != "none":
+        log.warning("--metadata %s not read: the Kaggle layout's views come from %s", metadata, kaggle[1])
+    if kaggle:
+        metadata = kaggle[1]  # recorded (by content) as the pack's view input
+    elif metadata is None:
         metadata = packaged_file("nlmcxr_dicom_metadata.csv.gz")
     elif str(metadata).lower() == "none":
         metadata = None
-    views = {}
+    views = kaggle_views(metadata) if kaggle else {}
     if metadata is None:
         log.warning("no --metadata: choosing frontal images by the XML-order fallback")
-    else:
+    elif not kaggle:
         try:
             views = read_view_positions(metadata)
         except (OSError, ValueError, csv.Error) as e:
@@ -122,7 +131,7 @@ def pack(*, images: str, out: str | Path, reports: str | Path | None = None, met
     claim(out, inputs, replace)
     (out / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the end
     wanted = {i for r in parsed for i in r.image_ids}
-    image_paths, archive_skips = _image_paths(images, out, wanted)
+    image_paths, archive_skips = _image_paths(images, out, wanted, kaggle=bool(kaggle))
     usable, report_skips, image_skips = plan_samples(parsed, views, image_paths)
     if not usable:
         skips = [s.to_json() for s in xml_skips + report_skips + image_skips] + archive_skips
