@@ -9,6 +9,7 @@ COMMANDS = {
     "verify": ("cmgl_dist.shards.verify", "main", "re-read shards and check them against manifest.json"),
     "train": ("cmgl_dist.engine.train", "main", "train with DeepSpeed ZeRO from a config"),
     "evaluate": ("cmgl_dist.evaluate.run", "main", "evaluate one checkpoint (zero-shot, probe, retrieval)"),
+    "predict": ("cmgl_dist.predict", "main", "zero-shot scores and attention overlays for image files, from an export"),
     "sweep": ("cmgl_dist.evaluate.sweep", "main", "fan evaluation jobs out over Ray"),
     "main": ("cmgl_dist.pipeline", "main", "the whole job: pack, train, sweep, report"),
     "bench": ("cmgl_dist.bench", "main", "profile a step, compare ZeRO stages, model scaling"),
