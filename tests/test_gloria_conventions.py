@@ -166,3 +166,35 @@ def test_probe_reads_the_backbones_pooled_features_or_the_embedding(model64):
     assert np.array_equal(feats.probe_inputs("embedding"), image_global.numpy())
     with pytest.raises(ValueError, match="probe_features"):
         feats.probe_inputs("regions")
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory, small_shards):
+    from cmgl_dist.engine.export import export_model
+
+    cfg = load_config("debug", [f"data.shards={small_shards}", "eval.bootstrap=0"])
+    torch.manual_seed(0)
+    return export_model(build_model(cfg.model).state_dict(), cfg, tmp_path_factory.mktemp("run") / "export")
+
+
+def test_evaluate_probes_the_features_eval_probe_features_names(tiny_export, tmp_path):
+    import json
+
+    from cmgl_dist.evaluate.features import load_features
+    from cmgl_dist.evaluate.probe import fit_predict
+    from cmgl_dist.evaluate.run import main as evaluate_main
+
+    scores = {}
+    for choice in ("backbone", "embedding"):
+        out = tmp_path / choice
+        assert evaluate_main(["--exports", str(tiny_export), "--out", str(out), "--tasks", "probe", "--fractions", "1.0",
+                              "--set", f"eval.probe_features={choice}"]) == 0
+        (record,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        scores[choice] = np.load(out / record["scores_file"])["scores"]
+        files = {p.name.split("-")[0]: p for p in (out / "features").rglob("*.safetensors")}
+    train, test = load_features(files["train"]), load_features(files["test"])
+    train_y = train.labels[:, :5].numpy() > 0.5
+    for choice, got in scores.items():
+        expected, _ = fit_predict(train.probe_inputs(choice), train_y, test.probe_inputs(choice), seed=0)
+        np.testing.assert_allclose(got, expected)
+    assert not np.allclose(scores["backbone"], scores["embedding"])
