@@ -43,29 +43,27 @@ def _row_cosines(word, img_features, gamma1):
     return cosine_similarity(word, wei_context).view(n_images, words_num)
 
 
-def local_similarities(words, cap_lens, regions, gamma1=4.0, gamma2=5.0):
-    """The similarities of gloria_loss.local_loss, as S [T, I]: slots :cap_len, log-sum-exp over them."""
+def _slot_cosines(words, cap_lens, regions, gamma1, first_slot):
+    """Per text, [I, cap_len] row_sim of the slots first_slot..first_slot + cap_len, as GLoRIA's loops."""
     n_images = regions.shape[0]
     words_emb, img_features = words.transpose(1, 2), regions.transpose(1, 2)
-    columns = []
     for i in range(words_emb.shape[0]):
         words_num = cap_lens[i]
-        word = words_emb[i, :, :words_num].unsqueeze(0).contiguous().repeat(n_images, 1, 1)
-        row_sim = _row_cosines(word, img_features, gamma1)
-        columns.append(row_sim.mul(gamma2).exp().sum(dim=1, keepdim=True).log())
+        word = words_emb[i, :, first_slot:first_slot + words_num].unsqueeze(0).contiguous().repeat(n_images, 1, 1)
+        yield _row_cosines(word, img_features, gamma1)
+
+
+def local_similarities(words, cap_lens, regions, gamma1=4.0, gamma2=5.0):
+    """The similarities of gloria_loss.local_loss, as S [T, I]: slots :cap_len, log-sum-exp over them."""
+    columns = [row_sim.mul(gamma2).exp().sum(dim=1, keepdim=True).log()
+               for row_sim in _slot_cosines(words, cap_lens, regions, gamma1, first_slot=0)]
     return torch.cat(columns, 1).t()
 
 
 def get_local_similarities(words, cap_lens, regions, gamma1=4.0, gamma2=5.0):
     """gloria_model.get_local_similarities, as S [T, I]: slots 1..cap_len, log of the max over them."""
-    n_images = regions.shape[0]
-    words_emb, img_features = words.transpose(1, 2), regions.transpose(1, 2)
-    columns = []
-    for i in range(words_emb.shape[0]):
-        words_num = cap_lens[i]
-        word = words_emb[i, :, 1:words_num + 1].unsqueeze(0).contiguous().repeat(n_images, 1, 1)
-        row_sim = _row_cosines(word, img_features, gamma1).mul(gamma2).exp()
-        columns.append(torch.log(torch.max(row_sim, dim=1, keepdim=True).values))
+    columns = [torch.log(torch.max(row_sim.mul(gamma2).exp(), dim=1, keepdim=True).values)
+               for row_sim in _slot_cosines(words, cap_lens, regions, gamma1, first_slot=1)]
     return torch.cat(columns, 1).t()
 
 
