@@ -132,7 +132,8 @@ def run_probe_cv(job: Job, ctx: EvalContext) -> dict:
     labels = _finding_labels(feats)
     patient_of = patients(ctx.shards, ctx.split)
     fold_of = patient_folds(labels, [patient_of[k] for k in feats.keys], folds, job.seed)
-    scores, unfittable = cross_validated_scores(feats.probe_inputs(ctx.settings.probe_features), labels, fold_of, seed=job.seed)
+    scores, unfittable = cross_validated_scores(feats.probe_inputs(ctx.settings.probe_features), labels, fold_of,
+                                                seed=job.seed)
     per_fold = [bootstrap_aucs(labels[fold_of == f], scores[fold_of == f], PATHOLOGIES, n_boot=0, seed=job.seed)
                 for f in range(folds)]
     result = _auc_result(ctx, job, labels, scores, feats.keys)

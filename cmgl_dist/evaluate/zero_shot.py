@@ -1,8 +1,9 @@
 """Zero-shot classification of the five pathologies from prompt sets, scored as GLoRIA does.
 
 score(image, class) = mean (`eval.prompt_pooling=mean`) or max (`max`, GLoRIA's code) over the
-class's prompts of (global cosine + local similarity) / 2, then standardised per class over the images (GLoRIA's `utils.normalize`). The pathologies are
-multi-label, so each class is its own binary problem and its AUC comes from its own score
+class's prompts of (global cosine + local similarity) / 2, then standardised per class over the
+images (GLoRIA's `utils.normalize`). A prompt's local words are `eval.zero_shot_special_words`'s
+slots (default: the training slots). The pathologies are multi-label, so each class is its own binary problem and its AUC comes from its own score
 column (the standardisation is monotone per column and does not change the AUC; it makes the
 scores of different classes comparable in the saved score file and the ROC plots).
 """
