@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="iurr", choices=SOURCE_NAMES,
                    help="corpus layout (default iurr); the others are described in shards/SCHEMA.md")
     p.add_argument("--reports", help="iurr: NLMCXR_reports.tgz or a folder of report XML (default: torchxrayvision's "
-                   "copy, else download); chexpert: CheXpert Plus report CSV; mimic: folder holding files/pNN/.../sN.txt")
+                   "copy, else download), or Kaggle's indiana_reports.csv (indiana_projections.csv beside it) or its "
+                   "folder; chexpert: CheXpert Plus report CSV; mimic: folder holding files/pNN/.../sN.txt")
     p.add_argument("--images", required=True, help="iurr: NLMCXR_png.tgz, a folder of PNG/JPEG named by image id, or "
                    "'phantom'; other sources: the corpus folder, or a tar or zip archive of it")
     p.add_argument("--labels", help="label CSV (not iurr; default: the table shipped in torchxrayvision or found "
