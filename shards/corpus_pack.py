@@ -31,7 +31,7 @@ from cmgl_dist.shards.archive import MAX_MEMBER_BYTES, read_member, tolerant_mem
 from cmgl_dist.shards.bounds import check_bounds
 from cmgl_dist.shards.images import IMAGE_SUFFIXES, ImageError, encode_png, load_image
 from cmgl_dist.shards.manifest import build_manifest, describe_skips
-from cmgl_dist.shards.outdir import STAGED_IMAGES, claim, remove_stale
+from cmgl_dist.shards.outdir import STAGED_IMAGES, claim, one_writer, remove_stale
 from cmgl_dist.shards.patient_split import patient_splits
 from cmgl_dist.shards.provenance import pack_inputs
 from cmgl_dist.shards.reports import Skip
@@ -197,6 +197,7 @@ def text_summary(records: list[dict]) -> dict:
             for split in schema.SPLITS}
 
 
+@one_writer
 def pack_corpus(*, source: str, images: str, out: str | Path, labels: str | None = None,
                 reports: str | None = None, uncertain: str = "zeros", image_size: int = 512,
                 samples_per_shard: int = 128, seed: int = 0, workers: int = 2, limit: int | None = None,

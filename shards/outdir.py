@@ -8,12 +8,14 @@ its temp files, and shards from an earlier plan that its own `.progress` records
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import shutil
 from pathlib import Path
 
+from cmgl_dist.locks import LOCK_FILE, folder_lock
 from cmgl_dist.shards.provenance import differences
 from cmgl_dist.shards.sample import PROGRESS_DIR
 from cmgl_dist.shards.schema import MANIFEST, SHARD_FILE
@@ -23,7 +25,7 @@ log = logging.getLogger("cmgl.pack")
 
 CLAIM = ".cmgl-pack.json"
 STAGED_IMAGES = ".images"
-_OWN_NAMES = {CLAIM, PROGRESS_DIR, STAGED_IMAGES, MANIFEST}
+_OWN_NAMES = {CLAIM, PROGRESS_DIR, STAGED_IMAGES, MANIFEST, LOCK_FILE}
 _SHARD = r"(?:train|val|test)-\d{6}\.tar"
 # Temp names of an interrupted writer: `.NAME.unrenamed` (a shard before its rename) and
 # `.NAME.<pid>.tmp` (cmgl_dist.atomic), for a shard, the manifest, the claim or a progress record;
@@ -34,6 +36,19 @@ _OWN_TEMP = re.compile(rf"^\.(?:\.?{_SHARD}(?:\.unrenamed)?|{_SHARD}\.json|manif
 
 class OutRefused(RuntimeError):
     """--out holds something the pack must not touch, or a pack made from other inputs."""
+
+
+def one_writer(pack_function):
+    """Run `pack_function(..., out=DIR, ...)` holding DIR's writer lock (cmgl_dist.locks) throughout:
+    a second pack into DIR is refused (FolderBusy, naming the holder) instead of mixing two packs."""
+    @functools.wraps(pack_function)
+    def locked(*args, out, **kwargs):
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise OutRefused(f"--out {out} is a file, not a folder")
+        with folder_lock(out, "cmgl pack"):
+            return pack_function(*args, out=out, **kwargs)
+    return locked
 
 
 def _is_own_temp(name: str) -> bool:

@@ -26,7 +26,8 @@ from cmgl_dist.shards.download import default_reports, packaged_file
 from cmgl_dist.shards.images import extract_archive, index_folder
 from cmgl_dist.shards.manifest import build_manifest, describe_skips
 from cmgl_dist.shards.metadata import read_view_positions
-from cmgl_dist.shards.outdir import STAGED_IMAGES, OutRefused, claim, remove_stale
+from cmgl_dist.locks import FolderBusy
+from cmgl_dist.shards.outdir import STAGED_IMAGES, OutRefused, claim, one_writer, remove_stale
 from cmgl_dist.shards.plan import plan_samples, plan_shards
 from cmgl_dist.shards.provenance import CONTENT_ARGUMENTS, pack_inputs
 from cmgl_dist.shards.reports import read_reports
@@ -92,6 +93,7 @@ def _fingerprint_inputs(reports: Path, images: str, metadata, arguments: dict) -
         raise NothingUsable(f"cannot read an input: {e}") from None
 
 
+@one_writer
 def pack(*, images: str, out: str | Path, reports: str | Path | None = None, metadata: str | Path | None = None,
          image_size: int = 512, samples_per_shard: int = 128, seed: int = 0, workers: int = 2,
          limit: int | None = None, replace: bool = False) -> dict:
@@ -172,6 +174,9 @@ def main(argv=None) -> int:
     except (NothingUsable, OutRefused) as e:
         log.error("%s", e)
         return 1
+    except FolderBusy as e:
+        log.error("%s", e)
+        return 2
     log.info("skips: %s; wrote %s", manifest["skip_reasons"], Path(args.out) / MANIFEST)
     return 0
 
@@ -190,5 +195,8 @@ def pack_other_source(parser: argparse.ArgumentParser, args) -> int:
     except (SourceError, OSError, OutRefused) as e:
         log.error("%s", e)
         return 1
+    except FolderBusy as e:
+        log.error("%s", e)
+        return 2
     log.info("wrote %s", Path(args.out) / MANIFEST)
     return 0
