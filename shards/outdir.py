@@ -9,7 +9,6 @@ its temp files, and shards from an earlier plan that its own `.progress` records
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import re
 import shutil
@@ -20,6 +19,7 @@ from cmgl_dist.shards.provenance import differences
 from cmgl_dist.shards.sample import PROGRESS_DIR
 from cmgl_dist.shards.schema import MANIFEST, SHARD_FILE
 from cmgl_dist.shards.writer import write_json_atomic
+from cmgl_dist.untrusted import json_loads
 
 log = logging.getLogger("cmgl.pack")
 
@@ -57,7 +57,7 @@ def _is_own_temp(name: str) -> bool:
 
 def _cmgl_manifest(out: Path) -> bool:
     try:
-        manifest = json.loads((out / MANIFEST).read_text())
+        manifest = json_loads((out / MANIFEST).read_bytes())
     except (OSError, ValueError):
         return False
     return isinstance(manifest, dict) and "format" in manifest and "shards" in manifest
@@ -95,7 +95,7 @@ def _holds_pack_output(out: Path) -> bool:
 
 def _check_same_inputs(out: Path, inputs: dict, replace: bool) -> None:
     try:
-        recorded = json.loads((out / CLAIM).read_text())
+        recorded = json_loads((out / CLAIM).read_bytes())
     except (OSError, ValueError):
         recorded = {}
     changed = differences(recorded, inputs) if isinstance(recorded, dict) else ["unreadable claim"]
