@@ -83,12 +83,12 @@ def _image_paths(images: str, out: Path, wanted: set[str]) -> tuple[dict[str, st
     raise NothingUsable(f"--images {images!r}: not 'phantom', a folder, or a tar archive")
 
 
-def _fingerprint_inputs(reports: Path, images: str, metadata, arguments: dict) -> dict:
+def _fingerprint_inputs(reports: Path, images: str, metadata, arguments: dict, out: Path) -> dict:
     if images != "phantom" and not Path(images).exists():
         raise NothingUsable(f"--images {images!r}: not 'phantom', a folder, or a tar archive")
     try:
         return pack_inputs({"reports": reports, "metadata": metadata, "images": images},
-                           {k: arguments[k] for k in CONTENT_ARGUMENTS})
+                           {k: arguments[k] for k in CONTENT_ARGUMENTS}, out=out)
     except OSError as e:
         raise NothingUsable(f"cannot read an input: {e}") from None
 
@@ -120,7 +120,7 @@ def pack(*, images: str, out: str | Path, reports: str | Path | None = None, met
             log.warning("--metadata %s unreadable (%s): choosing frontal images by the XML-order fallback", metadata, e)
     arguments = {"reports": str(reports), "images": images, "metadata": str(metadata) if metadata else None,
                  "image_size": image_size, "samples_per_shard": samples_per_shard, "seed": seed, "limit": limit}
-    inputs = _fingerprint_inputs(reports, images, metadata if views else None, arguments)  # what was used
+    inputs = _fingerprint_inputs(reports, images, metadata if views else None, arguments, out)  # what was used
     claim(out, inputs, replace)
     (out / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the end
     wanted = {i for r in parsed for i in r.image_ids}

@@ -8,7 +8,9 @@ its official split. Everything after that (patient splits, shards, manifest) is 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
+import hashlib
 import logging
 import math
 import zlib
@@ -59,6 +61,27 @@ class Exclusions:
     def add(self, reason: str, n: int = 1) -> None:
         if n:
             self.counts[reason] = self.counts.get(reason, 0) + n
+
+
+def distinct_keys(source: str, records: list[CorpusRecord]) -> list[CorpusRecord]:
+    """`records` with one key each: distinct images whose ids map onto one key (`a.b.png` and
+    `a_b.png`) get the key plus a hash of their own reference; one image listed twice is refused."""
+    groups: dict[str, list[CorpusRecord]] = {}
+    for record in records:
+        groups.setdefault(record.key, []).append(record)
+    renamed = {}
+    for key, group in groups.items():
+        if len(group) == 1:
+            continue
+        refs = [r.image_ref for r in group]
+        if len(set(refs)) < len(refs):
+            twice = sorted({ref for ref in refs if refs.count(ref) > 1})[:3]
+            raise SourceError(f"--source {source}: image(s) {twice} listed twice; are two copies of the corpus "
+                              "under --images, or a label table with repeated rows?")
+        for record in group:
+            digest = hashlib.sha256(record.image_ref.encode()).hexdigest()[:10]
+            renamed[id(record)] = dataclasses.replace(record, key=safe_key(f"{key}_{digest}"))
+    return [renamed.get(id(r), r) for r in records]
 
 
 def sample_key(source: str, ident: str) -> str:
