@@ -98,3 +98,27 @@ def test_metrics_lines_that_are_not_utf8_are_dropped_not_fatal(tmp_path):
                                              + b"[" * 100_000 + b"\n")
     Telemetry(tmp_path, rank=0, start_step=5, total_steps=10, tensorboard=False).close()
     assert (tmp_path / "metrics.jsonl").read_text() == "".join(r + "\n" for r in records)
+
+
+def test_after_a_train_steps_change_the_first_resumed_step_runs_at_the_new_schedules_lr():
+    import torch
+
+    from cmgl_dist.config import ScheduleConfig
+    from cmgl_dist.engine.schedule import WarmupCosine, apply_current_schedule, lr_scheduler_factory
+
+    cfg = ScheduleConfig(warmup_steps=2)
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    old = lr_scheduler_factory(cfg, total_steps=10)(optimizer)
+    for _ in range(6):
+        optimizer.step()
+        old.step()
+    saved_optimizer, saved_schedule = optimizer.state_dict(), old.state_dict()
+    # the resumed run, now train.steps=40: DeepSpeed restores both states, then the checkpointer applies
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    new = lr_scheduler_factory(cfg, total_steps=40)(optimizer)
+    optimizer.load_state_dict(saved_optimizer)
+    new.load_state_dict(saved_schedule)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(WarmupCosine(cfg, 10)(6))  # the old schedule's
+    apply_current_schedule(new)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(WarmupCosine(cfg, 40)(6)) == new.get_last_lr()[0]

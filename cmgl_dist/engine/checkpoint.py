@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 
 from cmgl_dist.atomic import write_text_atomic
+from cmgl_dist.engine.schedule import apply_current_schedule
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,8 @@ class Checkpointer:
                                                   load_lr_scheduler_states=True, custom_load_fn=load_module_state)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load {folder}")
+        if engine.lr_scheduler is not None:
+            apply_current_schedule(engine.lr_scheduler)  # this run's train.steps from the first step on
         client = json.loads((folder / "client.json").read_text())
         restore_rng(json.loads((folder / f"rank_{self.rank:05d}.json").read_text()))
         return TrainState(**client["state"])
