@@ -5,7 +5,8 @@
 
 Every check that can fail (config values and combinations, apex, precision on this machine, the
 shards, an existing run without --resume, a run dir in use by another run, a resume whose config
-differs in a field it cannot apply) runs before the process group and the model exist, and
+differs in a field it cannot apply, whose packs changed since its checkpoint or whose world size
+differs) runs before the process group and the model exist, and
 fails with exit status 2 and a message naming the field and the fix.
 """
 from __future__ import annotations
