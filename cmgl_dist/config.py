@@ -15,9 +15,11 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cmgl_dist.untrusted import TooDeep, yaml_load
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # .inf/.nan: refused
 
 
 class SourceWeight(_Section):
@@ -257,9 +259,21 @@ class CMGLConfig(_Section):
                              "raise it or leave it unset")
         if self.data.sources and self.data.shards:
             raise ValueError("data.shards and data.sources are both set: use data.sources alone to mix corpora")
+        _refuse_repeated_sources([s.shards for s in self.data.sources])
         if self.data.resample and self.train.batches_per_epoch is None:
             raise ValueError("data.resample=true streams without end: set train.batches_per_epoch")
         return self
+
+
+def _refuse_repeated_sources(folders: list[str]) -> None:
+    """One corpus listed twice would put every sample in each batch twice (a positive against itself)."""
+    seen: dict[str, str] = {}
+    for folder in folders:
+        key = folder if "://" in folder or folder.startswith("pipe:") else os.path.realpath(os.path.expanduser(folder))
+        if key in seen:
+            raise ValueError(f"data.sources lists one corpus twice ({seen[key]!r} and {folder!r} are the same "
+                             "folder): list each corpus once and give it the weight it should have")
+        seen[key] = folder
 
 
 class ConfigError(ValueError):
@@ -286,8 +300,8 @@ def find_config(name_or_path: str) -> Path:
 
 def _parse_value(text: str):
     try:
-        return yaml.safe_load(text) if text != "" else ""
-    except yaml.YAMLError as err:
+        return yaml_load(text) if text != "" else ""
+    except (yaml.YAMLError, TooDeep) as err:
         raise ConfigError(f"override value {text!r} is not valid YAML: {err}") from None
 
 
@@ -295,8 +309,8 @@ def _read_yaml(name_or_path: str) -> dict:
     path = find_config(name_or_path)
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
-    except yaml.YAMLError as err:
+            raw = yaml_load(f)
+    except (yaml.YAMLError, TooDeep) as err:
         raise ConfigError(f"config {path} is not valid YAML: {err}") from None
     except OSError as err:
         raise ConfigError(f"config {path} cannot be read: {err}") from None

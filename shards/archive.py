@@ -67,9 +67,9 @@ def copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> 
 
 
 def read_regular_file(path: Path) -> bytes | str:
-    """A file's bytes, or why they are not read; a FIFO or device is never opened."""
+    """A file's bytes, or why they are not read; a link is not followed, a FIFO or device never opened."""
     try:
-        info = os.stat(path)
+        info = os.lstat(path)
         if not stat.S_ISREG(info.st_mode):
             return NOT_REGULAR
         if problem := _size_problem(info.st_size):

@@ -1,4 +1,4 @@
-"""Bounds on `cmgl pack`'s numeric arguments, checked before any work (argparse: exit 2).
+"""Bounds on `cmgl pack`'s (and `cmgl sweep`'s) numeric arguments, checked before any work (argparse: exit 2).
 
 `image_size` is capped because a phantom or a resized image holds size^2 pixels per worker;
 the other caps only keep a typo from meaning hours of work or thousands of processes.
@@ -12,6 +12,8 @@ BOUNDS = {
     "samples_per_shard": (1, 100_000),
     "workers": (1, 256),
     "limit": (1, 10_000_000),
+    "num_cpus": (1, 4096),   # sweep: a Ray session with no CPU never runs a job
+    "retries": (0, 10),      # sweep: a negative count would retry for ever
 }
 
 

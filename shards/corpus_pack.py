@@ -19,7 +19,6 @@ import multiprocessing
 import sys
 import tarfile
 import zipfile
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +30,13 @@ from cmgl_dist.shards.archive import MAX_MEMBER_BYTES, read_member, tolerant_mem
 from cmgl_dist.shards.bounds import check_bounds
 from cmgl_dist.shards.images import IMAGE_SUFFIXES, ImageError, encode_png, load_image
 from cmgl_dist.shards.manifest import build_manifest, describe_skips
-from cmgl_dist.shards.outdir import STAGED_IMAGES, claim, remove_stale
+from cmgl_dist.shards.outdir import STAGED_IMAGES, claim, one_writer, remove_stale
 from cmgl_dist.shards.patient_split import patient_splits
 from cmgl_dist.shards.provenance import pack_inputs
 from cmgl_dist.shards.reports import Skip
 from cmgl_dist.shards.sample import commit_shard, finished_record
 from cmgl_dist.shards.sources import SOURCES, CorpusRecord, Exclusions, SourceError, SourceInput
+from cmgl_dist.shards.sources.record import distinct_keys
 from cmgl_dist.shards.split import uid_hash
 from cmgl_dist.shards.writer import json_bytes, sha256_file, write_json_atomic
 
@@ -181,12 +181,7 @@ def plan_corpus_shards(source: str, records: list[CorpusRecord], *, seed: int, s
 def read_records(source: str, inputs: SourceInput, *, seed: int, limit: int | None) -> tuple[list[CorpusRecord], dict]:
     """The source's records (a seeded subset of `limit` of them), and the counted exclusions."""
     excluded = Exclusions()
-    records = list(SOURCES[source].records(inputs, excluded))
-    counts = Counter(r.key for r in records)
-    if len(counts) != len(records):
-        twice = sorted(k for k, n in counts.items() if n > 1)[:5]
-        raise SourceError(f"--source {source}: sample keys occur twice (first: {twice}); are two copies of the "
-                          "corpus under --images?")
+    records = distinct_keys(source, list(SOURCES[source].records(inputs, excluded)))
     if limit is not None:
         records = sorted(records, key=lambda r: uid_hash(r.key, seed + 1))[:limit]
     return records, dict(sorted(excluded.counts.items()))
@@ -197,6 +192,7 @@ def text_summary(records: list[dict]) -> dict:
             for split in schema.SPLITS}
 
 
+@one_writer
 def pack_corpus(*, source: str, images: str, out: str | Path, labels: str | None = None,
                 reports: str | None = None, uncertain: str = "zeros", image_size: int = 512,
                 samples_per_shard: int = 128, seed: int = 0, workers: int = 2, limit: int | None = None,
@@ -211,7 +207,7 @@ def pack_corpus(*, source: str, images: str, out: str | Path, labels: str | None
                  "image_size": image_size, "samples_per_shard": samples_per_shard, "seed": seed, "limit": limit}
     provenance = pack_inputs({"images": images, "labels": labels, "reports": reports},
                              {k: arguments[k] for k in ("source", "uncertain", "image_size", "samples_per_shard",
-                                                        "seed", "limit")})
+                                                        "seed", "limit")}, out=out)
     claim(out, provenance, replace)
     (out / schema.MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the end
     root, archive_skips = image_root(images, out)

@@ -6,20 +6,24 @@ and no Ghostscript), and the size is checked from the header before any pixel is
 `open_grey` is the one decode path: the packer and the training loader both use it.
 
 Bit depth: 8-bit modes convert as Pillow does (RGB by luma; alpha dropped; palette looked up;
-1-bit to 0/255). Wider ones (16-bit grayscale, the usual DICOM export, and 32-bit integer or
-float) are windowed linearly from the image's own minimum and maximum to 0..255, so no value is
-clipped; a constant image becomes 0.
+1-bit to 0/255). Every wider mode is read at its full depth and windowed linearly from the
+image's own minimum and maximum to 0..255, so no value is clipped and no level is lost (a
+constant image becomes 0): 16-bit grayscale (the usual DICOM export), 16-bit grey + alpha, RGB
+and RGBA (luma, alpha dropped; Pillow itself would keep only their high bytes) and 32-bit
+integer or float. Windowing works in blocks of rows, so its memory is a few bytes per pixel
+whatever the file's size (the pixel count itself is capped from the header).
 """
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cmgl_dist.shards.archive import copy_member, tolerant_members
+from cmgl_dist.shards.archive import copy_member, read_regular_file, tolerant_members
 from cmgl_dist.shards.reports import Skip
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -32,6 +36,9 @@ DECODERS = ("PNG", "JPEG")
 MAX_IMAGE_SIDE = 10_000
 MIN_IMAGE_SIDE = 16
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+# 16-bit PNG raw modes Pillow narrows to 8 bits -> the raw modes that recover every byte.
+_PNG_WIDE_RAWMODES = {"RGB;16B": ("RGB;16B", "RGB;16L"), "RGBA;16B": ("RGBA;16B", "RGBA;16L"),
+                      "LA;16B": ("RGBA",)}
 
 
 class ImageError(ValueError):
@@ -95,12 +102,13 @@ def open_grey(source: str | Path | bytes, draft_size: int | None = None) -> Imag
     a side are needed.
     """
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=DECODERS) as image:
+        with _open(source) as image:
             _check_header_size(image.size)
             if image.format == "JPEG" and draft_size:
                 image.draft("L", (draft_size, draft_size))
-            image.load()  # a truncated file fails here, not at open
-            gray = to_grey8(image)
+            gray = to_grey8(image, source)  # decodes; a truncated file fails here, not at open
+    except ImageError:
+        raise
     except FileNotFoundError:
         raise ImageError("missing file") from None
     except UnidentifiedImageError:
@@ -119,19 +127,79 @@ def _check_header_size(size: tuple[int, int]) -> None:
         raise ImageError(f"image too large: {size[0]}x{size[1]} (longest side cap {MAX_IMAGE_SIDE})")
 
 
-def to_grey8(image: Image.Image) -> Image.Image:
-    """8-bit grayscale; modes wider than 8 bits windowed from their own range (module docstring)."""
+def _open(source: str | Path | bytes) -> Image.Image:
+    return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=DECODERS)
+
+
+def to_grey8(image: Image.Image, source: str | Path | bytes | None = None) -> Image.Image:
+    """8-bit grayscale of an opened image; wider modes windowed from their own range (module docstring).
+    `source` (what `image` was opened from) lets a 16-bit colour PNG be read at full depth."""
+    wide = _wide_png_plane(image, source)
+    if wide is not None:
+        return _window(wide)
+    image.load()
     if image.mode not in _WIDE_MODES:
         return image.convert("L")
-    pixels = np.asarray(image, dtype=np.float64)
+    return _window(np.asarray(image))
+
+
+def _wide_png_plane(image: Image.Image, source) -> np.ndarray | None:
+    """A 16-bit PNG with colour or alpha at full depth, as one grey plane; None for any other image.
+
+    Pillow opens such a PNG as an 8-bit mode and unpacks only the high byte of each sample. The
+    file is decoded again keeping the low bytes (`;16L` read on big-endian data), or, for grey +
+    alpha, as RGBA bytes (4 bytes a pixel either way, so the row filters agree), and the bytes
+    are put back together.
+    """
+    rawmode = image.tile[0][3] if image.format == "PNG" and len(image.tile) == 1 else None
+    if source is None or rawmode not in _PNG_WIDE_RAWMODES:
+        return None
+    channels = []
+    for wanted in _PNG_WIDE_RAWMODES[rawmode]:
+        with _open(source) as again:
+            codec, extents, offset, _ = again.tile[0]
+            again.tile = [(codec, extents, offset, wanted)]
+            again.load()
+            channels.append(np.asarray(again))
+    if rawmode == "LA;16B":  # RGBA bytes: grey high, grey low, alpha high, alpha low
+        (both,) = channels
+        return both[..., 0].astype(np.uint16) << 8 | both[..., 1]
+    return _luma16(*channels)
+
+
+def _luma16(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma (Pillow's RGB -> L weights) of 16-bit R, G, B split into bytes; float32, by row blocks."""
+    grey = np.empty(high.shape[:2], dtype=np.float32)
+    for rows in _row_blocks(grey.shape):
+        rgb = (high[rows, :, :3].astype(np.float32) * 256 + low[rows, :, :3]) / 1000
+        grey[rows] = rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114
+    return grey
+
+
+def _row_blocks(shape: tuple[int, ...], pixels: int = 1 << 16):
+    step = max(1, pixels // max(1, shape[1]))
+    return (slice(top, top + step) for top in range(0, shape[0], step))
+
+
+def _window(pixels: np.ndarray) -> Image.Image:
+    """Linear window of a wide grey plane from its own min..max to 0..255, in row blocks (bounded memory)."""
     low, high = float(pixels.min()), float(pixels.max())
-    scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
-    return Image.fromarray(np.rint(scaled).astype(np.uint8), "L")
+    scale = 255.0 / (high - low) if high > low else 0.0
+    out = np.empty(pixels.shape, dtype=np.uint8)
+    for rows in _row_blocks(pixels.shape):
+        out[rows] = np.rint((pixels[rows].astype(np.float64) - low) * scale)
+    return Image.fromarray(out, "L")
 
 
 def load_image(path: str | Path, size: int) -> Image.Image:
-    """Decode, check and resize one image; raises ImageError for anything unusable."""
-    return resize_longest(open_grey(path, draft_size=size), size)
+    """Read (a regular file of at most 64 MiB, links not followed), decode, check and resize one
+    image; raises ImageError for anything unusable."""
+    if not os.path.lexists(path):
+        raise ImageError("missing file")
+    data = read_regular_file(Path(path))
+    if isinstance(data, str):  # not a regular file, over the cap, unreadable
+        raise ImageError(data.replace("member too large", "image too large"))
+    return resize_longest(open_grey(data, draft_size=size), size)
 
 
 def encode_png(image: Image.Image) -> bytes:

@@ -6,13 +6,13 @@ Written last and atomically: a folder without it is not a finished pack. Readers
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
 from cmgl_dist.shards.schema import LABEL_KEYS, MANIFEST, SPLITS
+from cmgl_dist.untrusted import json_loads
 
 FORMAT_VERSION = 1
 
@@ -90,14 +90,16 @@ def read_manifest(folder: str | Path) -> dict:
     """The manifest of a packed folder; a clear error when it is missing, not JSON or lacks shard fields."""
     path = Path(folder) / MANIFEST
     try:
-        with open(path) as f:
-            manifest = json.load(f)
+        with open(path, "rb") as f:
+            manifest = json_loads(f.read())
     except FileNotFoundError:
         raise FileNotFoundError(f"{folder} has no {MANIFEST}: pack it with `cmgl pack` first") from None
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # not JSON, not UTF-8, nested too deeply
         raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards", []), list):
+        raise ValueError(f"{path} is not a pack manifest (a JSON object with a list of shards)")
     for entry in manifest.get("shards", ()):
-        if not {"name", "split", "samples"} <= entry.keys():
+        if not isinstance(entry, dict) or not {"name", "split", "samples"} <= entry.keys():
             raise ValueError(f"{path}: shard entry {entry} lacks name, split or samples")
     return manifest
 

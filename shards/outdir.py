@@ -8,22 +8,24 @@ its temp files, and shards from an earlier plan that its own `.progress` records
 """
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import re
 import shutil
 from pathlib import Path
 
+from cmgl_dist.locks import LOCK_FILE, folder_lock
 from cmgl_dist.shards.provenance import differences
 from cmgl_dist.shards.sample import PROGRESS_DIR
 from cmgl_dist.shards.schema import MANIFEST, SHARD_FILE
 from cmgl_dist.shards.writer import write_json_atomic
+from cmgl_dist.untrusted import json_loads
 
 log = logging.getLogger("cmgl.pack")
 
 CLAIM = ".cmgl-pack.json"
 STAGED_IMAGES = ".images"
-_OWN_NAMES = {CLAIM, PROGRESS_DIR, STAGED_IMAGES, MANIFEST}
+_OWN_NAMES = {CLAIM, PROGRESS_DIR, STAGED_IMAGES, MANIFEST, LOCK_FILE}
 _SHARD = r"(?:train|val|test)-\d{6}\.tar"
 # Temp names of an interrupted writer: `.NAME.unrenamed` (a shard before its rename) and
 # `.NAME.<pid>.tmp` (cmgl_dist.atomic), for a shard, the manifest, the claim or a progress record;
@@ -36,13 +38,26 @@ class OutRefused(RuntimeError):
     """--out holds something the pack must not touch, or a pack made from other inputs."""
 
 
+def one_writer(pack_function):
+    """Run `pack_function(..., out=DIR, ...)` holding DIR's writer lock (cmgl_dist.locks) throughout:
+    a second pack into DIR is refused (FolderBusy, naming the holder) instead of mixing two packs."""
+    @functools.wraps(pack_function)
+    def locked(*args, out, **kwargs):
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise OutRefused(f"--out {out} is a file, not a folder")
+        with folder_lock(out, "cmgl pack"):
+            return pack_function(*args, out=out, **kwargs)
+    return locked
+
+
 def _is_own_temp(name: str) -> bool:
     return bool(_OWN_TEMP.match(name)) and (name.endswith(".tmp") or name.endswith(".unrenamed"))
 
 
 def _cmgl_manifest(out: Path) -> bool:
     try:
-        manifest = json.loads((out / MANIFEST).read_text())
+        manifest = json_loads((out / MANIFEST).read_bytes())
     except (OSError, ValueError):
         return False
     return isinstance(manifest, dict) and "format" in manifest and "shards" in manifest
@@ -80,7 +95,7 @@ def _holds_pack_output(out: Path) -> bool:
 
 def _check_same_inputs(out: Path, inputs: dict, replace: bool) -> None:
     try:
-        recorded = json.loads((out / CLAIM).read_text())
+        recorded = json_loads((out / CLAIM).read_bytes())
     except (OSError, ValueError):
         recorded = {}
     changed = differences(recorded, inputs) if isinstance(recorded, dict) else ["unreadable claim"]

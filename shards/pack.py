@@ -28,7 +28,8 @@ from cmgl_dist.shards.iurr_kaggle import (KaggleLayoutError, index_kaggle_images
                                           read_kaggle_reports)
 from cmgl_dist.shards.manifest import build_manifest, describe_skips
 from cmgl_dist.shards.metadata import read_view_positions
-from cmgl_dist.shards.outdir import STAGED_IMAGES, OutRefused, claim, remove_stale
+from cmgl_dist.locks import FolderBusy
+from cmgl_dist.shards.outdir import STAGED_IMAGES, OutRefused, claim, one_writer, remove_stale
 from cmgl_dist.shards.plan import plan_samples, plan_shards
 from cmgl_dist.shards.provenance import CONTENT_ARGUMENTS, pack_inputs
 from cmgl_dist.shards.reports import read_reports
@@ -87,16 +88,17 @@ def _image_paths(images: str, out: Path, wanted: set[str], kaggle: bool = False)
     raise NothingUsable(f"--images {images!r}: not 'phantom', a folder, or a tar archive")
 
 
-def _fingerprint_inputs(reports: Path, images: str, metadata, arguments: dict) -> dict:
+def _fingerprint_inputs(reports: Path, images: str, metadata, arguments: dict, out: Path) -> dict:
     if images != "phantom" and not Path(images).exists():
         raise NothingUsable(f"--images {images!r}: not 'phantom', a folder, or a tar archive")
     try:
         return pack_inputs({"reports": reports, "metadata": metadata, "images": images},
-                           {k: arguments[k] for k in CONTENT_ARGUMENTS})
+                           {k: arguments[k] for k in CONTENT_ARGUMENTS}, out=out)
     except OSError as e:
         raise NothingUsable(f"cannot read an input: {e}") from None
 
 
+@one_writer
 def pack(*, images: str, out: str | Path, reports: str | Path | None = None, metadata: str | Path | None = None,
          image_size: int = 512, samples_per_shard: int = 128, seed: int = 0, workers: int = 2,
          limit: int | None = None, replace: bool = False) -> dict:
@@ -128,7 +130,7 @@ def pack(*, images: str, out: str | Path, reports: str | Path | None = None, met
             log.warning("--metadata %s unreadable (%s): choosing frontal images by the XML-order fallback", metadata, e)
     arguments = {"reports": str(reports), "images": images, "metadata": str(metadata) if metadata else None,
                  "image_size": image_size, "samples_per_shard": samples_per_shard, "seed": seed, "limit": limit}
-    inputs = _fingerprint_inputs(reports, images, metadata if views else None, arguments)  # what was used
+    inputs = _fingerprint_inputs(reports, images, metadata if views else None, arguments, out)  # what was used
     claim(out, inputs, replace)
     (out / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the end
     wanted = {i for r in parsed for i in r.image_ids}
@@ -182,6 +184,9 @@ def main(argv=None) -> int:
     except (NothingUsable, OutRefused) as e:
         log.error("%s", e)
         return 1
+    except FolderBusy as e:
+        log.error("%s", e)
+        return 2
     log.info("skips: %s; wrote %s", manifest["skip_reasons"], Path(args.out) / MANIFEST)
     return 0
 
@@ -200,5 +205,8 @@ def pack_other_source(parser: argparse.ArgumentParser, args) -> int:
     except (SourceError, OSError, OutRefused) as e:
         log.error("%s", e)
         return 1
+    except FolderBusy as e:
+        log.error("%s", e)
+        return 2
     log.info("wrote %s", Path(args.out) / MANIFEST)
     return 0

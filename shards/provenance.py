@@ -18,30 +18,36 @@ from cmgl_dist.shards.writer import sha256_file
 CONTENT_ARGUMENTS = ("image_size", "samples_per_shard", "seed", "limit")
 
 
-def content_sha256(path: str | Path) -> str:
+def content_sha256(path: str | Path, skip: Path | None = None) -> str:
     """sha256 of a file's content; of a folder, over its listing (relative path, size, modification
     time of every regular file): corpus folders hold up to terabytes, and each shard's own
-    fingerprint covers the images it uses by content."""
+    fingerprint covers the images it uses by content. Links are not followed (a dangling one is
+    no error), and the folder `skip` (the pack's own --out, when it lies inside) is left out."""
     path = Path(path)
     if not path.is_dir():
         return sha256_file(path)
+    inside = skip.resolve().relative_to(path.resolve()).parts if skip and skip.resolve().is_relative_to(
+        path.resolve()) else None
     digest = hashlib.sha256()
     for file in sorted(path.rglob("*")):
-        info = os.stat(file)
+        if inside and file.relative_to(path).parts[:len(inside)] == inside:
+            continue
+        info = os.lstat(file)
         if stat.S_ISREG(info.st_mode):
             digest.update(f"{file.relative_to(path).as_posix()}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
-def _source(path: str | Path | None) -> dict | str | None:
+def _source(path: str | Path | None, out: Path | None) -> dict | str | None:
     if path is None or path == "phantom":
         return path
-    return {"path": str(path), "sha256": content_sha256(path)}
+    return {"path": str(path), "sha256": content_sha256(path, skip=out)}
 
 
-def pack_inputs(sources: dict[str, str | Path | None], arguments: dict) -> dict:
-    """{input name: {path, sha256} | "phantom" | None, ..., "arguments": arguments}."""
-    return {**{name: _source(path) for name, path in sources.items()}, "arguments": dict(arguments)}
+def pack_inputs(sources: dict[str, str | Path | None], arguments: dict, out: Path | None = None) -> dict:
+    """{input name: {path, sha256} | "phantom" | None, ..., "arguments": arguments}; `out`, the
+    pack's own folder, never counts as an input even inside one."""
+    return {**{name: _source(path, out) for name, path in sources.items()}, "arguments": dict(arguments)}
 
 
 def _content(value):

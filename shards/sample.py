@@ -6,7 +6,6 @@ only when both agree, so an interrupted pack resumes without redoing finished sh
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from cmgl_dist.shards.phantom import phantom_for_report
 from cmgl_dist.shards.plan import SampleSpec, ShardTask
 from cmgl_dist.shards.reports import Skip
 from cmgl_dist.shards.writer import json_bytes, npz_bytes, sha256_file, write_json_atomic, write_shard
+from cmgl_dist.untrusted import json_loads
 
 PROGRESS_DIR = ".progress"
 
@@ -68,8 +68,11 @@ def finished_record(out: Path, name: str, fingerprint: str) -> dict | None:
     """The progress record of a shard already written for this exact task, else None."""
     shard, sidecar = out / name, out / PROGRESS_DIR / f"{name}.json"
     if shard.exists() and sidecar.exists():
-        record = json.loads(sidecar.read_text())
-        if record.get("fingerprint") == fingerprint and record.get("sha256") == sha256_file(shard):
+        try:
+            record = json_loads(sidecar.read_bytes())
+        except ValueError:  # a damaged record vouches for nothing: the shard is redone
+            return None
+        if isinstance(record, dict) and record.get("fingerprint") == fingerprint and record.get("sha256") == sha256_file(shard):
             return {**record, "resumed": True}
     return None
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 import tarfile
 from collections import defaultdict
@@ -22,6 +21,7 @@ from cmgl_dist.shards import schema
 from cmgl_dist.shards.archive import TAR_ERRORS, member_problem
 from cmgl_dist.shards.keys import key_problem
 from cmgl_dist.shards.writer import sha256_file
+from cmgl_dist.untrusted import json_loads
 
 REQUIRED = {schema.FRONTAL, schema.LABELS, schema.META}
 OPTIONAL = {schema.LATERAL, schema.MASKS, schema.REPORT}  # report.json: required for IU-RR (no meta `source`)
@@ -61,7 +61,7 @@ def _check_image(data: bytes, size: int) -> tuple[int, int] | str:
 
 def _json_object(members: dict[str, bytes], name: str) -> tuple[dict | None, str | None]:
     try:
-        value = json.loads(members[name])
+        value = json_loads(members[name])
     except (ValueError, UnicodeDecodeError) as e:
         return None, f"{name} is not JSON ({e})"
     return (value, None) if isinstance(value, dict) else (None, f"{name} is not a JSON object")
@@ -144,7 +144,7 @@ def _load_manifest(folder: Path) -> tuple[dict | None, list[str]]:
     if not (folder / schema.MANIFEST).is_file():
         return None, [f"{folder}: no {schema.MANIFEST} (not a finished pack)"]
     try:
-        manifest = json.loads((folder / schema.MANIFEST).read_text())
+        manifest = json_loads((folder / schema.MANIFEST).read_text())
     except (ValueError, UnicodeDecodeError, OSError) as e:
         return None, [f"{folder / schema.MANIFEST}: not JSON ({e})"]
     problems = _manifest_problems(manifest)
@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     if problems:
         print(f"cmgl verify: {len(problems)} problem(s) in {args.dir}", file=sys.stderr)
         return 1
-    manifest = json.loads((Path(args.dir) / schema.MANIFEST).read_text())
+    manifest = json_loads((Path(args.dir) / schema.MANIFEST).read_text())
     print(f"cmgl verify: OK: {len(manifest['shards'])} shards, {manifest['samples_written']} samples, "
           f"{manifest['images_written']} images match {Path(args.dir) / schema.MANIFEST}")
     return 0

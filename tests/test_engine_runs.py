@@ -27,7 +27,7 @@ import psutil
 import pytest
 import torch
 
-from cmgl_dist.engine.checkpoint import COMPLETE, LATEST, tag_for
+from cmgl_dist.engine.checkpoint import COMPLETE, LATEST, data_fingerprint, tag_for
 from cmgl_dist.engine.schedule import WarmupCosine
 
 LAUNCH = Path(__file__).resolve().parents[1] / "launch"
@@ -109,6 +109,8 @@ def test_metrics_checkpoints_and_tensorboard_of_a_run(zero_run):
     kept = sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("step_"))
     assert kept == [tag_for(STEPS - CKPT_EVERY), tag_for(STEPS)]  # keep_last=2
     assert all((checkpoints / tag / COMPLETE).is_file() for tag in kept)
+    client = json.loads((checkpoints / tag_for(STEPS) / "client.json").read_text())
+    assert client["data"] == data_fingerprint(cfg.data)  # what a resume compares with the packs now
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
 
 

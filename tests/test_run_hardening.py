@@ -68,7 +68,7 @@ def test_a_second_run_on_a_locked_run_dir_is_refused(small_shards, tmp_path, cap
     argv = ["--config", "debug", "--set", f"data.shards={small_shards}", "--set", f"train.run_dir={tmp_path}"]
     with train.run_dir_lock(tmp_path, rank=0):
         assert train.main(argv) == 2
-    assert f"train.run_dir={tmp_path} is in use by another run (pid {os.getpid()}" in capsys.readouterr().err
+    assert f"train.run_dir={tmp_path} is in use by cmgl train (pid {os.getpid()}" in capsys.readouterr().err
 
 
 def test_a_torn_metrics_line_does_not_block_a_resume(tmp_path):
@@ -89,7 +89,8 @@ def _checkpoint(root, step, config: dict):
     return folder
 
 
-def test_resume_refuses_changed_fields_it_cannot_apply(small_shards, tmp_path, capsys):
+def test_resume_refuses_changed_fields_it_cannot_apply(small_shards, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # the world size _checkpoint records
     base = [f"data.shards={small_shards}", f"train.run_dir={tmp_path}"]
     saved = load_config("debug", base).model_dump(mode="json")
     del saved["data"]["on_missing_shard"]  # written before that field existed: its default applies

@@ -3,7 +3,7 @@
 Layout under `<run_dir>/checkpoints/`:
 
     step_00000010/        DeepSpeed's files (model, optimizer partitions, lr scheduler)
-        client.json       TrainState and the resolved config (rank 0)
+        client.json       TrainState, the resolved config and the data fingerprint (rank 0)
         rank_00001.json   that rank's RNG states
         COMPLETE          written last, after every rank finished: the world size and the
                           sha256 of every other file in the folder
@@ -14,6 +14,11 @@ DeepSpeed's own `latest` file is disabled (save_latest=False): ours is replaced 
 leaves `latest` on the previous checkpoint. A resume checks every file against COMPLETE's
 checksums; a checkpoint that fails (a file changed, truncated or missing) is passed over, with a
 warning, for the newest older one that passes. Client state is JSON, never pickled.
+
+`data_fingerprint` (client.json `data`) is the content fingerprint of the packs the run trains on
+(`shards_fingerprint` of each source, see cmgl_dist.data.shardlist): a resume compares it with the
+packs' fingerprint now and refuses when they differ (`cmgl train` preflight), so a run never
+continues, or exports unchanged, a model of data that has since been repacked or replaced.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ import torch
 import torch.distributed as dist
 
 from cmgl_dist.atomic import write_text_atomic
+from cmgl_dist.engine.schedule import apply_current_schedule
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +72,6 @@ def complete_tags(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if _TAG.match(p.name) and (p / COMPLETE).is_file())
 
 
-def latest_tag(root: Path) -> Optional[str]:
-    pointer = root / LATEST
-    if not pointer.is_file():
-        return None
-    tag = pointer.read_text().strip()
-    if not (root / tag / COMPLETE).is_file():
-        raise RuntimeError(f"{pointer} names {tag!r}, which is not a complete checkpoint")
-    return tag
-
-
 def file_checksums(folder: Path) -> dict[str, str]:
     """sha256 of every file under `folder` but the COMPLETE marker, by relative path."""
     sums = {}
@@ -89,11 +85,16 @@ def file_checksums(folder: Path) -> dict[str, str]:
 
 
 def read_complete(folder: Path) -> dict:
-    """COMPLETE as {"world_size", "files"}; a marker from before checksums holds the world size only."""
-    text = (folder / COMPLETE).read_text()
+    """COMPLETE as {"world_size", "files"}; a marker from before checksums holds the world size only.
+    ValueError for a marker that is neither (unreadable bytes, other JSON)."""
+    text = (folder / COMPLETE).read_bytes().decode("utf-8")
     if text.strip().isdigit():
         return {"world_size": int(text), "files": None}
-    return json.loads(text)
+    marker = json.loads(text)
+    if not (isinstance(marker, dict) and isinstance(marker.get("world_size"), int)
+            and isinstance(marker.get("files"), dict)):
+        raise ValueError(f"{folder / COMPLETE} is not a checkpoint marker (world_size and files)")
+    return marker
 
 
 def checkpoint_problem(folder: Path) -> Optional[str]:
@@ -102,13 +103,33 @@ def checkpoint_problem(folder: Path) -> Optional[str]:
         return f"no {COMPLETE} marker"
     try:
         expected = read_complete(folder)["files"]
-    except (ValueError, KeyError) as err:
+    except (ValueError, OSError) as err:
         return f"unreadable {COMPLETE} marker ({err})"
     if expected is None:
         return None  # written before checksums existed: nothing to check against
     actual = file_checksums(folder)
     bad = sorted(name for name in expected.keys() | actual.keys() if expected.get(name) != actual.get(name))
     return f"{len(bad)} file(s) differ from their checksum: {', '.join(bad[:3])}" if bad else None
+
+
+def newest_resumable(root: Path) -> Optional[str]:
+    """The newest complete checkpoint under `root` that passes its checksums; None when there is none.
+
+    `latest` is a pointer for people and tools, not the authority: when it is missing, unreadable or
+    names an older or incomplete checkpoint (a save killed between its COMPLETE and its `latest`),
+    the newest complete checkpoint still wins, so a resume never goes back to step 0 or behind one.
+    """
+    tags = complete_tags(root)
+    if not tags:
+        return None
+    try:
+        pointer = (root / LATEST).read_text().strip()
+    except (OSError, ValueError):
+        pointer = None
+    if pointer != tags[-1]:
+        log.warning("%s names %r, but %s is the newest complete checkpoint: resuming from it", root / LATEST,
+                    pointer, tags[-1])
+    return newest_sound(root, tags[-1])
 
 
 def newest_sound(root: Path, first: str) -> str:
@@ -125,11 +146,35 @@ def newest_sound(root: Path, first: str) -> str:
                        "(another train.run_dir, or remove the checkpoints folder)")
 
 
+def data_fingerprint(data_cfg) -> str:
+    """One fingerprint of every pack a run trains on (data.sources with their weights, or data.shards)."""
+    from cmgl_dist.data.shardlist import shards_fingerprint, source_folders
+
+    folders = source_folders(data_cfg)
+    if len(folders) == 1:
+        return shards_fingerprint(folders[0][0])  # the key evaluation records for the same pack
+    parts = [f"{shards_fingerprint(shards)} {weight!r}" for shards, weight in folders]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def saved_data_fingerprint(folder: Path) -> Optional[str]:
+    """The data fingerprint a checkpoint was trained on; None for one written before it was recorded."""
+    return read_client(folder).get("data")
+
+
+def read_client(folder: Path) -> dict:
+    client = json.loads((folder / "client.json").read_text())
+    if not isinstance(client, dict):
+        raise ValueError(f"{folder / 'client.json'} is not a JSON object")
+    return client
+
+
 class Checkpointer:
-    def __init__(self, root: str | os.PathLike, keep_last: int, rank: int):
+    def __init__(self, root: str | os.PathLike, keep_last: int, rank: int, data: Optional[str] = None):
         self.root = Path(root)
         self.keep_last = keep_last
         self.rank = rank
+        self.data = data  # data_fingerprint of the packs being trained on, recorded in every save
 
     # -- discovery --------------------------------------------------------------------------
     def complete_tags(self) -> list[str]:
@@ -154,7 +199,7 @@ class Checkpointer:
         engine.save_checkpoint(str(self.root), tag=tag, save_latest=False)
         write_text_atomic(folder / f"rank_{self.rank:05d}.json", json.dumps(capture_rng()))
         if self.rank == 0:
-            client = {"state": dataclasses.asdict(state), "config": resolved_config}
+            client = {"state": dataclasses.asdict(state), "config": resolved_config, "data": self.data}
             write_text_atomic(folder / "client.json", json.dumps(client, indent=1))
         dist.barrier()
         if self.rank == 0:
@@ -186,6 +231,8 @@ class Checkpointer:
                                                   load_lr_scheduler_states=True, custom_load_fn=load_module_state)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load {folder}")
+        if engine.lr_scheduler is not None:
+            apply_current_schedule(engine.lr_scheduler)  # this run's train.steps from the first step on
         client = json.loads((folder / "client.json").read_text())
         restore_rng(json.loads((folder / f"rank_{self.rank:05d}.json").read_text()))
         return TrainState(**client["state"])
@@ -231,15 +278,15 @@ def weights_only_loads():
 def resolve_resume(resume: Optional[str], run_checkpoints: Path) -> Optional[tuple[Path, str]]:
     """--resume value -> (checkpoints root, tag), or None for a fresh start.
 
-    'auto': the run dir's latest checkpoint that passes its checksums (else the newest older one
-    that does), if any. A path: a checkpoints folder (the same from its `latest`) or one tag
-    folder in it, which must pass its checksums.
+    'auto': the run dir's newest complete checkpoint that passes its checksums (else the newest
+    older one that does), if any (`newest_resumable`). A path: a checkpoints folder (the same) or
+    one tag folder in it, which must pass its checksums.
     """
     if resume in (None, "", "none"):
         return None
     if resume == "auto":
-        tag = latest_tag(run_checkpoints)
-        return (run_checkpoints, newest_sound(run_checkpoints, tag)) if tag else None
+        tag = newest_resumable(run_checkpoints)
+        return (run_checkpoints, tag) if tag else None
     path = Path(resume)
     if (path / COMPLETE).is_file() and _TAG.match(path.name):
         problem = checkpoint_problem(path)
@@ -247,10 +294,10 @@ def resolve_resume(resume: Optional[str], run_checkpoints: Path) -> Optional[tup
             raise RuntimeError(f"--resume {resume}: damaged checkpoint ({problem}); name an older one "
                                "or its checkpoints folder")
         return path.parent, path.name
-    if (path / LATEST).is_file():
-        return path, newest_sound(path, latest_tag(path))
-    raise FileNotFoundError(f"--resume {resume}: neither a checkpoints folder with {LATEST} nor a complete "
-                            f"step_NNNNNNNN folder; use --resume auto to continue the run in train.run_dir")
+    if (tag := newest_resumable(path)) is not None:
+        return path, tag
+    raise FileNotFoundError(f"--resume {resume}: neither a checkpoints folder with a complete checkpoint nor a "
+                            f"complete step_NNNNNNNN folder; use --resume auto to continue the run in train.run_dir")
 
 
 # -- RNG state as JSON ------------------------------------------------------------------------

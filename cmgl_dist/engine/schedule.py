@@ -44,3 +44,16 @@ def lr_scheduler_factory(cfg: ScheduleConfig, total_steps: int):
         # resumed run follows its own config (e.g. a raised train.steps) rather than the old one.
         return LambdaLR(optimizer, lambda step: schedule(step))
     return build
+
+
+def apply_current_schedule(scheduler: LambdaLR) -> None:
+    """Set every param group's lr from the scheduler's own lambda at its restored step.
+
+    A resume restores the optimizer's lr from the checkpoint, i.e. from the schedule the run had
+    then; the scheduler only recomputes it at its next step, so without this the first step after
+    a `train.steps` change would run at the old schedule's lr.
+    """
+    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs

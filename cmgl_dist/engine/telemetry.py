@@ -45,8 +45,9 @@ class Telemetry:
         if not self.path.exists():
             return
         kept = []
-        for line in self.path.read_text().splitlines():
-            record = _record_or_none(line)
+        for raw in self.path.read_bytes().splitlines():
+            line = raw.decode("utf-8", "replace")  # invalid UTF-8 (a torn or foreign line) is not JSON below
+            record = _record_or_none(line) if "\ufffd" not in line else None
             if record is None and line.strip():
                 print(f"{self.path}: dropping a torn line from an interrupted run: {line[:80]!r}", file=sys.stderr)
             elif record is not None and record["step"] <= step:
@@ -84,7 +85,7 @@ class Telemetry:
 def _record_or_none(line: str) -> dict | None:
     try:
         record = json.loads(line)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return None
     return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 

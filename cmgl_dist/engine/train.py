@@ -5,13 +5,13 @@
 
 Every check that can fail (config values and combinations, apex, precision on this machine, the
 shards, an existing run without --resume, a run dir in use by another run, a resume whose config
-differs in a field it cannot apply) runs before the process group and the model exist, and
+differs in a field it cannot apply, whose packs changed since its checkpoint or whose world size
+differs) runs before the process group and the model exist, and
 fails with exit status 2 and a message naming the field and the fix.
 """
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import random
@@ -28,12 +28,13 @@ import yaml
 from cmgl_dist.config import CMGLConfig, ConfigError, load_config, shipped_configs
 from cmgl_dist.data.shardlist import Mixture
 from cmgl_dist.atomic import write_text_atomic
-from cmgl_dist.engine.checkpoint import Checkpointer, TrainState, complete_tags, resolve_resume
+from cmgl_dist.engine.checkpoint import (Checkpointer, TrainState, complete_tags, data_fingerprint, read_complete,
+                                         resolve_resume, saved_data_fingerprint)
 from cmgl_dist.engine.deepspeed_config import deepspeed_config
 from cmgl_dist.engine.distributed import launch_env
 from cmgl_dist.engine.optim import require_apex
+from cmgl_dist.locks import FolderBusy, describe_holder, folder_lock
 
-LOCK = ".lock"
 # Fields a resumed run may change: they are read afresh from the config at every use (the loop's
 # cadence, the run's length and the schedule's shape follow train.steps, the export, evaluation).
 # Any other change would be silently overridden by the checkpoint's state, or break exact resume.
@@ -88,7 +89,29 @@ def preflight(cfg: CMGLConfig, resume: Optional[str]) -> tuple[Mixture, Optional
         raise ConfigError(str(err)) from None
     if source is not None:
         check_resumable_config(source, cfg)
+        check_resume_matches(source, cfg, launch_env()["world_size"])
     return urls, source
+
+
+def check_resume_matches(source: tuple[Path, str], cfg: CMGLConfig, world_size: int) -> None:
+    """Refuse a resume on another world size (the data position is per rank) or on other data (a pack
+    repacked or replaced since the checkpoint: the run would continue, or export unchanged, a model
+    of the old data, and evaluation would score it on the new)."""
+    folder = source[0] / source[1]
+    saved_world = read_complete(folder)["world_size"]
+    if saved_world != world_size:
+        raise ConfigError(f"--resume from {folder}: written by {saved_world} ranks, this run has {world_size}; exact "
+                          f"resume needs the same world size: launch {saved_world} ranks, or start a new run in "
+                          "another train.run_dir")
+    saved, now = saved_data_fingerprint(folder), data_fingerprint(cfg.data)
+    if saved is None:
+        print(f"cmgl train: {folder} does not record its data fingerprint (written before it was recorded); "
+              "resuming without checking that the data is unchanged", file=sys.stderr)
+    elif saved != now:
+        raise ConfigError(f"--resume from {folder}: the training data changed since that checkpoint (data fingerprint "
+                          f"{saved} in the checkpoint, {now} now: the pack was repacked or replaced). Start a new run in "
+                          f"another train.run_dir (cmgl main: another --out, or move {cfg.train.run_dir} away), or "
+                          "train on the pack the checkpoint was trained on")
 
 
 def check_shards_present(urls: list[str], on_missing: str) -> None:
@@ -129,26 +152,17 @@ def check_resumable_config(source: tuple[Path, str], cfg: CMGLConfig) -> None:
 
 @contextmanager
 def run_dir_lock(run_dir: Path, rank: int) -> Iterator[None]:
-    """Rank 0 holds an exclusive lock on the run dir for the whole run; a second run on it fails at once."""
+    """Rank 0 holds the run dir's writer lock (cmgl_dist.locks) for the whole run; a second run on it
+    fails at once, naming the holder."""
     if rank != 0:
         yield
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            raise ConfigError(f"train.run_dir={run_dir} is in use by another run ({handle.read().strip() or 'unknown'}): "
-                              "wait for it to end, or set another train.run_dir") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
-        try:
+    try:
+        with folder_lock(run_dir, "cmgl train"):
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    except FolderBusy as err:  # only the lock raises it: the run itself takes no other
+        raise ConfigError(f"train.run_dir={run_dir} is in use by {describe_holder(err.holder)}: "
+                          "wait for it to end, or set another train.run_dir") from None
 
 
 def dry_run(cfg: CMGLConfig) -> None:
@@ -242,7 +256,7 @@ def train(cfg: CMGLConfig, urls: Mixture, source: Optional[tuple[Path, str]]) ->
     model, engine = build_engine(cfg, world, deepspeed_config(cfg, world_size=world.world_size, cuda=world.cuda))
 
     resolved = cfg.model_dump(mode="json")
-    checkpointer = Checkpointer(run_dir / "checkpoints", cfg.train.keep_last, world.rank)
+    checkpointer = Checkpointer(run_dir / "checkpoints", cfg.train.keep_last, world.rank, data_fingerprint(cfg.data))
     checkpointer.remove_partial()
     dist.barrier()
     state = TrainState()

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from cmgl_dist.untrusted import json_loads
+
 log = logging.getLogger(__name__)
 
 
@@ -46,8 +48,8 @@ def read_records(path: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            records.append(json_loads(line))
+        except ValueError:  # not JSON, not UTF-8, nested too deeply
             log.warning("%s:%d is not a complete JSON record; skipped", path, number)
     return records
 

@@ -12,21 +12,36 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from cmgl_dist.config import CMGLConfig, ConfigError, load_config
+from cmgl_dist.data.shardlist import shard_urls
 from cmgl_dist.evaluate.context import EvalInputs
-from cmgl_dist.evaluate.jobs import OPT_IN_TASKS, TASKS, Job, job_record, plan_jobs, run_job
+from cmgl_dist.evaluate.jobs import FRACTION_TASKS, OPT_IN_TASKS, TASKS, Job, job_record, plan_jobs, run_job
 from cmgl_dist.evaluate.report import write_report
 from cmgl_dist.evaluate.results import append_record, completed_ids, for_inputs, latest_per_job, read_records, repair
+from cmgl_dist.locks import FolderBusy, folder_lock
 
 log = logging.getLogger("cmgl.evaluate")
 
 RESULTS = "results.jsonl"
+
+
+def train_fraction(text: str) -> float:
+    """A probe train fraction: a finite number in (0, 1]; anything else is an argument error (exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in (0, 1]")
+    return value
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +52,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--tasks", nargs="+", choices=TASKS,
                         help="default: all but probe_cv and finetune (finetune runs when eval.finetune is true)")
-    parser.add_argument("--fractions", nargs="+", type=float, help="probe train fractions (default: eval.probe_fractions)")
+    parser.add_argument("--fractions", nargs="+", type=train_fraction, help="probe train fractions (default: eval.probe_fractions)")
     parser.add_argument("--seeds", nargs="+", type=int, help="probe seeds (default: eval.seeds)")
     parser.add_argument("--split", choices=("val", "test", "all"),
                         help="split scored (default: eval.split, test); 'all': every sample of the pack "
@@ -77,10 +92,12 @@ def prepare(args) -> Plan:
     shards = args.shards or cfg.data.shards
     if not shards:
         raise ConfigError("no shards: pass --shards or set data.shards in the config")
+    check_shards(shards, cfg.eval.split)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     inputs = EvalInputs(shards=str(Path(shards).resolve()), out_dir=str(out.resolve()), settings=cfg.eval)
     tasks = args.tasks or [t for t in TASKS if t not in OPT_IN_TASKS or (t == "finetune" and cfg.eval.finetune)]
+    check_split_tasks(cfg.eval.split, tasks)
     jobs = plan_jobs([str(Path(e).resolve()) for e in args.exports], tasks,
                      args.fractions or list(cfg.eval.probe_fractions), args.seeds or list(cfg.eval.seeds))
     export_keys = {export: inputs.expected_key(export) for export in {j.export for j in jobs}}
@@ -91,6 +108,36 @@ def prepare(args) -> Plan:
     todo = [j for j in jobs if j.job_id not in done]
     log.info("%d jobs planned, %d already done for these inputs, %d to run", len(jobs), len(jobs) - len(todo), len(todo))
     return Plan(inputs, keys, todo, results)
+
+
+def check_shards(shards: str, split: str) -> None:
+    """The shards to score exist and list `split` (a broken pack is an argument error, not N failed jobs)."""
+    try:
+        shard_urls(shards, split)
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"--shards {shards}: {err}") from None
+
+
+def check_split_tasks(split: str, tasks: list[str]) -> None:
+    """`all` scores every sample of the pack, the train split included: a probe or fine-tune trained
+    on train would be scored on its own training samples (an inflated AUC)."""
+    trained = [t for t in tasks if t in FRACTION_TASKS]
+    if split == "all" and trained:
+        raise ConfigError(f"--split all scores the samples that {', '.join(trained)} train on; evaluate a pack's "
+                          "held-out split with --split test, or score an external corpus with --split all "
+                          f"--tasks {' '.join(t for t in tasks if t not in FRACTION_TASKS) or 'zero_shot'} probe_cv "
+                          "(patient-grouped cross-validation)")
+
+
+@contextmanager
+def out_lock(prog: str, out: str):
+    """Hold --out's writer lock (cmgl_dist.locks) for the whole command; another writer there: exit 2."""
+    try:
+        with folder_lock(out, prog):
+            yield
+    except FolderBusy as err:  # only the lock raises it
+        print(f"{prog}: --out {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def failure_record(job: Job, key: Optional[str], error: BaseException, attempts: int) -> dict:
@@ -120,14 +167,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cmgl evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
-    plan = prepare_or_exit(parser.prog, parser.parse_args(argv))
-    failures = 0
-    for job in plan.todo:
-        try:
-            record = run_job(job, plan.inputs)
-        except Exception as error:  # noqa: BLE001 - one job's failure is recorded; the others run
-            log.error("job %s failed:\n%s", job.job_id, traceback.format_exc())
-            record, failures = failure_record(job, plan.keys[job.job_id], error, attempts=1), failures + 1
-        append_record(plan.results, record)
-        log.info("%s: %s", job.job_id, record["status"])
-    return finish(plan, failures)
+    args = parser.parse_args(argv)
+    with out_lock(parser.prog, args.out):
+        plan = prepare_or_exit(parser.prog, args)
+        failures = 0
+        for job in plan.todo:
+            try:
+                record = run_job(job, plan.inputs)
+            except Exception as error:  # noqa: BLE001 - one job's failure is recorded; the others run
+                log.error("job %s failed:\n%s", job.job_id, traceback.format_exc())
+                record, failures = failure_record(job, plan.keys[job.job_id], error, attempts=1), failures + 1
+            append_record(plan.results, record)
+            log.info("%s: %s", job.job_id, record["status"])
+        return finish(plan, failures)

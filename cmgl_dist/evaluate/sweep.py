@@ -17,7 +17,8 @@ import os
 
 from cmgl_dist.evaluate.jobs import longest_first, run_job
 from cmgl_dist.evaluate.results import append_record
-from cmgl_dist.evaluate.run import Plan, add_common_args, failure_record, finish, prepare_or_exit
+from cmgl_dist.evaluate.run import Plan, add_common_args, failure_record, finish, out_lock, prepare_or_exit
+from cmgl_dist.shards.bounds import bounded
 
 log = logging.getLogger("cmgl.sweep")
 
@@ -58,10 +59,17 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     parser.add_argument("--address", help="Ray cluster address ('auto', 'ray://host:10001'); default: start local Ray")
-    parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of a local Ray session")
-    parser.add_argument("--retries", type=int, default=1, help="retries of a failing job before it is reported")
+    parser.add_argument("--num-cpus", type=bounded("num_cpus"), default=os.cpu_count(),
+                        help="CPUs of a local Ray session (at least 1: every job needs one)")
+    parser.add_argument("--retries", type=bounded("retries"), default=1,
+                        help="retries of a failing job before it is reported (0-10)")
     args = parser.parse_args(argv)
-    plan = prepare_or_exit(parser.prog, args)
+    with out_lock(parser.prog, args.out):
+        return _sweep(parser.prog, args)
+
+
+def _sweep(prog: str, args) -> int:
+    plan = prepare_or_exit(prog, args)
     failures = 0
     if plan.todo:
         import ray

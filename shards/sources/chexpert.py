@@ -70,11 +70,11 @@ def records(inputs: SourceInput, excluded: Exclusions) -> Iterator[CorpusRecord]
     reports = reports_by_path(inputs.reports)
     for table in _tables(inputs):
         official = "test" if Path(table).name.startswith("valid") else None
-        for row in read_table(table):
+        for row in read_table(table, excluded):
             require_columns(table, row, ("Path", "Frontal/Lateral", "AP/PA", *CHEXPERT_COLUMNS.values()))
             match = _PATIENT.search(row["Path"])
             if match is None:
-                raise SourceError(f"{table}: Path {row['Path']!r} is not .../patientN/studyN/viewN_*.jpg")
+                raise SourceError(f"{row.where('Path')}: {row['Path']!r} is not .../patientN/studyN/viewN_*.jpg")
             if row["Frontal/Lateral"].strip() != "Frontal":
                 excluded.add("not frontal")
                 continue

@@ -23,7 +23,7 @@ COLUMNS = {key: key for key in LABEL_KEYS}
 def records(inputs: SourceInput, excluded: Exclusions) -> Iterator[CorpusRecord]:
     if inputs.labels is None:
         raise SourceError("--source csv needs --labels CSV (columns: path, the five pathologies, optional text)")
-    for number, row in enumerate(read_table(inputs.labels), start=2):
+    for row in read_table(inputs.labels, excluded):
         require_columns(inputs.labels, row, ("path", *PATHOLOGIES))
         image = inputs.images / row["path"]
         if not image.is_file():
@@ -35,7 +35,7 @@ def records(inputs: SourceInput, excluded: Exclusions) -> Iterator[CorpusRecord]
         labels, unsure = harmonised
         split = (row.get("split") or "").strip() or None
         if split is not None and split not in SPLITS:
-            raise SourceError(f"{inputs.labels} line {number}: split {split!r} is not one of {SPLITS}")
+            raise SourceError(f"{row.where('split')}: {split!r} is not one of {SPLITS}")
         text = (row.get("text") or "").strip()
         yield CorpusRecord(key=sample_key(NAME, str(Path(row["path"]).with_suffix(""))), image=str(image),
                            labels=labels, patient=(row.get("patient_id") or "").strip() or row["path"],

@@ -42,19 +42,19 @@ def report_sections(text: str) -> dict:
     return sections
 
 
-def _study_labels(table: Path) -> dict:
+def _study_labels(table: Path, excluded: Exclusions) -> dict:
     labels = {}
-    for row in read_table(table):
+    for row in read_table(table, excluded):
         require_columns(table, row, ("subject_id", "study_id", *CHEXPERT_COLUMNS.values()))
         labels[(row["subject_id"], row["study_id"])] = row
     return labels
 
 
-def _column(table: Path | None, key: str, value: str) -> dict:
+def _column(table: Path | None, key: str, value: str, excluded: Exclusions) -> dict:
     if table is None:
         return {}
     out = {}
-    for row in read_table(table):
+    for row in read_table(table, excluded):
         require_columns(table, row, (key, value))
         out[row[key]] = row[value]
     return out
@@ -73,9 +73,9 @@ def records(inputs: SourceInput, excluded: Exclusions) -> Iterator[CorpusRecord]
     table = inputs.labels or _beside(inputs.images, "mimic-cxr-2.0.0-chexpert")
     if table is None:
         raise SourceError(f"no mimic-cxr-2.0.0-chexpert.csv[.gz] in or beside {inputs.images}: pass --labels")
-    studies = _study_labels(Path(table))
-    views = _column(_beside(inputs.images, "mimic-cxr-2.0.0-metadata"), "dicom_id", "ViewPosition")
-    splits = _column(_beside(inputs.images, "mimic-cxr-2.0.0-split"), "dicom_id", "split")
+    studies = _study_labels(Path(table), excluded)
+    views = _column(_beside(inputs.images, "mimic-cxr-2.0.0-metadata"), "dicom_id", "ViewPosition", excluded)
+    splits = _column(_beside(inputs.images, "mimic-cxr-2.0.0-split"), "dicom_id", "split", excluded)
     report_roots = [r for r in (inputs.reports, inputs.images, inputs.images.parent) if r is not None]
     for path in sorted(inputs.images.rglob("*.jpg")):
         match = _IMAGE.search(path.as_posix())

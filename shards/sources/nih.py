@@ -44,7 +44,7 @@ def records(inputs: SourceInput, excluded: Exclusions) -> Iterator[CorpusRecord]
     test = _official_test(inputs, Path(table))
     seen = set()
     first = True
-    for row in read_table(table):
+    for row in read_table(table, excluded):
         if first:
             require_columns(table, row, ("Image Index", "Finding Labels", "Patient ID", "View Position"))
             first = False

@@ -24,6 +24,7 @@ from cmgl_dist.shards.sources.record import (CorpusRecord, Exclusions, SourceErr
 NAME = "padchest"
 TABLE = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
 FRONTAL_PROJECTIONS = ("PA", "AP", "AP_HORIZONTAL")
+MAX_TERMS_CELL = 10_000  # characters; PadChest's longest Labels cell is a few hundred
 EFFUSION_TERMS = ("pleural effusion", "loculated pleural effusion", "loculated fissural effusion")
 
 
@@ -41,9 +42,12 @@ def padchest_labels(terms: set[str]) -> dict:
 
 def parse_terms(cell: str) -> set[str] | None:
     """"['normal', 'cardiomegaly']" -> {'normal', 'cardiomegaly'}; None when unparsable."""
+    text = (cell or "").strip() or "[]"
+    if len(text) > MAX_TERMS_CELL:
+        return None
     try:
-        terms = ast.literal_eval((cell or "").strip() or "[]")
-    except (ValueError, SyntaxError):
+        terms = ast.literal_eval(text)
+    except (ValueError, SyntaxError, RecursionError, MemoryError):  # deep nesting: bounded, not a crash
         return None
     return {str(t).strip().lower() for t in terms} if isinstance(terms, list) else None
 
@@ -54,7 +58,7 @@ def records(inputs: SourceInput, excluded: Exclusions) -> Iterator[CorpusRecord]
         raise SourceError(f"no --labels and no {TABLE} in torchxrayvision: pass PadChest's label CSV")
     files = {p.name: p for p in sorted(inputs.images.rglob("*.png"))}
     seen = set()
-    for row in read_table(table):
+    for row in read_table(table, excluded):
         require_columns(table, row, ("ImageID", "PatientID", "Projection", "Report", "Labels"))
         name = row["ImageID"]
         if name not in files:

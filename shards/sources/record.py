@@ -8,14 +8,20 @@ its official split. Everything after that (patient splits, shards, manifest) is 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
-import io
+import hashlib
+import logging
+import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from cmgl_dist.shards.keys import safe_key
 from cmgl_dist.shards.schema import LABEL_KEYS
+
+log = logging.getLogger("cmgl.pack")
 
 UNCERTAIN_POLICIES = ("ones", "zeros", "ignore")
 FRONTAL_VIEWS = ("PA", "AP")
@@ -57,20 +63,97 @@ class Exclusions:
             self.counts[reason] = self.counts.get(reason, 0) + n
 
 
+def distinct_keys(source: str, records: list[CorpusRecord]) -> list[CorpusRecord]:
+    """`records` with one key each: distinct images whose ids map onto one key (`a.b.png` and
+    `a_b.png`) get the key plus a hash of their own reference; one image listed twice is refused."""
+    groups: dict[str, list[CorpusRecord]] = {}
+    for record in records:
+        groups.setdefault(record.key, []).append(record)
+    renamed = {}
+    for key, group in groups.items():
+        if len(group) == 1:
+            continue
+        refs = [r.image_ref for r in group]
+        if len(set(refs)) < len(refs):
+            twice = sorted({ref for ref in refs if refs.count(ref) > 1})[:3]
+            raise SourceError(f"--source {source}: image(s) {twice} listed twice; are two copies of the corpus "
+                              "under --images, or a label table with repeated rows?")
+        for record in group:
+            digest = hashlib.sha256(record.image_ref.encode()).hexdigest()[:10]
+            renamed[id(record)] = dataclasses.replace(record, key=safe_key(f"{key}_{digest}"))
+    return [renamed.get(id(r), r) for r in records]
+
+
 def sample_key(source: str, ident: str) -> str:
     """A WebDataset-safe key (`shards.keys`): '.' and '/' would split or nest the sample."""
     return safe_key(f"{source}_{ident}")
 
 
-def read_table(path: str | Path) -> Iterator[dict]:
-    """Rows of a CSV (gzip accepted) as dicts; the first column may be an unnamed index."""
+class Row(dict):
+    """One table row, cells by column name, that knows where it came from (for messages)."""
+
+    def __init__(self, cells: dict, path: Path, line: int):
+        super().__init__(cells)
+        self.path, self.line = path, line
+
+    def where(self, column: str | None = None) -> str:
+        return f"{self.path} line {self.line}" + (f", column {column!r}" if column is not None else "")
+
+
+def where(row: dict, column: str | None = None) -> str:
+    return row.where(column) if isinstance(row, Row) else f"column {column!r}"
+
+
+def _text_lines(path: Path, raw) -> Iterator[str]:
+    """The file's lines decoded as UTF-8 (a leading BOM dropped); SourceError naming the line if not."""
+    for number, line in enumerate(raw, start=1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SourceError(f"{path} line {number}: not UTF-8 (byte 0x{line[e.start]:02x} at offset {e.start}); "
+                              "save the table as UTF-8") from None
+        yield text.removeprefix("\ufeff") if number == 1 else text
+
+
+def read_table(path: str | Path, excluded: Exclusions | None = None) -> Iterator[Row]:
+    """Rows of a CSV (gzip accepted) as Rows; the first column may be an unnamed index.
+
+    The one reader of label tables: a byte that is not UTF-8 or a field over the csv module's limit
+    is a SourceError naming the file and line; a UTF-8 BOM is dropped; a row with more or fewer
+    fields than the header is skipped and counted in `excluded` (logged with its line), or, without
+    `excluded`, a SourceError.
+    """
     path = Path(path)
     if not path.is_file():
         raise SourceError(f"label table {path} does not exist")
     with open(path, "rb") as raw:
         gzipped = raw.read(2) == b"\x1f\x8b"
-    with (gzip.open if gzipped else open)(path, "rb") as f:
-        yield from csv.DictReader(io.TextIOWrapper(f, encoding="utf-8", newline=""))
+    try:
+        with (gzip.open if gzipped else open)(path, "rb") as f:
+            reader = csv.reader(_text_lines(path, f))
+            header = next(reader, None)
+            if header is None:
+                raise SourceError(f"label table {path} is empty")
+            start = reader.line_num + 1
+            for cells in reader:
+                line, start = start, reader.line_num + 1
+                if len(cells) == len(header):
+                    yield Row(zip(header, cells), path, line)
+                elif cells:  # a blank line is no row
+                    _malformed(path, line, len(cells), len(header), excluded)
+    except csv.Error as e:
+        raise SourceError(f"{path} line {reader.line_num}: {e} (not a CSV the packer can read)") from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise SourceError(f"{path}: cannot read ({e})") from None
+
+
+def _malformed(path: Path, line: int, fields: int, expected: int, excluded: Exclusions | None) -> None:
+    problem = f"{path} line {line}: {fields} fields, the header has {expected}"
+    if excluded is None:
+        raise SourceError(f"{problem}; fix or remove the row")
+    excluded.add("malformed table row")
+    if excluded.counts["malformed table row"] <= 5:
+        log.warning("%s: row skipped", problem)
 
 
 def require_columns(path, row: dict | None, columns) -> None:
@@ -79,21 +162,31 @@ def require_columns(path, row: dict | None, columns) -> None:
         raise SourceError(f"{path}: missing column(s) {', '.join(missing)}")
 
 
-def chexpert_value(text: str | None, uncertain: str) -> int | None:
+def chexpert_value(text: str | None, uncertain: str, row: dict | None = None, column: str | None = None) -> int | None:
     """CheXpert/MIMIC label cell -> 0/1; None for an uncertain (-1) cell under `ignore`.
 
-    1 positive, 0 negative, blank not mentioned (0), -1 uncertain: U-Ones (1), U-Zeros (0) or
-    U-Ignore (None: the sample is left out, counted).
+    1 positive, 0 negative, blank not mentioned (0), -1 uncertain (any spelling: -1, -1.0, -1.00):
+    U-Ones (1), U-Zeros (0) or U-Ignore (None: the sample is left out, counted). Anything else is
+    a SourceError naming the file, line and column.
     """
-    text = (text or "").strip()
-    if text in ("", "nan"):
-        return 0
-    value = float(text)
+    value = label_number(text, row, column)
     if value == -1:
         return {"ones": 1, "zeros": 0, "ignore": None}[uncertain]
-    if value not in (0, 1):
-        raise SourceError(f"label value {text!r} is not 1, 0, -1 or blank")
     return int(value)
+
+
+def label_number(text: str | None, row: dict | None = None, column: str | None = None) -> float:
+    """A label cell as 1, 0 or -1 (blank and 'nan': 0)."""
+    text = (text or "").strip()
+    if text.lower() in ("", "nan"):
+        return 0
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if value not in (0, 1, -1):
+        raise SourceError(f"{where(row or {}, column)}: label value {text[:40]!r} is not 1, 0, -1 or blank")
+    return value
 
 
 # CheXpert / MIMIC-CXR (same CheXpert labeler columns) -> the five + normal.
@@ -109,9 +202,9 @@ def chexpert_labels(row: dict, uncertain: str, excluded: Exclusions, columns: di
     labels, unsure = {}, []
     for key in LABEL_KEYS:
         cell = row.get(columns[key])
-        if (cell or "").strip() in ("-1", "-1.0"):
+        if label_number(cell, row, columns[key]) == -1:
             unsure.append(key)
-        value = chexpert_value(cell, uncertain)
+        value = chexpert_value(cell, uncertain, row, columns[key])
         if value is None:
             excluded.add("uncertain label (--uncertain ignore)")
             return None
