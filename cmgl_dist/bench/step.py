@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from cmgl_dist.bench.profiler import COLLECTIVE_PHASES
-from cmgl_dist.benchmarking import append_results, percentiles
+from cmgl_dist.bench.harness import append_results, percentiles
 
 PHASES = ("data_wait", "host_to_device", "image_encoder_fwd", "text_encoder_fwd", "feature_all_gather",
           "global_loss", "local_loss", "loss_all_reduce", "backward", "gradient_reduction", "optimizer_step",
@@ -162,7 +162,7 @@ def calibrate_all_reduce(world, big_bytes: int = 16 * 2**20) -> dict:
     import torch
     import torch.distributed as dist
 
-    from cmgl_dist.benchmarking import measure
+    from cmgl_dist.bench.harness import measure
 
     small = torch.zeros(1, device=world.device)
     big = torch.zeros(big_bytes // 4, device=world.device)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from cmgl_dist.atomic import write_text_atomic
-from cmgl_dist.benchmarking import append_results
+from cmgl_dist.bench.harness import append_results
 
 VARIANTS = {"zero0": ["zero.stage=0"], "zero1": ["zero.stage=1"], "zero2": ["zero.stage=2"],
             "zero3": ["zero.stage=3"], "zero2_offload": ["zero.stage=2", "zero.offload_optimizer=true"]}
