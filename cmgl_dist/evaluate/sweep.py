@@ -18,6 +18,7 @@ import os
 from cmgl_dist.evaluate.jobs import longest_first, run_job
 from cmgl_dist.evaluate.results import append_record
 from cmgl_dist.evaluate.run import Plan, add_common_args, failure_record, finish, prepare_or_exit
+from cmgl_dist.logs import init_logger
 
 log = logging.getLogger("cmgl.sweep")
 
@@ -53,7 +54,7 @@ def run_on_ray(plan: Plan, *, retries: int) -> int:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    init_logger()
     parser = argparse.ArgumentParser(prog="cmgl sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
