@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 import torch.nn as nn
-from model_outputs import random_model_outputs
+from helpers import random_model_outputs
 
 from cmgl_dist.config import LossConfig
 from cmgl_dist.losses import (CMGLLoss, global_contrastive_loss, local_contrastive_loss, local_similarity,
