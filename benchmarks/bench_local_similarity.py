@@ -31,7 +31,7 @@ PROVIDERS = ("triton", "compiled", "auto", "reference", "loop", "compile_vectori
 MODES = ("fwd", "bwd", "fwdbwd")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Nominal matrix work per (text, image) pair in units of mean_words x R x D: the forward's two
-# products (scores, context) at 2 flops each, the backward twice that; the issue's 3 x 4 x W R D.
+# products (scores, context) at 2 flops each, the backward twice that: 3 x 4 x W R D in all.
 FLOPS_PER_WRD = {"fwd": 4, "bwd": 8, "fwdbwd": 12}
 EPS = 1e-8
 
