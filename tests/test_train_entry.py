@@ -53,7 +53,7 @@ def test_the_process_group_is_destroyed_when_training_fails(monkeypatch, tmp_pat
         assert dist.is_initialized()
         raise RuntimeError("training broke")
 
-    monkeypatch.setattr(distributed, "init_distributed", one_rank_world)
+    monkeypatch.setattr(train, "init_distributed", one_rank_world)
     monkeypatch.setattr(train, "fit", failing_fit)
     with pytest.raises(RuntimeError, match="training broke"):
         train.train(load_config("debug", [f"train.run_dir={tmp_path}"]), None, None)

@@ -99,7 +99,7 @@ def run_rank(cfg, args) -> None:
     from cmgl_dist.engine.distributed import init_distributed
     from cmgl_dist.engine.loop import Trainer, epoch_batches
     from cmgl_dist.engine.telemetry import peak_memory_mb
-    from cmgl_dist.engine.train import build_engine, epoch_loaders, make_metrics
+    from cmgl_dist.engine.train import build_engine, epoch_loaders, make_metrics, make_telemetry
     from cmgl_dist.losses import CMGLLoss
     from cmgl_dist.phases import installed
 
@@ -110,7 +110,8 @@ def run_rank(cfg, args) -> None:
     enable_deepspeed_comm_logging()
     model, engine = build_engine(cfg, world, deepspeed_config(cfg, world_size=world.world_size, cuda=world.cuda))
     Path(cfg.train.run_dir).mkdir(parents=True, exist_ok=True)
-    metrics = make_metrics(cfg, world, Path(cfg.train.run_dir), 0)
+    telemetry = make_telemetry(cfg, world, Path(cfg.train.run_dir), 0)
+    metrics = make_metrics(cfg, world, telemetry)
     trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss), None, metrics, cfg.model_dump(mode="json"))
     engine.train()
     state = TrainState()
@@ -134,7 +135,7 @@ def run_rank(cfg, args) -> None:
         chrome_trace(trainer, batches, state, args.out, world.rank)
     every = [None] * world.world_size
     dist.all_gather_object(every, mine)
-    metrics.telemetry.close()
+    telemetry.close()
     if world.rank == 0:
         write_results(args, cfg, world, every)
     dist.destroy_process_group()

@@ -1,7 +1,7 @@
 """`cmgl train`: train CMGL with DeepSpeed ZeRO from a config.
 
     cmgl train --config debug --set data.shards=shards/iurr --set zero.stage=3
-    torchrun --nproc-per-node 2 -m cmgl_dist.cli train --config iurr_offline --resume auto
+    NPROC_PER_NODE=2 launch/torchrun.sh --config iurr_offline --resume auto     (launch/README.md)
 
 Every check that can fail (config values and combinations, apex, precision on this machine, the
 shards, an existing run without --resume, a run dir in use by another run, a resume whose config
@@ -24,23 +24,28 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
 
 from cmgl_dist.config import CMGLConfig, ConfigError, load_config, save_config, shipped_configs
+from cmgl_dist.data.loader import ShardLoader, make_loader
 from cmgl_dist.data.shardlist import Mixture, samples_without_text, source_folders, training_mixture
+from cmgl_dist.data.streams import ShardMissingError
 from cmgl_dist.engine.checkpoint import Checkpointer, TrainState, complete_tags, resolve_resume
 from cmgl_dist.engine.deepspeed_config import deepspeed_config
-from cmgl_dist.engine.distributed import World, launch_env
+from cmgl_dist.engine.distributed import World, init_distributed, launch_env
+from cmgl_dist.engine.loop import NonFiniteLossError, Trainer, epoch_batches
+from cmgl_dist.engine.metrics import MetricsProcessor
 from cmgl_dist.engine.optim import build_client_optimizer, require_apex
+from cmgl_dist.engine.schedule import lr_scheduler_factory
+from cmgl_dist.engine.telemetry import Telemetry
 from cmgl_dist.logs import init_logger
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
     from transformers import PreTrainedTokenizerBase
 
-    from cmgl_dist.data.loader import ShardLoader
-    from cmgl_dist.engine.telemetry import Telemetry
-    from cmgl_dist.model import CMGLModel
+    from cmgl_dist.model import CMGLModel  # imports transformers: only where the model is built
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +202,6 @@ def build_engine(cfg: CMGLConfig, world: World, ds_config: dict) -> tuple[CMGLMo
     """(model, DeepSpeed engine) with the same initial weights on every rank."""
     import deepspeed
 
-    from cmgl_dist.engine.schedule import lr_scheduler_factory
     from cmgl_dist.model import build_model
 
     if world.cuda:
@@ -219,8 +223,6 @@ def epoch_loaders(cfg: CMGLConfig, urls: Mixture, tokenizer: PreTrainedTokenizer
                   world: World) -> Callable[[int, int], ShardLoader]:
     """make_epoch_loader(epoch, start_batch) for `epoch_batches`: one loader whose workers persist
     across epochs (data.persistent_workers), or a new loader per epoch."""
-    from cmgl_dist.data.loader import make_loader
-
     kept = []
 
     def epoch_loader(epoch: int, start_batch: int) -> ShardLoader:
@@ -236,17 +238,19 @@ def epoch_loaders(cfg: CMGLConfig, urls: Mixture, tokenizer: PreTrainedTokenizer
 
 
 def make_telemetry(cfg: CMGLConfig, world: World, run_dir: Path, start_step: int) -> Telemetry:
-    from cmgl_dist.engine.telemetry import Telemetry
-
+    """The metrics sinks; whoever makes them closes them."""
     return Telemetry(run_dir, rank=world.rank, start_step=start_step, total_steps=cfg.train.steps,
                      tensorboard=cfg.train.tensorboard)
+
+
+def make_metrics(cfg: CMGLConfig, world: World, telemetry: Telemetry) -> MetricsProcessor:
+    return MetricsProcessor(telemetry, global_batch=cfg.train.global_batch(world.world_size),
+                            world_size=world.world_size, grad_accum=cfg.train.grad_accum, device=world.device)
 
 
 def restore(cfg: CMGLConfig, world: World, engine: DeepSpeedEngine,
             source: Optional[tuple[Path, str]]) -> tuple[Checkpointer, TrainState]:
     """The run's checkpointer (a partial checkpoint removed) and the state to start from."""
-    import torch.distributed as dist
-
     checkpointer = Checkpointer(Path(cfg.train.run_dir) / "checkpoints", cfg.train.keep_last, world.rank)
     checkpointer.remove_partial()
     dist.barrier()
@@ -260,11 +264,7 @@ def restore(cfg: CMGLConfig, world: World, engine: DeepSpeedEngine,
 
 def fit(cfg: CMGLConfig, world: World, urls: Mixture, source: Optional[tuple[Path, str]]) -> TrainState:
     """Build the engine and the trainer, train, export; the telemetry is closed however it ends."""
-    import torch.distributed as dist
-
     from cmgl_dist.engine.export import export_model, full_fp32_state_dict
-    from cmgl_dist.engine.loop import Trainer, epoch_batches
-    from cmgl_dist.engine.metrics import MetricsProcessor
     from cmgl_dist.losses import CMGLLoss
 
     run_dir = Path(cfg.train.run_dir)
@@ -274,9 +274,8 @@ def fit(cfg: CMGLConfig, world: World, urls: Mixture, source: Optional[tuple[Pat
     if world.rank == 0:
         save_config(cfg, run_dir / "config.yaml")
     with closing(make_telemetry(cfg, world, run_dir, state.step)) as telemetry:
-        metrics = MetricsProcessor(telemetry, global_batch=cfg.train.global_batch(world.world_size),
-                                   world_size=world.world_size, grad_accum=cfg.train.grad_accum, device=world.device)
-        trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss), checkpointer, metrics, cfg.model_dump(mode="json"))
+        trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss), checkpointer, make_metrics(cfg, world, telemetry),
+                          cfg.model_dump(mode="json"))
         engine.train()
         state = trainer.run(epoch_batches(epoch_loaders(cfg, urls, model.tokenizer, world), state), state)
         if cfg.train.export:
@@ -289,10 +288,6 @@ def fit(cfg: CMGLConfig, world: World, urls: Mixture, source: Optional[tuple[Pat
 
 def train(cfg: CMGLConfig, urls: Mixture, source: Optional[tuple[Path, str]]) -> TrainState:
     """Join the process group, train, and leave it however training ends."""
-    import torch.distributed as dist
-
-    from cmgl_dist.engine.distributed import init_distributed
-
     world = init_distributed()
     try:
         return fit(cfg, world, urls, source)
@@ -313,18 +308,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 0
         with run_dir_lock(Path(cfg.train.run_dir), rank):
             urls, source = preflight(cfg, args.resume)
-            return run(cfg, urls, source)
+            train(cfg, urls, source)
     except ConfigError as err:
         print(f"cmgl train: {err}", file=sys.stderr)
         return 2
-
-
-def run(cfg: CMGLConfig, urls: Mixture, source: Optional[tuple[Path, str]]) -> int:
-    from cmgl_dist.data.streams import ShardMissingError
-    from cmgl_dist.engine.loop import NonFiniteLossError
-
-    try:
-        train(cfg, urls, source)
     except (NonFiniteLossError, ShardMissingError) as err:
         print(f"cmgl train: {err}", file=sys.stderr)
         return 1
