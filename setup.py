@@ -18,6 +18,7 @@ setup(
         "cmgl_dist.losses",
         "cmgl_dist.engine",
         "cmgl_dist.evaluate",
+        "cmgl_dist.bench",
         "cmgl_dist.kernels",
         "cmgl_dist.shards",
         "cmgl_dist.shards.sources",

@@ -13,7 +13,7 @@ import itertools
 import os
 from pathlib import Path
 
-from cmgl_dist.benchmarking import append_results, measure
+from cmgl_dist.bench.harness import append_results, measure
 from cmgl_dist.config import DataConfig
 from cmgl_dist.data import make_loader, shard_urls
 

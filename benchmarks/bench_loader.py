@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from cmgl_dist.benchmarking import append_results
+from cmgl_dist.bench.harness import append_results
 from cmgl_dist.config import DataConfig
 from cmgl_dist.data import make_loader, shard_urls
 

@@ -9,7 +9,7 @@ Providers:
   compile_vectorised torch.compile of all pairs at once ([T, I, W, R] and [T, I, W, D] tensors)
   compile_gram      torch.compile of all pairs with |ctx|^2 = b G b^T (no D-sized context)
 Modes: fwd, bwd (backward alone, after an untimed forward), fwdbwd. Timed by
-cmgl_dist.benchmarking.measure (p20/p50/p80 ms, peak extra memory on CUDA); rows go to a CSV in
+cmgl_dist.bench.harness.measure (p20/p50/p80 ms, peak extra memory on CUDA); rows go to a CSV in
 the harness's long format, one case at a time (what finished is kept if a later case dies).
 
     python benchmarks/bench_local_similarity.py                # full shapes (CUDA)
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from cmgl_dist.benchmarking import Timing, append_results, measure
+from cmgl_dist.bench.harness import Timing, append_results, measure
 from cmgl_dist.losses import local_similarity, local_similarity_compiled, local_similarity_reference
 
 log = logging.getLogger("bench_local_similarity")
@@ -31,7 +31,7 @@ PROVIDERS = ("triton", "compiled", "auto", "reference", "loop", "compile_vectori
 MODES = ("fwd", "bwd", "fwdbwd")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Nominal matrix work per (text, image) pair in units of mean_words x R x D: the forward's two
-# products (scores, context) at 2 flops each, the backward twice that; the issue's 3 x 4 x W R D.
+# products (scores, context) at 2 flops each, the backward twice that: 3 x 4 x W R D in all.
 FLOPS_PER_WRD = {"fwd": 4, "bwd": 8, "fwdbwd": 12}
 EPS = 1e-8
 

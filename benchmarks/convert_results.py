@@ -3,7 +3,7 @@
     python benchmarks/convert_results.py [benchmarks/results/*.csv]
 
 A wide CSV (stamp columns, then shape columns, then measured columns) becomes the long format of
-`cmgl_dist.benchmarking.COLUMNS`: the benchmark is the file's stem, the shape columns make the
+`cmgl_dist.bench.harness.COLUMNS`: the benchmark is the file's stem, the shape columns make the
 config string, and each measured column makes one row. Files already in the long format are left
 as they are, so running it twice changes nothing.
 """
@@ -15,7 +15,7 @@ import io
 from pathlib import Path
 
 from cmgl_dist.atomic import write_text_atomic
-from cmgl_dist.benchmarking import COLUMNS, config_string
+from cmgl_dist.bench.harness import COLUMNS, config_string
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -13,7 +13,7 @@ import json
 import statistics
 from pathlib import Path
 
-from cmgl_dist.benchmarking import append_results
+from cmgl_dist.bench.harness import append_results
 
 
 def read_windows(path: Path) -> list[dict]:

@@ -15,7 +15,7 @@ import argparse
 import math
 from pathlib import Path
 
-from cmgl_dist.benchmarking import pivot, read_rows
+from cmgl_dist.bench.harness import pivot, read_rows
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pack_throughput.csv"
 # Frontal images packed per corpus: CheXpert from torchxrayvision's train table (191,027) plus

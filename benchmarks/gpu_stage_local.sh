@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# GPU stage for issue 12: does the local half learn in a full fine-tuning run? Packs phantom
-# shards, trains CONFIG with every layer trainable on one GPU, then evaluates in-process (the GPU
-# machine has no Ray) retrieval (R@k, finding-aware P@10, with chance levels), localisation and
-# zero-shot, and the attention overlays. Results, table.md and logs land in $OUT.
+# GPU stage: does the local half learn in a full fine-tuning run? Packs phantom shards, trains
+# CONFIG with every layer trainable on one GPU, then evaluates in-process (no Ray needed)
+# retrieval (R@k, finding-aware P@10, with chance levels), localisation and zero-shot, and the
+# attention overlays. Results, table.md and logs land in $OUT.
 #
-# On the device machine (after ../shared/device/prepare.sh put the wheels in .whl/), e.g.
-#     run(command="bash benchmarks/gpu_stage_local.sh", carry=[".whl"], timeout_s=540)
-# The GPU machine has no offline MiniLM/EfficientNet weights and no network, so the default is
-# GLoRIA's recipe from random weights with a BERT-base built from the MiniLM vocabulary (as
-# /work/shared/device/README.md describes); set SETS to change it. On a CPU, to check the script:
+# On a GPU machine without network access, with the wheels in .whl/ (`bash benchmarks/gpu_check.sh
+# --prepare` puts them there):
+#     bash benchmarks/gpu_stage_local.sh
+# Without network there are no offline MiniLM/EfficientNet weights, so the default is GLoRIA's
+# recipe from random weights with a BERT-base built from the MiniLM vocabulary; set SETS to
+# change it. On a CPU, to check the script:
 #     CONFIG=debug SETS="" STEPS=4 LIMIT=300 NPROC=1 DEVICE_SETS="" bash benchmarks/gpu_stage_local.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ log() { echo "[gpu_stage_local $(date -u +%H:%M:%S)] $*" | tee -a "$OUT/stage.lo
 
 if command -v cmgl > /dev/null; then
     CMGL=(cmgl) ENTRY=("$(command -v cmgl)")
-else  # the device machine: wheels, then cmgl_dist laid out as setup.py maps it (see gpu_check.sh)
+else  # no cmgl installed: the wheels, then cmgl_dist laid out as setup.py maps it (see gpu_check.sh)
     site=/tmp/site stage=/tmp/cmgl_stage
     compgen -G ".whl/*.whl" > /dev/null && python3 -m pip install -q --no-index --no-deps --no-compile \
         --no-cache-dir --upgrade --target "$site" .whl/*.whl

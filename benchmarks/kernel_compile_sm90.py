@@ -112,7 +112,7 @@ def main(argv=None):
     rows = [row for dtype in args.dtypes for row in compile_rows(dtype, args.config, args.capability)]
     print(json.dumps(rows))
     if not args.no_csv:
-        from cmgl_dist.benchmarking import append_results
+        from cmgl_dist.bench.harness import append_results
 
         for row in rows:
             metrics = {key: row[key] for key in COMPILE_METRICS}

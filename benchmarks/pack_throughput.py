@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cmgl_dist.benchmarking import append_results
+from cmgl_dist.bench.harness import append_results
 from cmgl_dist.shards.download import default_reports, packaged_file
 from cmgl_dist.shards.images import PNG_COMPRESS_LEVEL
 from cmgl_dist.shards.corpus_pack import pack_corpus

@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cmgl_dist.benchmarking import pivot, read_rows  # noqa: E402
+from cmgl_dist.bench.harness import pivot, read_rows  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -1,6 +1,7 @@
 """`cmgl` console entry point: one sub-command per stage, each owned by its own module."""
 import importlib
 import sys
+from typing import Optional
 
 # sub-command -> (module, function, one-line help). Modules are imported lazily so that
 # `cmgl pack` does not pay for importing deepspeed, and `cmgl train` not for ray.
@@ -22,10 +23,10 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
+        print(usage())  # asked for: stdout
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

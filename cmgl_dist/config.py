@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cmgl_dist.untrusted import TooDeep, yaml_load
+from cmgl_dist.atomic import write_text_atomic
+from cmgl_dist.kernel_limits import KERNEL_MAX_GAMMA1, KERNEL_MAX_GAMMA2
 
 
 class _Section(BaseModel):
@@ -120,8 +122,6 @@ class LossConfig(_Section):
     def _check_kernel_gammas(self):
         if self.local_backend != "triton":
             return self
-        from cmgl_dist.kernels.inputs import KERNEL_MAX_GAMMA1, KERNEL_MAX_GAMMA2  # imports torch: only here
-
         if self.gamma1 > KERNEL_MAX_GAMMA1 or self.gamma2 > KERNEL_MAX_GAMMA2:
             raise ValueError(f"loss.local_backend=triton takes loss.gamma1 <= {KERNEL_MAX_GAMMA1} and loss.gamma2 <= "
                              f"{KERNEL_MAX_GAMMA2} (got {self.gamma1}, {self.gamma2}): lower them or use "
@@ -351,5 +351,5 @@ def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str
 
 
 def save_config(cfg: CMGLConfig, path: str | os.PathLike) -> None:
-    with open(path, "w") as f:
-        yaml.safe_dump(cfg.model_dump(mode="json"), f, sort_keys=False)
+    """The resolved config as YAML, written atomically: the one writer of every config.yaml."""
+    write_text_atomic(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

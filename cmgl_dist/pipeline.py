@@ -9,15 +9,20 @@ checkpoint, and the sweep skips jobs already in results.jsonl.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
+from cmgl_dist.logs import init_logger
 from cmgl_dist.shards.bounds import bounded
 from cmgl_dist.shards.schema import MANIFEST
+
+log = logging.getLogger("cmgl.main")
 
 
 def default_world_size() -> int:
@@ -32,7 +37,7 @@ def default_world_size() -> int:
     return 2
 
 
-def parse_args(argv):
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="cmgl main", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs", help="everything goes under this folder (default: outputs)")
@@ -52,14 +57,14 @@ def parse_args(argv):
 
 
 def run_stage(name: str, cmd: list[str]) -> float:
-    print(f"\n== {name}: {shlex.join(cmd)}", flush=True)
+    log.info("== %s: %s", name, shlex.join(cmd))
     start = time.perf_counter()
     result = subprocess.run(cmd)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"cmgl main: stage '{name}' failed (exit {result.returncode}) after {seconds:.0f} s; "
                          "fix the cause and rerun the same command to resume")
-    print(f"== {name}: done in {seconds:.0f} s", flush=True)
+    log.info("== %s: done in %.0f s", name, seconds)
     return seconds
 
 
@@ -73,7 +78,7 @@ def cmgl(*args: str) -> list[str]:
     return [cmgl_script(), *args]
 
 
-def pack_command(args, shards: Path) -> list[str]:
+def pack_command(args: argparse.Namespace, shards: Path) -> list[str]:
     cmd = cmgl("pack", "--images", args.images, "--out", str(shards),
                "--image-size", str(args.image_size), "--workers", str(args.workers))
     if args.reports:
@@ -83,7 +88,7 @@ def pack_command(args, shards: Path) -> list[str]:
     return cmd + (["--replace"] if args.repack else [])
 
 
-def train_command(args, shards: Path, run_dir: Path) -> list[str]:
+def train_command(args: argparse.Namespace, shards: Path, run_dir: Path) -> list[str]:
     nproc = args.nproc or default_world_size()
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                 cmgl_script(), "train"]
@@ -91,7 +96,8 @@ def train_command(args, shards: Path, run_dir: Path) -> list[str]:
     return launcher + ["--config", args.config, "--resume", "auto"] + [a for o in overrides for a in ("--set", o)]
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
+    init_logger()
     args = parse_args(argv)
     out = Path(args.out)
     shards, run_dir, eval_dir = out / "shards", out / "run", out / "eval"
@@ -106,6 +112,7 @@ def main(argv=None) -> int:
         timings["evaluate"] = run_stage(
             "evaluate", cmgl("sweep", "--exports", str(run_dir / "export"), "--shards", str(shards),
                              "--out", str(eval_dir)))
+    # the job's summary: stdout, like the stages' own results
     print("\n" + "  ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     print(f"shards: {shards}\nrun (checkpoints, metrics.jsonl, export/): {run_dir}\nevaluation: {eval_dir}")
     return 0

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import torch
 
+from cmgl_dist.kernel_limits import KERNEL_MAX_GAMMA1, KERNEL_MAX_GAMMA2  # noqa: F401 - one copy, torch-free
+
 # GLoRIA's cosine_similarity clamps the product of the norms (not each norm) at this eps.
 COSINE_EPS = 1e-8
-# The Triton kernel's softmaxes over regions and words use fixed offsets (gamma1 a - gamma1,
-# gamma2 cos - |gamma2|) that stay within fp32's range up to these.
-KERNEL_MAX_GAMMA1, KERNEL_MAX_GAMMA2 = 60.0, 30.0
 
 
 def check_local_inputs(words: torch.Tensor, word_mask: torch.Tensor, regions: torch.Tensor) -> None:

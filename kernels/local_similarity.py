@@ -7,42 +7,9 @@ For text t and image i (words x_w, w real; regions y_r):
     c_w = sum_r b_wr y_r
     S[t, i] = log sum_{w real} exp(gamma2 * cos(x_w, c_w)),  cos = x.c / max(|x| |c|, eps)
 
-Design (kernels/README.md has the why and the compile evidence):
-- The context never exists. x_w . c_w = sum_r b_wr s_wr comes from the scores, and
-  |c_w|^2 = b_w^T G b_w from the image's region Gram matrix G = Y Y^T [R, R] (fp32, made once
-  per batch by `attention.region_gram`): a pair costs W R (2 D + R) multiply-adds instead of 3-4 W R D.
-- Tiles. A word block (BLOCK_W words; REGION_OWNER_BLOCK_W in the region owner) meets the
-  regions in tiles of BLOCK_R, so R is padded to a multiple of BLOCK_R, not to a power of two,
-  and only [BLOCK_R, BLOCK_W] fp32 tiles are live.
-  Tiles are region-major (regions x words), so every product has BLOCK_R or BLOCK_D (>= 64)
-  rows: the M side that Hopper's wgmma wants. Scores are tl.dot on the input dtype (bf16 on
-  tensor cores), the Gram products on fp32 (tf32 for 16-bit inputs); accumulators are fp32.
-- No running maxima where the values are bounded: a_wr is in [0, 1], so the softmax over
-  regions is exp(gamma1 a - max(gamma1, 0)) / sum, and gamma2 cos is in [-|gamma2|, |gamma2|],
-  so the log-sum-exp over words is taken against |gamma2|; only the softmax over words
-  (unbounded scores) keeps online column statistics, saved for backward ([T, I, 2, R] fp32: the
-  max and the log-sum-exp relative to it, so a = exp((s - max) - log_sum) keeps its precision).
-- A word block's region-wide rows (e = the unnormalised b, s, h = G b, and backward's dL/ds)
-  go through a per-program scratch in global memory (L1/L2-resident, [4, R_STRIDE, BLOCK_W]
-  fp32), between CTA barriers: a register tile cannot be indexed by a loop over region tiles.
-- Forward: program (image, text group) scores one image against every TEXT_GROUPS-th text.
-  Pass 1 the column statistics over words, per region tile; pass 2, per word block, the
-  cosines; when training also backward's column term delta_r = sum_w a_wr dL/da_wr for the
-  word weights exp(gamma2 cos - |gamma2|), i.e. dL/dS = exp(S - |gamma2|): backward takes its
-  terms for the same weights (so d_a - delta cancels as here) and scales them to dL/dS last.
-- Backward, split as FlashAttention-2 splits dK/dV from dQ, so that every gradient has one
-  owner program and no atomics are needed: `_backward_words_kernel` owns a (text, word block)
-  and walks every image, adding dL/dx = gamma x + P Y; `_backward_regions_kernel` owns an image
-  and walks every (text, word block), adding dL/dy = P^T x + b^T diag(beta) (b Y), where
-  P = dL/ds (including the direct alpha b). Owned rows are read-modified-written in fp32.
-- Shapes that vary per batch are bucketed: W enters as a multiple of WORD_BUCKET (the mask is
-  padded), so the compiled kernel and the autotune key (W bucket, R, D) stay the same across
-  batches; by default the config is pinned per GPU architecture (CMGL_KERNEL_AUTOTUNE=1
-  tunes over a few configs per bucket, once).
-
-Work per pair in multiply-adds: forward W R (2 D + R) (scores twice, G b); backward W R (2 D + R)
-for the word owner (scores, G b, P Y) and W R (4 D + R) for the region owner (scores, G b,
-b Y, P^T x, b^T (beta c)).
+One op, three kernels: the forward, the backward's word owner (dL/dwords) and region owner
+(dL/dregions), each gradient row with one writer; launchers; one autograd Function. The design,
+its figures and what is not done are explained once, in kernels/README.md ("Kernel design").
 """
 from __future__ import annotations
 
@@ -73,12 +40,9 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # CMGL_KERNEL_AUTOTUNE=1 tunes over AUTOTUNE_CONFIGS once per (W bucket, R, D, dtypes); the
 # default is the pinned config of the GPU's architecture (no tuning in training).
 _AUTOTUNE = os.environ.get("CMGL_KERNEL_AUTOTUNE", "0") == "1"
-# By compute capability major. sm_90 (benchmarks/kernel_compile_sm90.py --config, bf16, R 361):
-# BLOCK_R 64, BLOCK_D 64 at 8 warps compiles every kernel to wgmma with 165-255 registers and no
-# spills (rows in benchmarks/results/kernel_compile_sm90.csv); at 4 warps the word owner spills
-# 12 bytes and the region owner 230-290; BLOCK_D 32 leaves the backward's 32-row products on
-# mma.sync, BLOCK_R 32 the forward; BLOCK_R 128 spills 128-990 bytes (the fp32 [128, 128] Gram
-# tile). Ampere (sm_80) runs the same tiles; no evidence recorded for it yet.
+# By compute capability major; Ampere (8) reuses Hopper's (9) tiles. Why these tiles, and the
+# compile figures for sm_90 and sm_80 (registers, spills, MMA kind): kernels/README.md, rows in
+# benchmarks/results/kernel_compile_sm90.csv.
 # AUTOTUNE_CONFIGS: only configs that compile without spills.
 PINNED_CONFIGS = {
     9: dict(BLOCK_R=64, BLOCK_D=64, num_warps=8, num_stages=1),

@@ -4,7 +4,8 @@ products that give |c|^2 and h = c . y without the context, and the per-word gra
 
 Tiles are region-major ([BLOCK_R, BLOCK_W]): regions x words. A word block's region-wide rows
 live in a per-program scratch of SCRATCH_ROWS row sets, each [R_STRIDE, BLOCK_W] fp32:
-e (the unnormalised softmax over regions), s (the scores), h = G b and P = dL/ds.
+e (the unnormalised softmax over regions), s (the scores), h = G b and P = dL/ds. Why it is laid
+out so: kernels/README.md, "Kernel design".
 """
 import triton
 import triton.language as tl

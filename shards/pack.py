@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cmgl_dist.logs import init_logger
 from cmgl_dist.shards.bounds import bounded, check_bounds
 from cmgl_dist.shards.download import default_reports, packaged_file
 from cmgl_dist.shards.images import extract_archive, index_folder
@@ -170,7 +171,7 @@ def pack(*, images: str, out: str | Path, reports: str | Path | None = None, met
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    init_logger()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.source != "iurr":

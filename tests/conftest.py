@@ -1,4 +1,5 @@
-"""Shared fixtures: where the IU-RR files are, and one small packed shard folder per session.
+"""Shared fixtures: where the IU-RR files are, one small packed shard folder per session, and a
+small CheXpert-like corpus. Shared helpers that are not fixtures live in helpers.py.
 
 The IU-RR files come from `../shared/data/iu-rr/` beside the clone when present, else from the
 copies inside the installed `torchxrayvision` package.
@@ -17,6 +18,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from cmgl_dist.shards.download import packaged_file
+from helpers import chexpert_corpus
 
 SHARED_IURR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "iu-rr"
 
@@ -60,3 +62,9 @@ def small_shards(tmp_path_factory, reports_tgz, metadata_csv) -> Path:
          image_size=SMALL_SHARDS_IMAGE_SIZE, samples_per_shard=SMALL_SHARDS_PER_SHARD, seed=0,
          workers=1, limit=SMALL_SHARDS_REPORTS)
     return out
+
+
+@pytest.fixture
+def chexpert(tmp_path) -> Path:
+    """CheXpert-v1.0-small under tmp_path (helpers.chexpert_corpus)."""
+    return chexpert_corpus(tmp_path)

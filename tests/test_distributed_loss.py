@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from model_outputs import random_model_outputs
+from helpers import random_model_outputs
 
 from cmgl_dist.config import LossConfig
 from cmgl_dist.losses import CMGLLoss, global_contrastive_loss, local_contrastive_loss, local_similarity_reference

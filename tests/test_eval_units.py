@@ -116,11 +116,11 @@ def test_localisation_scores_the_words_that_name_the_finding():
 def test_mean_of_every_words_attention_is_near_uniform():
     """Why localisation scores only the finding words: GLoRIA's softmax over words shares each
     region among the words, so the average of all the words' maps is flat whatever the features."""
-    from cmgl_dist.evaluate.similarity import word_region_attention
+    from cmgl_dist.evaluate.similarity import pair_attention_map
 
     g = torch.Generator().manual_seed(0)
     words, regions = torch.randn(12, 16, generator=g), torch.randn(100, 16, generator=g)
-    attention = word_region_attention(words, regions, gamma1=4.0)
+    attention = pair_attention_map(words, regions, gamma1=4.0)
     assert attention.max(dim=1).values.mean() > 5 / 100  # single words are peaked
     assert attention.mean(dim=0).max() < 2.5 / 100  # their mean is not
 
@@ -157,7 +157,7 @@ def test_paired_report_words_point_at_their_lesion_and_reports_without_them_are_
 
     from cmgl_dist.evaluate.features import SplitFeatures
     from cmgl_dist.evaluate.localisation import score_lesions
-    from cmgl_dist.evaluate.similarity import word_region_attention
+    from cmgl_dist.evaluate.similarity import pair_attention_map
 
     # 4x4 regions; region 5 (row 1, column 1) holds what the word "effusions" says, the rest not
     regions = torch.stack([_one_hot(1)] * 16)
@@ -171,7 +171,7 @@ def test_paired_report_words_point_at_their_lesion_and_reports_without_them_are_
     mask[8:16, 8:16] = True
     prompt = ([torch.stack([_one_hot(2), _one_hot(3)])], [[0]])  # a prompt word blind to region 5
     lesions = [("pleural_effusion", 0, mask), ("pleural_effusion", 1, mask)]
-    out = score_lesions(lesions, feats, {"pleural_effusion": prompt}, partial(word_region_attention, gamma1=8.0))
+    out = score_lesions(lesions, feats, {"pleural_effusion": prompt}, partial(pair_attention_map, gamma1=8.0))
     paired = out["localisation"]
     assert set(paired) == {"pleural_effusion", "all"}
     for entry in paired.values():

@@ -7,7 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from cmgl_dist.benchmarking import pivot, read_rows
+from cmgl_dist.bench.harness import pivot, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"

@@ -8,7 +8,7 @@ from PIL import Image
 from cmgl_dist.data import images as loader_images
 from cmgl_dist.shards import images
 from cmgl_dist.shards.images import ImageError, load_image
-from pack_inputs import png_bytes
+from helpers import png_bytes
 
 
 def _write(tmp_path, name, data):

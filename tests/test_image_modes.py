@@ -17,7 +17,7 @@ from cmgl_dist.shards import images
 from cmgl_dist.shards.images import ImageError, load_image, open_grey
 from cmgl_dist.shards.pack import main as pack_main
 from cmgl_dist.shards.schema import MANIFEST
-from pack_inputs import grey_png
+from helpers import grey_png
 
 
 def png16(pixels: np.ndarray) -> bytes:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cmgl_dist.benchmarking import pivot, read_rows
+from cmgl_dist.bench.harness import pivot, read_rows
 from cmgl_dist.losses import local_similarity_reference
 
 _spec = importlib.util.spec_from_file_location(

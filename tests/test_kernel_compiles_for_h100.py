@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cmgl_dist.benchmarking import pivot, read_rows
+from cmgl_dist.bench.harness import pivot, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 EVIDENCE = ROOT / "benchmarks" / "results" / "kernel_compile_sm90.csv"

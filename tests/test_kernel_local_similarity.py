@@ -8,8 +8,8 @@ from gloria_oracle import local_similarities
 from cmgl_dist.kernels import local_attention_maps, local_similarity_triton
 from cmgl_dist.kernels.inputs import KERNEL_MAX_GAMMA1, KERNEL_MAX_GAMMA2
 from cmgl_dist.losses import local_similarity_reference
+from helpers import DEVICE, assert_close, make_inputs
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 # (T, I, W, R, D, word counts per text); a text with 1 word and one with all W words in each.
 # The interpreter's tiles are 16 words by 16 features: W = 20 spans two word blocks.
@@ -27,18 +27,6 @@ def transcribed_similarity(words, word_mask, regions, gamma1, gamma2):
     for t in range(words.shape[0]):
         packed[t, :counts[t]] = words[t][word_mask[t]]
     return local_similarities(packed, counts.tolist(), regions, gamma1, gamma2)
-
-
-def make_inputs(T, I, W, R, D, counts, dtype, holes=False, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    words = torch.randn(T, W, D, generator=gen)
-    regions = torch.randn(I, R, D, generator=gen)
-    word_mask = torch.arange(W)[None, :] < torch.tensor(counts)[:, None]
-    if holes:  # real words need not be a prefix
-        word_mask = word_mask[:, torch.randperm(W, generator=gen)]
-    words = words.to(DEVICE, dtype)
-    regions = regions.to(DEVICE, dtype)
-    return words, word_mask.to(DEVICE), regions
 
 
 def poison_allocator():
@@ -63,14 +51,6 @@ def expected(words, word_mask, regions, grad, gamma1, gamma2):
     S = transcribed_similarity(words, word_mask.cpu(), regions, gamma1, gamma2)
     S.backward(grad.double().cpu())
     return S.detach(), words.grad, regions.grad
-
-
-def assert_close(actual, wanted, tol, what):
-    actual = actual.detach().double().cpu()
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    scale = wanted.abs().max().clamp(min=1e-6)
-    err = (actual - wanted).abs().max() / scale
-    assert err <= tol, f"{what}: max error {err:.2e} relative to max |value| > {tol:.0e}"
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])))

@@ -4,8 +4,8 @@ shape bucket, wrong candidates dropped); bf16 model outputs through CMGLLoss; no
 W changes within a bucket. CUDA when present, else the CPU (Triton under the interpreter)."""
 import pytest
 import torch
-from model_outputs import random_model_outputs
-from test_kernel_local_similarity import DEVICE, assert_close, expected, make_inputs
+from helpers import DEVICE, assert_close, make_inputs, random_model_outputs
+from test_kernel_local_similarity import expected  # the float64 GLoRIA oracle
 
 from cmgl_dist.config import LossConfig
 from cmgl_dist.losses import (CMGLLoss, chosen_backends, local_similarity, local_similarity_reference,

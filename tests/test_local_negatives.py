@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from model_outputs import random_model_outputs
+from helpers import random_model_outputs
 
 from cmgl_dist.config import ConfigError, LossConfig, load_config
 from cmgl_dist.losses import CMGLLoss

@@ -3,9 +3,10 @@ import os
 
 import pytest
 import torch
+import torch.nn as nn
 from gloria_oracle import global_loss as gloria_global_loss
 from gloria_oracle import local_loss_tail as gloria_local_loss_tail
-from model_outputs import random_model_outputs
+from helpers import random_model_outputs
 
 from cmgl_dist.config import LossConfig
 from cmgl_dist.losses import (CMGLLoss, global_contrastive_loss, local_contrastive_loss, local_similarity,

@@ -9,7 +9,7 @@ import pytest
 from cmgl_dist.shards.pack import main
 from cmgl_dist.shards.schema import MANIFEST
 from cmgl_dist.shards.verify import verify
-from pack_inputs import grey_png, report_xml
+from helpers import grey_png, report_xml
 
 
 def _report_xml(uid: int, images=(), **text) -> str:

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from packs import read_pack
+from helpers import read_pack
 
 from cmgl_dist.shards.iurr_kaggle import image_id, kaggle_tables, read_kaggle_reports
 from cmgl_dist.shards.metadata import LATERAL_VIEWS, read_view_positions

@@ -12,8 +12,7 @@ from cmgl_dist import pipeline
 from cmgl_dist.shards.pack import main
 from cmgl_dist.shards.schema import MANIFEST
 from cmgl_dist.shards.verify import verify
-from pack_inputs import write_inputs
-from test_pack_sources import chexpert  # noqa: F401 - a fixture
+from helpers import write_inputs
 
 UIDS = ["CXR1", "CXR2", "CXR3", "CXR4"]
 

@@ -13,7 +13,7 @@ from cmgl_dist.shards.download import packaged_file
 from cmgl_dist.shards.pack import pack
 from cmgl_dist.shards.pack import main as pack_main
 from cmgl_dist.shards.verify import verify
-from packs import read_pack
+from helpers import read_pack
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-cxr"
 NIH = REAL / "nih-cxr14-reproduce-chexnet"

@@ -3,40 +3,19 @@ columns, report files), with real JPEG/PNG files: labels harmonised, splits by p
 splits kept, reports attached where the corpus has them, and every pack verifies."""
 from __future__ import annotations
 
-import csv
 import json
 import tarfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from cmgl_dist.shards.corpus_pack import pack_corpus
 from cmgl_dist.shards.pack import main as pack_main
 from cmgl_dist.shards.schema import LABEL_KEYS
 from cmgl_dist.shards.sources import SourceError
 from cmgl_dist.shards.verify import verify
-from packs import read_pack
-
-CHEXPERT_HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding", "Enlarged Cardiomediastinum",
-                   "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis",
-                   "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices"]
-
-
-def write_image(path: Path, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(40, 48), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, format="JPEG" if path.suffix == ".jpg" else "PNG")
-
-
-def write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, header)
-        writer.writeheader()
-        writer.writerows(rows)
+from helpers import CHEXPERT_HEADER, read_pack, write_csv, write_image
 
 
 def patients_in_one_split(samples: dict) -> bool:
@@ -48,27 +27,6 @@ def patients_in_one_split(samples: dict) -> bool:
 
 def labels_of(samples: dict, key: str) -> list[int]:
     return [samples[key]["labels.json"][k] for k in LABEL_KEYS]
-
-
-@pytest.fixture
-def chexpert(tmp_path) -> Path:
-    """CheXpert-v1.0-small: 6 train patients x 2 studies (frontal + lateral), 2 valid patients."""
-    root = tmp_path / "CheXpert-v1.0-small"
-    rows = {"train": [], "valid": []}
-    for n in range(1, 9):
-        part = "train" if n <= 6 else "valid"
-        for study in (1, 2) if part == "train" else (1,):
-            for view, kind in (("view1_frontal", "Frontal"), ("view2_lateral", "Lateral")):
-                rel = f"CheXpert-v1.0-small/{part}/patient{n:05d}/study{study}/{view}.jpg"
-                write_image(tmp_path / rel, n * 10 + study)
-                row = dict.fromkeys(CHEXPERT_HEADER, "")
-                row.update({"Path": rel, "Sex": "Female", "Age": "60", "Frontal/Lateral": kind, "AP/PA": "AP" if kind == "Frontal" else "",
-                            "Cardiomegaly": "1.0" if n % 2 else "0.0", "Edema": "-1.0" if n == 3 else "",
-                            "No Finding": "1.0" if n == 2 else ""})
-                rows[part].append(row)
-    for part in rows:
-        write_csv(root / f"{part}.csv", CHEXPERT_HEADER, rows[part])
-    return tmp_path
 
 
 @pytest.mark.parametrize("uncertain,edema,kept", [("ones", 1, 14), ("zeros", 0, 14), ("ignore", None, 12)])

@@ -14,7 +14,7 @@ from cmgl_dist.shards.pack import main
 from cmgl_dist.shards.reports import clean_text, read_reports
 from cmgl_dist.shards.schema import MANIFEST
 from cmgl_dist.shards.verify import verify
-from pack_inputs import grey_png, report_xml, write_inputs
+from helpers import grey_png, report_xml, write_inputs
 
 UNSAFE_IDS = ["CXR1.5", "../CXR2", "/CXR3", "CXR/4", "C" * 300, "CXR\n6", "CXR 7", "CXR\t8", ".", ""]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from packs import read_pack
+from helpers import read_pack
 
 import cmgl_dist
 from cmgl_dist.config import load_config

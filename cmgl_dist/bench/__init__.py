@@ -10,11 +10,14 @@ import importlib
 import sys
 from typing import Optional
 
+from cmgl_dist.logs import init_logger
+
 SUBCOMMANDS = {"step": "cmgl_dist.bench.step", "zero": "cmgl_dist.bench.zero", "scaling": "cmgl_dist.bench.scaling"}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    init_logger()
     if not argv or argv[0] not in SUBCOMMANDS:
         print(f"usage: cmgl bench {{{','.join(SUBCOMMANDS)}}} [args] (--help for each)\n\n{__doc__}", file=sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2

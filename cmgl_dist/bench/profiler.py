@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from cmgl_dist.benchmarking import Clock
+from cmgl_dist.bench.harness import Clock
 
 GRADIENT_PHASES = ("backward", "optimizer_step")
 COLLECTIVE_PHASES = ("feature_all_gather", "loss_all_reduce", "gradient_reduction", "zero_param_gather")

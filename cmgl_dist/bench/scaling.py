@@ -25,7 +25,7 @@ from typing import Optional
 from cmgl_dist.atomic import write_text_atomic
 from cmgl_dist.bench.scaling_model import (Network, Workload, link_from_all_reduce, local_loss_limit, predict,
                                            workload_from_breakdown)
-from cmgl_dist.benchmarking import append_results
+from cmgl_dist.bench.harness import append_results
 
 COLUMNS = ("kind", "gpus", "nodes", "compute_ms", "loss_ms", "feature_comm_ms", "gradient_comm_ms", "step_ms",
            "samples_per_s", "efficiency", "rank_skew_ms")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from cmgl_dist.bench.profiler import COLLECTIVE_PHASES
-from cmgl_dist.benchmarking import append_results, percentiles
+from cmgl_dist.bench.harness import append_results, percentiles
 
 PHASES = ("data_wait", "host_to_device", "image_encoder_fwd", "text_encoder_fwd", "feature_all_gather",
           "global_loss", "local_loss", "loss_all_reduce", "backward", "gradient_reduction", "optimizer_step",
@@ -99,7 +99,7 @@ def run_rank(cfg, args) -> None:
     from cmgl_dist.engine.distributed import init_distributed
     from cmgl_dist.engine.loop import Trainer, epoch_batches
     from cmgl_dist.engine.telemetry import peak_memory_mb
-    from cmgl_dist.engine.train import build_engine, epoch_loaders, make_metrics
+    from cmgl_dist.engine.train import build_engine, epoch_loaders, make_metrics, make_telemetry
     from cmgl_dist.losses import CMGLLoss
     from cmgl_dist.phases import installed
 
@@ -110,7 +110,8 @@ def run_rank(cfg, args) -> None:
     enable_deepspeed_comm_logging()
     model, engine = build_engine(cfg, world, deepspeed_config(cfg, world_size=world.world_size, cuda=world.cuda))
     Path(cfg.train.run_dir).mkdir(parents=True, exist_ok=True)
-    metrics = make_metrics(cfg, world, Path(cfg.train.run_dir), 0)
+    telemetry = make_telemetry(cfg, world, Path(cfg.train.run_dir), 0)
+    metrics = make_metrics(cfg, world, telemetry)
     trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss), None, metrics, cfg.model_dump(mode="json"))
     engine.train()
     state = TrainState()
@@ -134,7 +135,7 @@ def run_rank(cfg, args) -> None:
         chrome_trace(trainer, batches, state, args.out, world.rank)
     every = [None] * world.world_size
     dist.all_gather_object(every, mine)
-    metrics.telemetry.close()
+    telemetry.close()
     if world.rank == 0:
         write_results(args, cfg, world, every)
     dist.destroy_process_group()
@@ -162,7 +163,7 @@ def calibrate_all_reduce(world, big_bytes: int = 16 * 2**20) -> dict:
     import torch
     import torch.distributed as dist
 
-    from cmgl_dist.benchmarking import measure
+    from cmgl_dist.bench.harness import measure
 
     small = torch.zeros(1, device=world.device)
     big = torch.zeros(big_bytes // 4, device=world.device)

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Optional
 
 from cmgl_dist.atomic import write_text_atomic
-from cmgl_dist.benchmarking import append_results
+from cmgl_dist.bench.harness import append_results
+
+log = logging.getLogger("cmgl.bench")
 
 VARIANTS = {"zero0": ["zero.stage=0"], "zero1": ["zero.stage=1"], "zero2": ["zero.stage=2"],
             "zero3": ["zero.stage=3"], "zero2_offload": ["zero.stage=2", "zero.offload_optimizer=true"]}
@@ -47,7 +50,7 @@ def run_variant(args, name: str) -> Optional[dict]:
     argv = ["--config", args.config, "--steps", str(args.steps), "--warmup", str(args.warmup), "--out", str(folder),
             *(["--ranks", str(args.ranks)] if args.ranks else []), *[a for s in sets for a in ("--set", s)]]
     if bench_step(argv) != 0 or not (folder / "summary.json").exists():
-        print(f"cmgl bench zero: variant {name} failed; see the output above", file=sys.stderr)
+        log.error("variant %s failed; see the output above", name)
         return None
     return json.loads((folder / "summary.json").read_text())
 

@@ -8,6 +8,7 @@ step and the data position before its batches).
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable, Iterator
 
@@ -15,10 +16,13 @@ import torch
 import torch.distributed as dist
 
 from cmgl_dist.config import CMGLConfig
+from cmgl_dist.data.device import to_device
 from cmgl_dist.engine.checkpoint import Checkpointer, TrainState, tag_for
 from cmgl_dist.engine.distributed import World
 from cmgl_dist.engine.metrics import LOSS_PARTS, MetricsProcessor
 from cmgl_dist.phases import phase
+
+log = logging.getLogger(__name__)
 
 # Per micro batch, one all-reduce (sum) carries the loss parts, the non-finite flag and skips.
 _NONFINITE, _SKIPPED = len(LOSS_PARTS), len(LOSS_PARTS) + 1
@@ -48,14 +52,6 @@ def epoch_batches(make_epoch_loader: Callable[[int, int], object], state: TrainS
         if produced == 0 and start == 0:
             raise RuntimeError(f"the loader yielded no batch for epoch {epoch}")
         epoch, start = epoch + 1, 0
-
-
-def to_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
-    moved = {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
-             for key, value in batch.items()}
-    if channels_last:
-        moved["images"] = moved["images"].contiguous(memory_format=torch.channels_last)
-    return moved
 
 
 class Trainer:
@@ -136,8 +132,8 @@ class Trainer:
     def _on_nonfinite(self, state: TrainState, start_position: tuple[int, int], shared: torch.Tensor) -> None:
         self.nonfinite_in_row += 1
         if self.world.rank == 0:
-            print(f"step {state.step + 1}: non-finite loss (summed over ranks: {shared[0].item()}), micro batch "
-                  f"dropped ({self.nonfinite_in_row} in a row, {state.nonfinite_skipped} in all)", flush=True)
+            log.warning("step %d: non-finite loss (summed over ranks: %s), micro batch dropped (%d in a row, "
+                        "%d in all)", state.step + 1, shared[0].item(), self.nonfinite_in_row, state.nonfinite_skipped)
         if self.nonfinite_in_row < self.cfg.train.max_nonfinite:
             return
         # Roll the data position back to the start of the unfinished step: the kept state is the

@@ -8,6 +8,7 @@ run those keys are absent, never faked.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import resource
 import sys
@@ -17,6 +18,8 @@ import torch
 from tqdm import tqdm
 
 from cmgl_dist.atomic import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 
 class Telemetry:
@@ -49,7 +52,7 @@ class Telemetry:
             line = raw.decode("utf-8", "replace")  # invalid UTF-8 (a torn or foreign line) is not JSON below
             record = _record_or_none(line) if "\ufffd" not in line else None
             if record is None and line.strip():
-                print(f"{self.path}: dropping a torn line from an interrupted run: {line[:80]!r}", file=sys.stderr)
+                log.warning("%s: dropping a torn line from an interrupted run: %r", self.path, line[:80])
             elif record is not None and record["step"] <= step:
                 kept.append(line)
         write_text_atomic(self.path, "".join(line + "\n" for line in kept))
@@ -71,7 +74,7 @@ class Telemetry:
         if self.bar is not None and not self.bar.disable:
             self.bar.write(line)
         else:
-            print(line, flush=True)
+            log.info(line)
 
     def close(self) -> None:
         if not self.active:
@@ -129,7 +132,7 @@ class GpuProbe:
             self.handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
             self.nvml = pynvml
         except Exception as err:  # no driver, no NVML library, or a MIG slice without readings
-            print(f"telemetry: no GPU readings from pynvml ({err})", file=sys.stderr)
+            log.warning("no GPU readings from pynvml (%s)", err)
             self.handle = None
 
     def read(self) -> dict:

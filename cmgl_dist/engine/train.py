@@ -1,7 +1,7 @@
 """`cmgl train`: train CMGL with DeepSpeed ZeRO from a config.
 
     cmgl train --config debug --set data.shards=shards/iurr --set zero.stage=3
-    torchrun --nproc-per-node 2 -m cmgl_dist.cli train --config iurr_offline --resume auto
+    NPROC_PER_NODE=2 launch/torchrun.sh --config iurr_offline --resume auto     (launch/README.md)
 
 Every check that can fail (config values and combinations, apex, precision on this machine, the
 shards, an existing run without --resume, a run dir in use by another run, a resume whose config
@@ -13,33 +13,51 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import socket
 import sys
+from contextlib import closing, contextmanager
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
 
-from cmgl_dist.config import CMGLConfig, ConfigError, load_config, shipped_configs
-from cmgl_dist.data.shardlist import Mixture
-from cmgl_dist.atomic import write_text_atomic
+from cmgl_dist.config import CMGLConfig, ConfigError, load_config, save_config, shipped_configs
+from cmgl_dist.data.loader import ShardLoader, make_loader
+from cmgl_dist.data.shardlist import Mixture, samples_without_text, source_folders, training_mixture
+from cmgl_dist.data.streams import ShardMissingError
 from cmgl_dist.engine.checkpoint import (Checkpointer, TrainState, complete_tags, data_fingerprint, read_complete,
                                          resolve_resume, saved_data_fingerprint)
 from cmgl_dist.engine.deepspeed_config import deepspeed_config
-from cmgl_dist.engine.distributed import launch_env
-from cmgl_dist.engine.optim import require_apex
+from cmgl_dist.engine.distributed import World, init_distributed, launch_env
+from cmgl_dist.engine.loop import NonFiniteLossError, Trainer, epoch_batches
+from cmgl_dist.engine.metrics import MetricsProcessor
+from cmgl_dist.engine.optim import build_client_optimizer, require_apex
+from cmgl_dist.engine.schedule import lr_scheduler_factory
+from cmgl_dist.engine.telemetry import Telemetry
 from cmgl_dist.locks import FolderBusy, describe_holder, folder_lock
+from cmgl_dist.logs import init_logger
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+    from transformers import PreTrainedTokenizerBase
+
+    from cmgl_dist.model import CMGLModel  # imports transformers: only where the model is built
+
+log = logging.getLogger(__name__)
 
 # Fields a resumed run may change: they are read afresh from the config at every use (the loop's
 # cadence, the run's length and the schedule's shape follow train.steps, the export, evaluation).
 # Any other change would be silently overridden by the checkpoint's state, or break exact resume.
-RESUME_APPLIES = ("name", "train.steps", "train.log_every", "train.ckpt_every", "train.keep_last",
-                  "train.max_nonfinite", "train.tensorboard", "train.export", "train.run_dir", "eval.")
+# Fields match exactly; RESUME_APPLIES_SECTIONS are whole sections a resume may change.
+RESUME_APPLIES = frozenset({"name", "train.steps", "train.log_every", "train.ckpt_every", "train.keep_last",
+                            "train.max_nonfinite", "train.tensorboard", "train.export", "train.run_dir"})
+RESUME_APPLIES_SECTIONS = ("eval.",)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -60,8 +78,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def preflight(cfg: CMGLConfig, resume: Optional[str]) -> tuple[Mixture, Optional[tuple[Path, str]]]:
     """Checks that need the machine, not only the config. Returns the train shards (a Mixture) and
     the checkpoint to resume from (root, tag), if any."""
-    from cmgl_dist.data.shardlist import samples_without_text, source_folders, training_mixture
-
     require_apex(cfg.optimizer)
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.precision=fp16 needs CUDA (DeepSpeed's loss scaling runs on GPUs): "
@@ -105,8 +121,8 @@ def check_resume_matches(source: tuple[Path, str], cfg: CMGLConfig, world_size: 
                           "another train.run_dir")
     saved, now = saved_data_fingerprint(folder), data_fingerprint(cfg.data)
     if saved is None:
-        print(f"cmgl train: {folder} does not record its data fingerprint (written before it was recorded); "
-              "resuming without checking that the data is unchanged", file=sys.stderr)
+        log.warning("%s does not record its data fingerprint (written before it was recorded); "
+                    "resuming without checking that the data is unchanged", folder)
     elif saved != now:
         raise ConfigError(f"--resume from {folder}: the training data changed since that checkpoint (data fingerprint "
                           f"{saved} in the checkpoint, {now} now: the pack was repacked or replaced). Start a new run in "
@@ -133,6 +149,11 @@ def flat(tree: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def resume_applies(field: str) -> bool:
+    """Whether a resumed run may change `field`, a flattened name such as `train.steps`."""
+    return field in RESUME_APPLIES or field.startswith(RESUME_APPLIES_SECTIONS)
+
+
 def check_resumable_config(source: tuple[Path, str], cfg: CMGLConfig) -> None:
     """Refuse a resume whose config changes a field the checkpoint's state would override (optimizer.lr:
     the restored scheduler keeps the old one) or that breaks exact resume; name each such field."""
@@ -142,11 +163,11 @@ def check_resumable_config(source: tuple[Path, str], cfg: CMGLConfig) -> None:
              **flat(json.loads((root / tag / "client.json").read_text())["config"])}
     now = flat(cfg.model_dump(mode="json"))
     changed = sorted(k for k in saved.keys() | now.keys()
-                     if saved.get(k) != now.get(k) and not k.startswith(RESUME_APPLIES))
+                     if saved.get(k) != now.get(k) and not resume_applies(k))
     if changed:
         listed = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in changed)
         raise ConfigError(f"--resume from {root / tag} with a config that changes {listed}. A resume can change "
-                          f"only {', '.join(RESUME_APPLIES)}: set the changed fields back, or start a new run "
+                          f"only {', '.join(sorted(RESUME_APPLIES))}, {', '.join(s + '*' for s in RESUME_APPLIES_SECTIONS)}: set the changed fields back, or start a new run "
                           "in another train.run_dir")
 
 
@@ -166,7 +187,8 @@ def run_dir_lock(run_dir: Path, rank: int) -> Iterator[None]:
 
 
 def dry_run(cfg: CMGLConfig) -> None:
-    """Rank 0 prints the resolved config and the DeepSpeed JSON; every rank prints its place."""
+    """Rank 0 prints the resolved config and the DeepSpeed JSON; every rank prints its place. This is
+    what --dry-run is asked for, so it goes to stdout, not to the log."""
     layout = launch_env()
     cuda = torch.cuda.is_available()
     if layout["rank"] == 0:
@@ -190,12 +212,10 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_engine(cfg: CMGLConfig, world, ds_config: dict):
+def build_engine(cfg: CMGLConfig, world: World, ds_config: dict) -> tuple[CMGLModel, DeepSpeedEngine]:
     """(model, DeepSpeed engine) with the same initial weights on every rank."""
     import deepspeed
 
-    from cmgl_dist.engine.optim import build_client_optimizer
-    from cmgl_dist.engine.schedule import lr_scheduler_factory
     from cmgl_dist.model import build_model
 
     if world.cuda:
@@ -213,14 +233,13 @@ def build_engine(cfg: CMGLConfig, world, ds_config: dict):
     return model, engine
 
 
-def epoch_loaders(cfg: CMGLConfig, urls, tokenizer, world):
+def epoch_loaders(cfg: CMGLConfig, urls: Mixture, tokenizer: PreTrainedTokenizerBase,
+                  world: World) -> Callable[[int, int], ShardLoader]:
     """make_epoch_loader(epoch, start_batch) for `epoch_batches`: one loader whose workers persist
     across epochs (data.persistent_workers), or a new loader per epoch."""
-    from cmgl_dist.data.loader import make_loader
-
     kept = []
 
-    def epoch_loader(epoch: int, start_batch: int):
+    def epoch_loader(epoch: int, start_batch: int) -> ShardLoader:
         if kept and cfg.data.persistent_workers:
             return kept[0].set_epoch(epoch, start_batch)
         kept[:] = [make_loader(urls, cfg.data, tokenizer, train=True, batch_size=cfg.train.micro_batch,
@@ -232,79 +251,82 @@ def epoch_loaders(cfg: CMGLConfig, urls, tokenizer, world):
     return epoch_loader
 
 
-def make_metrics(cfg: CMGLConfig, world, run_dir: Path, start_step: int):
-    from cmgl_dist.engine.metrics import MetricsProcessor
-    from cmgl_dist.engine.telemetry import Telemetry
+def make_telemetry(cfg: CMGLConfig, world: World, run_dir: Path, start_step: int) -> Telemetry:
+    """The metrics sinks; whoever makes them closes them."""
+    return Telemetry(run_dir, rank=world.rank, start_step=start_step, total_steps=cfg.train.steps,
+                     tensorboard=cfg.train.tensorboard)
 
-    telemetry = Telemetry(run_dir, rank=world.rank, start_step=start_step, total_steps=cfg.train.steps,
-                          tensorboard=cfg.train.tensorboard)
+
+def make_metrics(cfg: CMGLConfig, world: World, telemetry: Telemetry) -> MetricsProcessor:
     return MetricsProcessor(telemetry, global_batch=cfg.train.global_batch(world.world_size),
                             world_size=world.world_size, grad_accum=cfg.train.grad_accum, device=world.device)
 
 
-def train(cfg: CMGLConfig, urls: Mixture, source: Optional[tuple[Path, str]]) -> TrainState:
-    import torch.distributed as dist
+def restore(cfg: CMGLConfig, world: World, engine: DeepSpeedEngine,
+            source: Optional[tuple[Path, str]]) -> tuple[Checkpointer, TrainState]:
+    """The run's checkpointer (a partial checkpoint removed) and the state to start from."""
+    checkpointer = Checkpointer(Path(cfg.train.run_dir) / "checkpoints", cfg.train.keep_last, world.rank,
+                                data_fingerprint(cfg.data))
+    checkpointer.remove_partial()
+    dist.barrier()
+    if source is None:
+        return checkpointer, TrainState()
+    root, tag = source
+    state = Checkpointer(root, cfg.train.keep_last, world.rank).load(engine, tag)
+    log.info("resumed from %s at step %d", root / tag, state.step)
+    return checkpointer, state
 
-    from cmgl_dist.engine.distributed import init_distributed
+
+def fit(cfg: CMGLConfig, world: World, urls: Mixture, source: Optional[tuple[Path, str]]) -> TrainState:
+    """Build the engine and the trainer, train, export; the telemetry is closed however it ends."""
     from cmgl_dist.engine.export import export_model, full_fp32_state_dict
-    from cmgl_dist.engine.loop import Trainer, epoch_batches
     from cmgl_dist.losses import CMGLLoss
 
-    world = init_distributed()
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     model, engine = build_engine(cfg, world, deepspeed_config(cfg, world_size=world.world_size, cuda=world.cuda))
-
-    resolved = cfg.model_dump(mode="json")
-    checkpointer = Checkpointer(run_dir / "checkpoints", cfg.train.keep_last, world.rank, data_fingerprint(cfg.data))
-    checkpointer.remove_partial()
-    dist.barrier()
-    state = TrainState()
-    if source is not None:
-        root, tag = source
-        state = Checkpointer(root, cfg.train.keep_last, world.rank).load(engine, tag)
-        if world.rank == 0:
-            print(f"resumed from {root / tag} at step {state.step}", flush=True)
+    checkpointer, state = restore(cfg, world, engine, source)
     if world.rank == 0:
-        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-
-    metrics = make_metrics(cfg, world, run_dir, state.step)
-    try:
-        trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss), checkpointer, metrics, resolved)
+        save_config(cfg, run_dir / "config.yaml")
+    with closing(make_telemetry(cfg, world, run_dir, state.step)) as telemetry:
+        trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss), checkpointer, make_metrics(cfg, world, telemetry),
+                          cfg.model_dump(mode="json"))
         engine.train()
         state = trainer.run(epoch_batches(epoch_loaders(cfg, urls, model.tokenizer, world), state), state)
         if cfg.train.export:
             weights = full_fp32_state_dict(engine.module)
             if world.rank == 0:
-                print(f"exported to {export_model(weights, cfg, run_dir / 'export')}", flush=True)
+                log.info("exported to %s", export_model(weights, cfg, run_dir / "export"))
             dist.barrier()
-    finally:
-        metrics.telemetry.close()
-    dist.destroy_process_group()
     return state
 
 
+def train(cfg: CMGLConfig, urls: Mixture, source: Optional[tuple[Path, str]]) -> TrainState:
+    """Join the process group, train, and leave it however training ends."""
+    world = init_distributed()
+    try:
+        return fit(cfg, world, urls, source)
+    finally:
+        dist.destroy_process_group()
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    """Logging first, then the checks, then training. A failure the user can fix exits with its message
+    on stderr (the command's answer, as argparse gives it): 2 before training, 1 during it."""
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    rank = launch_env()["rank"]
+    init_logger(rank)
     try:
         cfg = load_config(args.config, args.overrides)
         if args.dry_run:
             dry_run(cfg)
             return 0
-        with run_dir_lock(Path(cfg.train.run_dir), launch_env()["rank"]):
+        with run_dir_lock(Path(cfg.train.run_dir), rank):
             urls, source = preflight(cfg, args.resume)
-            return run(cfg, urls, source)
+            train(cfg, urls, source)
     except ConfigError as err:
         print(f"cmgl train: {err}", file=sys.stderr)
         return 2
-
-
-def run(cfg: CMGLConfig, urls: Mixture, source: Optional[tuple[Path, str]]) -> int:
-    from cmgl_dist.data.streams import ShardMissingError
-    from cmgl_dist.engine.loop import NonFiniteLossError
-
-    try:
-        train(cfg, urls, source)
     except (NonFiniteLossError, ShardMissingError) as err:
         print(f"cmgl train: {err}", file=sys.stderr)
         return 1

@@ -88,9 +88,9 @@ class EvalContext:
 
     def attention(self, words, regions):
         """[W, R] word -> region attention of one text over one image, with the export's gamma1."""
-        from cmgl_dist.evaluate.similarity import word_region_attention
+        from cmgl_dist.evaluate.similarity import pair_attention_map
 
-        return word_region_attention(words, regions, self.gammas["gamma1"])
+        return pair_attention_map(words, regions, self.gammas["gamma1"])
 
     def loader(self, split: Optional[str] = None, *, train: bool = False, epoch: int = 0):
         """Batches of `split` (default: the evaluated one) through the export's data transform."""

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from cmgl_dist.atomic import atomic_path
 from cmgl_dist.config import load_config
+from cmgl_dist.data.device import to_device
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
@@ -107,10 +108,6 @@ class Export:
         return self._model
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 def _pad_words(chunks: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(c.shape[1] for c in chunks)
     words = torch.cat([torch.nn.functional.pad(c, (0, 0, 0, width - c.shape[1])) for c in chunks])
@@ -126,7 +123,7 @@ def encode_split(model, loader: Iterable[dict], *, with_text: bool, device: Opti
     model = model.to(device).eval()
     keys, labels, image_global, pooled, regions, sentence, words, word_mask, strings = ([] for _ in range(9))
     for batch in loader:
-        batch = _to_device(batch, device)
+        batch = to_device(batch, device)
         g, r, p = model.encode_image(batch["images"], with_pooled=True)
         keys += list(batch["keys"])
         labels.append(batch["labels"].float().cpu())

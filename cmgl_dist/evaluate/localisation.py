@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import webdataset as wds
 from PIL import Image
 
-from cmgl_dist.data import images, shard_urls
+from cmgl_dist.data import images, shard_urls, tokenize_texts
 from cmgl_dist.shards.schema import MASKS, PATHOLOGIES
 
 
@@ -152,7 +152,6 @@ def finding_word_rows(model, prompts: list[str], pathology: str, data_cfg) -> tu
     """([real words [W, D] per prompt], [indices of the words naming `pathology` per prompt]).
 
     Prompts without such a word are dropped; every pathology's prompt set has some."""
-    from cmgl_dist.data import tokenize_texts
     from cmgl_dist.evaluate.prompts import FINDING_WORDS, finding_word_positions
     from cmgl_dist.evaluate.zero_shot import encode_texts
 

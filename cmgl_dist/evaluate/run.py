@@ -27,6 +27,7 @@ from cmgl_dist.evaluate.jobs import FRACTION_TASKS, OPT_IN_TASKS, TASKS, Job, jo
 from cmgl_dist.evaluate.report import write_report
 from cmgl_dist.evaluate.results import append_record, completed_ids, for_inputs, latest_per_job, read_records, repair
 from cmgl_dist.locks import FolderBusy, folder_lock
+from cmgl_dist.logs import init_logger
 
 log = logging.getLogger("cmgl.evaluate")
 
@@ -147,9 +148,9 @@ def failure_record(job: Job, key: Optional[str], error: BaseException, attempts:
 
 def finish(plan: Plan, failures: int) -> int:
     table = write_report(plan.inputs.out_dir, plan.current_records())
-    print(table.read_text())
+    print(table.read_text())  # the command's result, on stdout for piping; diagnostics go to the log
     if failures:
-        print(f"{failures} job(s) failed; see the end of {table}")
+        log.error("%d job(s) failed; see the end of %s", failures, table)
     return 1 if failures else 0
 
 
@@ -163,7 +164,7 @@ def prepare_or_exit(prog: str, args) -> Plan:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    init_logger()
     parser = argparse.ArgumentParser(prog="cmgl evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)

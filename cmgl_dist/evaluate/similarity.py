@@ -1,4 +1,4 @@
-"""Image-text similarity for evaluation (GLoRIA's global + local score) and word->region attention."""
+"""Image-text similarity for evaluation (GLoRIA's global + local score) and one pair's attention map."""
 from __future__ import annotations
 
 import torch
@@ -30,10 +30,10 @@ def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.dtype == torch.float64 else tensor.float()
 
 
-def word_region_attention(words: torch.Tensor, regions: torch.Tensor, gamma1: float) -> torch.Tensor:
+def pair_attention_map(words: torch.Tensor, regions: torch.Tensor, gamma1: float) -> torch.Tensor:
     """GLoRIA's attention of each word over the regions of one image: words [W, D] (the real
-    words of one text), regions [R, D] -> [W, R] float32, rows summing to 1. The one definition
-    (`cmgl_dist.kernels.local_attention_maps`, tested against the kernel) for one pair."""
+    words of one text), regions [R, D] -> [W, R] float32, rows summing to 1. A one-pair call of
+    `cmgl_dist.kernels.local_attention_maps`, whose formula is `kernels.attention.word_region_attention`."""
     word_mask = torch.ones(1, words.shape[0], dtype=torch.bool, device=words.device)
     pair = torch.zeros(1, 2, dtype=torch.long, device=words.device)
     return local_attention_maps(words[None].float(), word_mask, regions[None].float().to(words.device),

@@ -19,6 +19,7 @@ from cmgl_dist.evaluate.jobs import longest_first, run_job
 from cmgl_dist.evaluate.results import append_record
 from cmgl_dist.evaluate.run import Plan, add_common_args, failure_record, finish, out_lock, prepare_or_exit
 from cmgl_dist.shards.bounds import bounded
+from cmgl_dist.logs import init_logger
 
 log = logging.getLogger("cmgl.sweep")
 
@@ -54,7 +55,7 @@ def run_on_ray(plan: Plan, *, retries: int) -> int:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    init_logger()
     parser = argparse.ArgumentParser(prog="cmgl sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cmgl_dist.benchmarking import COLUMNS, append_results, append_rows, measure, percentiles, pivot, read_rows
+from cmgl_dist.bench.harness import COLUMNS, append_results, append_rows, measure, percentiles, pivot, read_rows
 
 _spec = importlib.util.spec_from_file_location(
     "convert_results", Path(__file__).parent.parent / "benchmarks" / "convert_results.py")
