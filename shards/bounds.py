@@ -12,6 +12,7 @@ BOUNDS = {
     "samples_per_shard": (1, 100_000),
     "workers": (1, 256),
     "limit": (1, 10_000_000),
+    "quality": (1, 100),  # JPEG / WebP quality (Pillow's scale)
 }
 
 
@@ -42,3 +43,18 @@ def bounded(name: str):
         return value
     parse.__name__ = name
     return parse
+
+
+def check_format(image_format: str, quality: int | None) -> int | None:
+    """--format and --quality checked together; the quality a lossy format is written at
+    (its default when not given), None for PNG (lossless: a quality would mean nothing)."""
+    from cmgl_dist.shards.images import DEFAULT_QUALITY, PIL_FORMATS
+
+    if image_format not in PIL_FORMATS:
+        raise OutOfBounds(f"--format {image_format!r}: must be one of {', '.join(PIL_FORMATS)}")
+    if image_format == "png":
+        if quality is not None:
+            raise OutOfBounds("--quality is for --format jpeg or webp; PNG is lossless")
+        return None
+    check_bound("quality", quality)
+    return DEFAULT_QUALITY if quality is None else quality

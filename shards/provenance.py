@@ -14,8 +14,8 @@ from pathlib import Path
 
 from cmgl_dist.shards.writer import sha256_file
 
-# The arguments that change an IU-RR pack's bytes (not --workers, not --out).
-CONTENT_ARGUMENTS = ("image_size", "samples_per_shard", "seed", "limit")
+# The arguments that change an IU-RR pack's bytes (not --workers, --ray, or --out).
+CONTENT_ARGUMENTS = ("image_size", "samples_per_shard", "seed", "limit", "image_format", "quality")
 
 
 def content_sha256(path: str | Path) -> str:

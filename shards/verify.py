@@ -20,11 +20,12 @@ from PIL import Image
 
 from cmgl_dist.shards import schema
 from cmgl_dist.shards.archive import TAR_ERRORS, member_problem
+from cmgl_dist.shards.images import PIL_FORMATS
 from cmgl_dist.shards.keys import key_problem
 from cmgl_dist.shards.writer import sha256_file
 
-REQUIRED = {schema.FRONTAL, schema.LABELS, schema.META}
-OPTIONAL = {schema.LATERAL, schema.MASKS, schema.REPORT}  # report.json: required for IU-RR (no meta `source`)
+REQUIRED = {schema.LABELS, schema.META}  # + the frontal image in the pack's --format
+OPTIONAL = {schema.MASKS, schema.REPORT}  # + the lateral; report.json: required for IU-RR (no meta `source`)
 MAX_PRINTED = 50
 # manifest field -> the type it must have
 _MANIFEST_FIELDS = {"shards": list, "splits": dict, "arguments": dict, "image_source": str,
@@ -49,9 +50,14 @@ def _read_samples(path: Path) -> tuple[dict[str, dict[str, bytes]], list[str]]:
     return samples, problems
 
 
-def _check_image(data: bytes, size: int) -> tuple[int, int] | str:
+def image_format(manifest: dict) -> str:
+    """The pack's --format (packs written before it existed are PNG)."""
+    return manifest["arguments"].get("image_format") or schema.DEFAULT_IMAGE_FORMAT
+
+
+def _check_image(data: bytes, size: int, fmt: str) -> tuple[int, int] | str:
     try:
-        with Image.open(io.BytesIO(data), formats=("PNG",)) as image:
+        with Image.open(io.BytesIO(data), formats=(PIL_FORMATS[fmt],)) as image:
             image.load()
             shape = image.size
     except Exception as e:  # anything PIL raises means a broken image
@@ -71,11 +77,14 @@ def _valid_labels(labels: dict) -> bool:
     return set(labels) == set(schema.LABEL_KEYS) and all(type(v) is int and v in (0, 1) for v in labels.values())
 
 
-def check_sample(key: str, members: dict[str, bytes], split: str, image_source: str, size: int) -> list[str]:
+def check_sample(key: str, members: dict[str, bytes], split: str, image_source: str, size: int,
+                 fmt: str = schema.DEFAULT_IMAGE_FORMAT) -> list[str]:
+    """Problems of one sample of a pack written with --image-size `size` and --format `fmt`."""
     where = f"sample {key}"
     names = set(members)
-    problems = [f"{where}: missing {m}" for m in sorted(REQUIRED - names)]
-    problems += [f"{where}: unexpected member {m}" for m in sorted(names - REQUIRED - OPTIONAL)]
+    frontal, lateral = schema.image_member("frontal", fmt), schema.image_member("lateral", fmt)
+    problems = [f"{where}: missing {m}" for m in sorted(REQUIRED - names | {frontal} - names)]
+    problems += [f"{where}: unexpected member {m}" for m in sorted(names - REQUIRED - OPTIONAL - {frontal, lateral})]
     if problems:
         return problems
     parsed = {name: _json_object(members, name) for name in (schema.LABELS, schema.META, schema.REPORT)
@@ -94,11 +103,11 @@ def check_sample(key: str, members: dict[str, bytes], split: str, image_source: 
     if meta.get("uid") != key or meta.get("split") != split or meta.get("image_source") != image_source:
         problems.append(f"{where}: meta.json uid/split/source {meta.get('uid')}/{meta.get('split')}/"
                         f"{meta.get('image_source')} != {key}/{split}/{image_source}")
-    shape = _check_image(members[schema.FRONTAL], size)
+    shape = _check_image(members[frontal], size, fmt)
     if isinstance(shape, str):
         return problems + [f"{where}: frontal: {shape}"]
-    if schema.LATERAL in members and isinstance(lateral := _check_image(members[schema.LATERAL], size), str):
-        problems.append(f"{where}: lateral: {lateral}")
+    if lateral in members and isinstance(lateral_shape := _check_image(members[lateral], size, fmt), str):
+        problems.append(f"{where}: lateral: {lateral_shape}")
     if image_source == "phantom":
         problems += _check_masks(where, members, labels, shape)
     return problems
@@ -131,6 +140,9 @@ def _manifest_problems(manifest) -> list[str]:
         return problems
     if not isinstance(manifest["arguments"].get("image_size"), int):
         problems.append(f"{schema.MANIFEST}: arguments.image_size missing or not int")
+    if manifest["arguments"].get("image_format", schema.DEFAULT_IMAGE_FORMAT) not in schema.IMAGE_FORMATS:
+        problems.append(f"{schema.MANIFEST}: arguments.image_format {manifest['arguments']['image_format']!r} "
+                        f"is not one of {', '.join(schema.IMAGE_FORMATS)}")
     for i, entry in enumerate(manifest["shards"]):
         if not isinstance(entry, dict) or any(not isinstance(entry.get(k), t) for k, t in _SHARD_FIELDS.items()):
             problems.append(f"{schema.MANIFEST}: shards[{i}] lacks one of {', '.join(_SHARD_FIELDS)}")
@@ -162,7 +174,7 @@ class _Tally:
     def add(self, key: str, members: dict[str, bytes], shard: str, split: str) -> list[str]:
         problems = [f"sample {key}: in {self.seen[key]} and {shard}"] if key in self.seen else []
         self.seen[key] = shard
-        self.images += sum(m in members for m in (schema.FRONTAL, schema.LATERAL))
+        self.images += sum(m in members for m in schema.FRONTAL_MEMBERS + schema.LATERAL_MEMBERS)
         self.splits[split]["samples"] += 1
         labels = _json_object(members, schema.LABELS)[0] if schema.LABELS in members else None
         if labels is not None and _valid_labels(labels):
@@ -189,7 +201,7 @@ def _check_shard(folder: Path, entry: dict, manifest: dict, tally: _Tally) -> li
     for key, members in samples.items():
         problems += [f"{name}: {p}" for p in tally.add(key, members, name, entry["split"])]
         try:
-            found = check_sample(key, members, entry["split"], source, size)
+            found = check_sample(key, members, entry["split"], source, size, image_format(manifest))
         except Exception as e:  # noqa: BLE001 - verify lists problems, it never raises
             found = [f"sample {key}: could not be checked ({type(e).__name__}: {e})"]
         problems += [f"{name}: {p}" for p in found]

@@ -1,4 +1,4 @@
-"""PNG bytes -> a normalised [3, crop, crop] float tensor, following GLoRIA's image recipe.
+"""Image bytes (PNG, JPEG or WebP, as packed) -> a normalised [3, crop, crop] float tensor, following GLoRIA's image recipe.
 
 Longest side resized to `image_size` (aspect kept), zero-padded to a centred square, then a crop
 of `crop_size`: random for training (plus a small affine and brightness/contrast jitter when
@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cmgl_dist.shards.images import open_grey
+from cmgl_dist.shards.images import DECODERS, PIL_FORMATS, open_grey
+from cmgl_dist.shards.schema import IMAGE_FORMATS
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -33,17 +34,20 @@ SCALE_RANGE = (0.95, 1.05)
 JITTER_RANGE = (0.9, 1.1)  # brightness and contrast factors
 
 
-def verify_png(data: bytes) -> None:
-    """Cheap structural check (signature, chunk CRCs, no truncation) without inflating pixels."""
-    with Image.open(io.BytesIO(data)) as image:
-        if image.format != "PNG":
-            raise ValueError(f"not a PNG image ({image.format})")
+def verify_image(data: bytes, suffix: str) -> None:
+    """Cheap structural check without inflating pixels: the format its member name says, and for
+    a PNG its signature, chunk CRCs and no truncation (JPEG and WebP: the header)."""
+    expected = PIL_FORMATS[next(f for f, s in IMAGE_FORMATS.items() if s == suffix)]
+    with Image.open(io.BytesIO(data), formats=DECODERS) as image:
+        if image.format != expected:
+            raise ValueError(f"a {image.format} image in a .{suffix} member")
         image.verify()
 
 
-def decode_grey(data: bytes) -> Image.Image:
-    """The packer's decode path (PNG/JPEG only, header size cap, bit depth windowed)."""
-    return open_grey(data)
+def decode_grey(data: bytes, image_size: int | None = None) -> Image.Image:
+    """The packer's decode path (PNG/JPEG/WebP only, header size cap, bit depth windowed); a JPEG
+    stored at twice `image_size` or more decodes at a reduced scale (`open_grey`'s draft)."""
+    return open_grey(data, draft_size=image_size)
 
 
 def square_resize(image: Image.Image, image_size: int) -> Image.Image:

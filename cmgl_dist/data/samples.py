@@ -1,6 +1,6 @@
 """One shard sample -> one training example, and the count of samples that could not be used.
 
-Two stages, split by cost. `parse` is cheap (JSON, label keys, PNG chunk CRCs, no pixel
+Two stages, split by cost. `parse` is cheap (JSON, label keys, image header and PNG CRCs, no pixel
 decoding) and runs before the resume skip, so a sample it rejects shifts the stream the same way
 in a fresh and in a resumed run. `to_example` decodes and augments, and runs only on samples that
 will be batched.
@@ -18,7 +18,7 @@ import torch
 
 from cmgl_dist.data import images
 from cmgl_dist.data.seeds import seed_of
-from cmgl_dist.shards.schema import FRONTAL, LABEL_KEYS, LABELS, META, PATHOLOGIES, REPORT
+from cmgl_dist.shards.schema import FRONTAL_MEMBERS, LABEL_KEYS, LABELS, META, PATHOLOGIES, REPORT
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Record:
     """A sample that passed the cheap checks; `pass_index` counts the stream's passes over shards."""
 
     key: str
-    frontal_png: bytes
+    frontal: bytes  # the encoded image, in the pack's --format
     report: dict
     labels: tuple[float, ...]
     pass_index: int
@@ -76,7 +76,8 @@ def parse(sample: dict, pass_index: int, counter: SkipCounter, require_text: boo
     """`require_text`: contrastive training needs report text; evaluation and label prompts do not."""
     key = sample.get("__key__", "?")
     try:
-        needed = (FRONTAL, LABELS) if _labelled_only(sample) else (FRONTAL, REPORT, LABELS)
+        frontal = next((m for m in FRONTAL_MEMBERS if m in sample), FRONTAL_MEMBERS[0])
+        needed = (frontal, LABELS) if _labelled_only(sample) else (frontal, REPORT, LABELS)
         missing = [m for m in needed if m not in sample]
         if missing:
             raise ValueError(f"missing member(s) {', '.join(missing)}")
@@ -90,11 +91,11 @@ def parse(sample: dict, pass_index: int, counter: SkipCounter, require_text: boo
         labels = tuple(float(labels_json[k]) for k in LABEL_KEYS)
         if require_text and not report_sentences(report):
             raise ValueError("no findings or impression text (label-only corpora train with data.text_from_labels=true)")
-        images.verify_png(sample[FRONTAL])
+        images.verify_image(sample[frontal], frontal.partition(".")[2])
     except Exception as e:  # noqa: BLE001 - any malformed member makes the sample unusable
         counter.skip("malformed", key, e)
         return None
-    return Record(key, sample[FRONTAL], report, labels, pass_index)
+    return Record(key, sample[frontal], report, labels, pass_index)
 
 
 def report_text(report: dict) -> str:
@@ -133,9 +134,9 @@ def choose_text(record: Record, text_mode: str, seed: int, epoch: int, text_from
 
 def to_example(record: Record, data_cfg, *, train: bool, seed: int, epoch: int,
                counter: SkipCounter) -> Optional[dict]:
-    """Decode, crop/augment and pick the text; None (counted) if the PNG will not decode."""
+    """Decode, crop/augment and pick the text; None (counted) if the image will not decode."""
     try:
-        square = images.square_resize(images.decode_grey(record.frontal_png), data_cfg.image_size)
+        square = images.square_resize(images.decode_grey(record.frontal, data_cfg.image_size), data_cfg.image_size)
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a broken image
         counter.skip("undecodable_image", record.key, e)
         return None
