@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import re
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
 
@@ -32,6 +33,10 @@ import webdataset as wds
 from cmgl_dist.data.samples import Record, SkipCounter, parse
 from cmgl_dist.data.seeds import seed_of
 from cmgl_dist.data.shardlist import is_passthrough
+
+
+# webdataset's Pipe reports a failed opener as "...: exit N (read) ..."
+_EXIT_STATUS = re.compile(r"exit (\d+) \(read\)")
 
 
 class ShardMissingError(FileNotFoundError):
@@ -69,13 +74,11 @@ def read_shard(url: str, counter: SkipCounter, spec: StreamSpec) -> Iterator[Uni
     """Raw samples of one tar (local path, `pipe:` or remote URL, opened by webdataset), then one
     `Lost` for each sample the manifest lists but the tar did not yield (a shard that breaks off,
     or a missing one under data.on_missing_shard=skip). Without a manifest count, a read error
-    counts as one lost sample."""
+    counts as one lost sample. A remote shard that yields nothing because its opener failed
+    (HTTP error status such as 404, a pipe: command that exits non-zero) is a missing shard."""
     expected = spec.expected_samples(url)
     if not is_passthrough(url) and not os.path.exists(url):
-        if spec.on_missing_shard == "fail":
-            raise ShardMissingError(f"shard {url} is missing: repack, or set data.on_missing_shard=skip to go on "
-                                    "without it (its samples are counted as skipped)")
-        yield from (Lost(url, "missing_shard", "no such file") for _ in range(expected or 1))
+        yield from _missing(url, "no such file", spec)
         return
     errors: list[Exception] = []
 
@@ -87,9 +90,27 @@ def read_shard(url: str, counter: SkipCounter, spec: StreamSpec) -> Iterator[Uni
     for sample in wds.tarfile_samples([{"url": url}], handler=handler):
         read += 1
         yield sample
+    if read == 0 and errors and is_passthrough(url) and _opener_failed(url, errors[0]):
+        yield from _missing(url, str(errors[0]), spec)
+        return
     error = errors[0] if errors else "fewer samples than the manifest lists"
     lost = len(errors) if expected is None else max(0, expected - read)
     yield from (Lost(url, "unreadable_shard_data", error) for _ in range(lost))
+
+
+def _opener_failed(url: str, error: Exception) -> bool:
+    """curl's exit 22 (the server answered an HTTP error) for http(s); any non-zero exit for pipe:."""
+    status = _EXIT_STATUS.search(str(error))
+    if status is None:
+        return False
+    return status.group(1) == "22" if url.startswith(("http://", "https://")) else status.group(1) != "0"
+
+
+def _missing(url: str, error: str, spec: StreamSpec) -> Iterator[Lost]:
+    if spec.on_missing_shard == "fail":
+        raise ShardMissingError(f"shard {url} is missing ({error[:200]}): repack, or set data.on_missing_shard=skip "
+                                "to go on without it (its samples are counted as skipped)")
+    return (Lost(url, "missing_shard", error) for _ in range(spec.expected_samples(url) or 1))
 
 
 def _usable(item: Union[dict, Lost], counter: SkipCounter) -> Optional[dict]:
