@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
-import re
+import tarfile
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
 
@@ -33,10 +33,6 @@ import webdataset as wds
 from cmgl_dist.data.samples import Record, SkipCounter, parse
 from cmgl_dist.data.seeds import seed_of
 from cmgl_dist.data.shardlist import is_passthrough
-
-
-# webdataset's Pipe reports a failed opener as "...: exit N (read) ..."
-_EXIT_STATUS = re.compile(r"exit (\d+) \(read\)")
 
 
 class ShardMissingError(FileNotFoundError):
@@ -90,20 +86,26 @@ def read_shard(url: str, counter: SkipCounter, spec: StreamSpec) -> Iterator[Uni
     for sample in wds.tarfile_samples([{"url": url}], handler=handler):
         read += 1
         yield sample
-    if read == 0 and errors and is_passthrough(url) and _opener_failed(url, errors[0]):
-        yield from _missing(url, str(errors[0]), spec)
+    if read == 0 and errors and is_passthrough(url) and (nothing := _delivered_nothing(errors[0])):
+        yield from _missing(url, nothing, spec)
         return
     error = errors[0] if errors else "fewer samples than the manifest lists"
     lost = len(errors) if expected is None else max(0, expected - read)
     yield from (Lost(url, "unreadable_shard_data", error) for _ in range(lost))
 
 
-def _opener_failed(url: str, error: Exception) -> bool:
-    """curl's exit 22 (the server answered an HTTP error) for http(s); any non-zero exit for pipe:."""
-    status = _EXIT_STATUS.search(str(error))
-    if status is None:
-        return False
-    return status.group(1) == "22" if url.startswith(("http://", "https://")) else status.group(1) != "0"
+def _delivered_nothing(error: Exception) -> Optional[str]:
+    """Why a remote shard gave not one byte (an HTTP error such as 404: curl's exit 22; a pipe:
+    command that failed), or None when the error is of another kind (a shard cut short)."""
+    if not (isinstance(error, tarfile.ReadError) and error.args and error.args[0] == "empty file"):
+        return None
+    stream = error.args[1] if len(error.args) > 1 else None
+    try:
+        if stream is not None:
+            stream.close()  # webdataset's Pipe raises here with the opener's exit status
+    except Exception as status:  # noqa: BLE001 - the opener's failure, reported as the reason
+        return str(status)
+    return "empty response"
 
 
 def _missing(url: str, error: str, spec: StreamSpec) -> Iterator[Lost]:
