@@ -21,12 +21,15 @@ class _Section(BaseModel):
 
 
 class SourceWeight(_Section):
-    shards: str = Field(description="A folder written by `cmgl pack` (holds manifest.json), or a shard URL pattern.")
+    shards: str = Field(description="A folder written by `cmgl pack` (holds manifest.json), a remote pack (http(s) "
+                                    "folder URL, pipe: command with {name}), or a shard URL pattern.")
     weight: float = Field(1.0, gt=0, description="Relative share of this corpus in every stream.")
 
 
 class DataConfig(_Section):
-    shards: str = Field("", description="Folder written by `cmgl pack` (holds manifest.json), or a shard URL pattern.")
+    shards: str = Field("", description="Folder written by `cmgl pack` (holds manifest.json), a remote pack (http(s) "
+                        "folder URL, or a pipe: command with {name} for the file: manifest.json fetched from the same "
+                        "place as the shards), or a shard URL pattern.")
     sources: list[SourceWeight] = Field(
         default_factory=list, description="Several packed corpora mixed by weight in every training stream "
         "(instead of data.shards), e.g. [{shards: data/mimic, weight: 3}, {shards: data/iurr, weight: 1}].")

@@ -14,7 +14,7 @@ import torch
 
 from cmgl_dist.config import DataConfig
 from cmgl_dist.data import make_loader, shard_urls
-from cmgl_dist.data.shardlist import shard_sample_counts, shards_fingerprint
+from cmgl_dist.data.shardlist import samples_without_text, shard_sample_counts, shards_fingerprint, training_mixture
 from cmgl_dist.data.streams import ShardMissingError
 from cmgl_dist.evaluate.corpus import patients
 from cmgl_dist.shards.pack import pack
@@ -78,6 +78,9 @@ def test_a_remote_pack_lists_its_manifest_shards_from_http_or_a_pipe(served):
         assert [u.rsplit("/", 1)[-1].split(" ")[0] for u in urls] == names, location
         assert shard_sample_counts(urls) == shard_sample_counts(local)
         assert shards_fingerprint(location) == shards_fingerprint(str(root / "pack"))
+    mixed = training_mixture(DataConfig(sources=[{"shards": f"{base}/pack", "weight": 2},
+                                                 {"shards": str(root / "pack"), "weight": 1}]))
+    assert [len(urls) for urls, _ in mixed.parts] == [len(local)] * 2 and samples_without_text(f"{base}/pack", "train") == 0
     # a shard URL given directly finds the manifest in its place
     assert shard_sample_counts([f"{base}/pack/{names[0]}"]) == shard_sample_counts(local[:1])
     with pytest.raises(OSError, match="cannot fetch .*/nothing/manifest.json"):
