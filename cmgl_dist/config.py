@@ -51,6 +51,10 @@ class DataConfig(_Section):
         True, description="Keep the loader's worker processes from one epoch to the next (saves their start-up "
                           "at every epoch boundary; batches are the same either way).")
     augment: bool = Field(True, description="GLoRIA's training augmentation (crop, small affine, colour jitter).")
+    decode: Literal["cpu", "gpu"] = Field(
+        "cpu", description="Where images are decoded and augmented: cpu (loader workers, any shard format), or gpu "
+                           "(JPEG shards only: batches decoded with nvJPEG and augmented on the training device; "
+                           "the workers only parse and tokenize).")
     on_missing_shard: Literal["fail", "skip"] = Field(
         "fail", description="A shard listed in the manifest but absent: fail the run (before training, or when "
                             "it goes missing mid-run), or skip it and count its manifest samples as skipped.")

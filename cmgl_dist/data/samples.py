@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 from cmgl_dist.data import images
+from cmgl_dist.data.device_decode import require_jpeg
 from cmgl_dist.data.seeds import seed_of
 from cmgl_dist.shards.schema import FRONTAL_MEMBERS, LABEL_KEYS, LABELS, META, PATHOLOGIES, REPORT
 
@@ -134,20 +135,34 @@ def choose_text(record: Record, text_mode: str, seed: int, epoch: int, text_from
 
 def to_example(record: Record, data_cfg, *, train: bool, seed: int, epoch: int,
                counter: SkipCounter) -> Optional[dict]:
-    """Decode, crop/augment and pick the text; None (counted) if the image will not decode."""
+    """Decode, crop/augment and pick the text; None (counted) if the image will not decode.
+    With data.decode=gpu the image stays encoded: the example carries its JPEG bytes and the
+    view's random draws (`device_decode`)."""
+    if data_cfg.decode == "gpu":
+        return _encoded_example(record, data_cfg, train=train, seed=seed, epoch=epoch)
     try:
         square = images.square_resize(images.decode_grey(record.frontal, data_cfg.image_size), data_cfg.image_size)
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a broken image
         counter.skip("undecodable_image", record.key, e)
         return None
     if train:
-        rng = random.Random(seed_of("augment", seed, epoch, record.key, record.pass_index))
-        view = images.train_view(square, data_cfg.crop_size, rng, data_cfg.augment)
+        view = images.train_view(square, data_cfg.crop_size, _view_rng(record, seed, epoch), data_cfg.augment)
     else:
         view = images.eval_view(square, data_cfg.crop_size)
-    return {
-        "key": record.key,
-        "image": images.normalise_to_rgb(view),
-        "text": choose_text(record, data_cfg.text_mode, seed, epoch, data_cfg.text_from_labels),
-        "labels": torch.tensor(record.labels, dtype=torch.float32),
-    }
+    return {"key": record.key, "image": images.normalise_to_rgb(view), **_text_and_labels(record, data_cfg, seed, epoch)}
+
+
+def _view_rng(record: Record, seed: int, epoch: int) -> random.Random:
+    return random.Random(seed_of("augment", seed, epoch, record.key, record.pass_index))
+
+
+def _text_and_labels(record: Record, data_cfg, seed: int, epoch: int) -> dict:
+    return {"text": choose_text(record, data_cfg.text_mode, seed, epoch, data_cfg.text_from_labels),
+            "labels": torch.tensor(record.labels, dtype=torch.float32)}
+
+
+def _encoded_example(record: Record, data_cfg, *, train: bool, seed: int, epoch: int) -> dict:
+    require_jpeg(record.key, record.frontal)
+    view = (images.draw_view(_view_rng(record, seed, epoch), data_cfg.image_size, data_cfg.crop_size)
+            if train and data_cfg.augment else None)
+    return {"key": record.key, "jpeg": record.frontal, "view": view, **_text_and_labels(record, data_cfg, seed, epoch)}
