@@ -58,7 +58,17 @@ def time_loader(urls, cfg: DataConfig, tokenizer, batch_size: int, batches: int)
 
 
 def time_stages(urls, cfg: DataConfig, tokenizer, batch_size: int, samples: int) -> dict:
-    """Per-sample stage times over the first `samples` train samples (cycling the shards if fewer)."""
+    """Per-sample stage times over the first `samples` train samples (cycling the shards if fewer),
+    on one torch thread as in a loader worker (DataLoader workers run with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _time_stages(urls, cfg, tokenizer, batch_size, samples)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _time_stages(urls, cfg: DataConfig, tokenizer, batch_size: int, samples: int) -> dict:
     stages, counter = Stages(), SkipCounter()
     raw = wds.tarfile_samples(itertools.cycle([{"url": u} for u in urls]))
     batch, done = [], 0

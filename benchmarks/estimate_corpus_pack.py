@@ -8,7 +8,7 @@ nih --workers 1 --format png jpeg`): images/s per worker and bytes per image -> 
 frontal images the shards (128 each), the pack size, hours on one worker and the workers that
 pack it in one hour (linear scaling, which Ray tasks over separate machines give; on one machine
 cores and disk bound it). Loader: the newest `loader_throughput` rows of
-benchmarks/results/loader_throughput.csv per format (its run's largest worker count):
+benchmarks/results/loader_throughput.csv per format (one worker):
 samples/s per worker -> loader cores an 8-GPU node needs at `--gpu-rate` samples/s per GPU.
 Every figure names its row's date, machine and load average: on a loaded machine the rates
 are low by about the load over the cores.
@@ -48,9 +48,9 @@ def pack_rows(path: Path) -> dict[tuple[int, str], dict]:
 
 
 def loader_rows(path: Path) -> dict[str, dict]:
-    """format -> the newest loader row with worker processes (a run times its worker counts in
-    increasing order, so this is its largest)."""
-    return {_format(row): row for row in pivot(read_rows(path), "loader_throughput") if int(row["workers"])}
+    """format -> the newest one-worker loader row (one worker process per core: on a machine with
+    few cores, more workers share them with the main process and other jobs)."""
+    return {_format(row): row for row in pivot(read_rows(path), "loader_throughput") if int(row["workers"]) == 1}
 
 
 def pack_table(rows: dict) -> list[str]:
