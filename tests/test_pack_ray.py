@@ -1,13 +1,11 @@
 """`cmgl pack --ray`: shard jobs as Ray tasks on a local instance give the one-process pack's bytes,
 and a driver killed mid-way leaves finished shards that the rerun keeps."""
 import json
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from packs import kill_after_some_shards
 
 from cmgl_dist.shards.pack import pack
 from cmgl_dist.shards.schema import MANIFEST
@@ -46,16 +44,7 @@ def test_a_killed_ray_driver_resumes_from_its_committed_shards(ray_address, tmp_
                "phantom", "--metadata", str(metadata_csv), "--out", str(out), "--image-size", str(ARGS["image_size"]),
                "--samples-per-shard", str(ARGS["samples_per_shard"]), "--seed", str(ARGS["seed"]), "--limit",
                str(ARGS["limit"]), "--format", "jpeg", "--ray", ray_address]
-    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    try:
-        while len(list(out.glob("*.tar"))) < 2:
-            assert driver.poll() is None, "the pack finished before it could be interrupted"
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-    finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
+    kill_after_some_shards(command, out, shards=2, timeout=120)
     assert not (out / MANIFEST).exists()  # written once, at the end
     kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.tar")}
     manifest = _pack(out, reports_tgz, metadata_csv, ray_address=ray_address)
