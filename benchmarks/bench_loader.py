@@ -115,6 +115,8 @@ def main(argv=None) -> None:
     p.add_argument("--crop-size", type=int, default=224)
     p.add_argument("--text-mode", default="report", choices=["report", "sentence"])
     p.add_argument("--tokenizer", default="minilm", help="'minilm' (offline) or a transformers name/folder")
+    p.add_argument("--decode", nargs="+", default=["cpu"], choices=["cpu", "gpu"],
+                   help="data.decode values to time (gpu: JPEG shards, a CUDA device; the stages are the CPU path's)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
 
@@ -129,15 +131,16 @@ def main(argv=None) -> None:
         stages = time_stages(urls, DataConfig(**base, workers=0), tokenizer, args.batch_size, args.stage_samples)
         append_results(args.out, "loader_stages", common, {**stages, "load_avg_1min": load_average()})
         print(f"{facts['shards']} ({facts['format']}, stored {facts['stored_size']}): stages {stages}")
-        for workers in args.workers:
-            cfg = DataConfig(**base, workers=workers)
+        for decode, workers in itertools.product(args.decode, args.workers):
+            cfg = DataConfig(**base, workers=workers, decode=decode)
             samples, seconds = time_loader(urls, cfg, tokenizer, args.batch_size, args.batches)
             per_s = samples / seconds
-            append_results(args.out, "loader_throughput", {**common, "augment": cfg.augment, "workers": workers}, {
+            config = {**common, "augment": cfg.augment, "workers": workers, **({"decode": decode} if decode != "cpu" else {})}
+            append_results(args.out, "loader_throughput", config, {
                 "samples": samples, "seconds": round(seconds, 3), "samples_per_s": round(per_s, 1),
                 "samples_per_s_per_worker": round(per_s / max(1, workers), 1),
                 "floor_samples_per_s": stages["floor_samples_per_s"], "load_avg_1min": load_average()})
-            print(f"  workers={workers}: {samples} samples in {seconds:.2f} s = {per_s:.1f} samples/s "
+            print(f"  decode={decode} workers={workers}: {samples} samples in {seconds:.2f} s = {per_s:.1f} samples/s "
                   f"({per_s / max(1, workers):.1f} per worker; floor {stages['floor_samples_per_s']}); "
                   f"load {load_average()}")
 

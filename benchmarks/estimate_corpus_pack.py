@@ -50,7 +50,8 @@ def pack_rows(path: Path) -> dict[tuple[int, str], dict]:
 def loader_rows(path: Path) -> dict[str, dict]:
     """format -> the newest one-worker loader row (one worker process per core: on a machine with
     few cores, more workers share them with the main process and other jobs)."""
-    return {_format(row): row for row in pivot(read_rows(path), "loader_throughput") if int(row["workers"]) == 1}
+    return {_format(row): row for row in pivot(read_rows(path), "loader_throughput")
+            if int(row["workers"]) == 1 and row.get("decode", "cpu") == "cpu"}
 
 
 def pack_table(rows: dict) -> list[str]:
