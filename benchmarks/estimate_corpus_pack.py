@@ -2,16 +2,16 @@
 
     python benchmarks/estimate_corpus_pack.py [--gpu-rate 1300] [--gpus 8]
 
-Pack: the newest one-worker `real-nih` row per (image size, format) of
+Pack: the one-worker `real-nih` row per (image size, format) measured under the lowest load of
 benchmarks/results/pack_throughput.csv (the 354 real 1024-px NIH PNGs, `pack_throughput.py --source
 nih --workers 1 --format png jpeg`): images/s per worker and bytes per image -> for each corpus's
 frontal images the shards (128 each), the pack size, hours on one worker and the workers that
 pack it in one hour (linear scaling, which Ray tasks over separate machines give; on one machine
 cores and disk bound it). Loader: the newest `loader_throughput` rows of
-benchmarks/results/loader_throughput.csv per format (one worker):
+benchmarks/results/loader_throughput.csv per format (one worker, lowest load):
 samples/s per worker -> loader cores an 8-GPU node needs at `--gpu-rate` samples/s per GPU.
 Every figure names its row's date, machine and load average: on a loaded machine the rates
-are low by about the load over the cores.
+are low by about the load over the cores, so the least-loaded row is the closest to an idle one.
 """
 from __future__ import annotations
 
@@ -38,20 +38,33 @@ def _where(row: dict) -> str:
         if row.get("load_avg_1min") not in (None, "") else f"{row['date'][:10]}, {row['machine']}"
 
 
+def _load(row: dict) -> float:
+    """The row's load average; rows measured before it was recorded count as the most loaded."""
+    return float(row["load_avg_1min"]) if row.get("load_avg_1min") not in (None, "") else math.inf
+
+
+def _least_loaded(rows, key) -> dict:
+    """key(row) -> the row measured under the lowest load average (the newest among equals)."""
+    best: dict = {}
+    for row in rows:
+        if key(row) not in best or _load(row) <= _load(best[key(row)]):
+            best[key(row)] = row
+    return best
+
+
 def pack_rows(path: Path) -> dict[tuple[int, str], dict]:
-    """(image size, format) -> the newest one-worker real-nih pack row."""
-    rows = {}
-    for row in pivot(read_rows(path), "pack_throughput"):
-        if row["images"] == "real-nih" and int(row["workers"]) == 1:
-            rows[int(row["image_size"]), _format(row)] = row
-    return rows
+    """(image size, format) -> the least-loaded one-worker real-nih pack row."""
+    rows = [r for r in pivot(read_rows(path), "pack_throughput") if r["images"] == "real-nih" and int(r["workers"]) == 1]
+    return _least_loaded(rows, lambda r: (int(r["image_size"]), _format(r)))
 
 
 def loader_rows(path: Path) -> dict[str, dict]:
-    """format -> the newest one-worker loader row (one worker process per core: on a machine with
-    few cores, more workers share them with the main process and other jobs)."""
-    return {_format(row): row for row in pivot(read_rows(path), "loader_throughput")
-            if int(row["workers"]) == 1 and row.get("decode", "cpu") == "cpu"}
+    """format -> the least-loaded one-worker loader row measured beside its floor (one worker process
+    per core: on a machine with few cores, more workers share them with the main process and other
+    jobs; rows without a floor are of other images, e.g. phantoms)."""
+    rows = [r for r in pivot(read_rows(path), "loader_throughput")
+            if int(r["workers"]) == 1 and r.get("decode", "cpu") == "cpu" and r.get("floor_samples_per_s")]
+    return _least_loaded(rows, _format)
 
 
 def pack_table(rows: dict) -> list[str]:
@@ -73,8 +86,8 @@ def loader_table(rows: dict, gpu_rate: float, gpus: int) -> list[str]:
              f"loader cores per {gpus}-GPU node at {gpu_rate:,.0f} samples/s per GPU |", "|---|---|---|---|---|"]
     for fmt, row in sorted(rows.items()):
         per_worker = float(row["samples_per_s_per_worker"])
-        lines.append(f"| {fmt} | {row.get('stored_size', '?')} / {row['crop_size']} | {per_worker:.1f} "
-                     f"({row['workers']} workers; {_where(row)}) | {row.get('floor_samples_per_s', '-')} | "
+        lines.append(f"| {fmt} | {row['stored_size']} / {row['crop_size']} | {per_worker:.1f} "
+                     f"({_where(row)}) | {row['floor_samples_per_s']} | "
                      f"{math.ceil(gpus * gpu_rate / per_worker)} |")
     return lines
 
