@@ -70,13 +70,17 @@ def real_sample(spec: SampleSpec, task: ShardTask, skips: list[Skip]) -> dict[st
     return members
 
 
+def progress_record(out: Path, name: str) -> dict | None:
+    """The progress record of shard `name` when both it and the shard are on disk, else None."""
+    shard, sidecar = out / name, out / PROGRESS_DIR / f"{name}.json"
+    return json.loads(sidecar.read_text()) if shard.exists() and sidecar.exists() else None
+
+
 def finished_record(out: Path, name: str, fingerprint: str) -> dict | None:
     """The progress record of a shard already written for this exact task, else None."""
-    shard, sidecar = out / name, out / PROGRESS_DIR / f"{name}.json"
-    if shard.exists() and sidecar.exists():
-        record = json.loads(sidecar.read_text())
-        if record.get("fingerprint") == fingerprint and record.get("sha256") == sha256_file(shard):
-            return {**record, "resumed": True}
+    record = progress_record(out, name)
+    if record and record.get("fingerprint") == fingerprint and record.get("sha256") == sha256_file(out / name):
+        return {**record, "resumed": True}
     return None
 
 

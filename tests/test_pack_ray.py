@@ -36,6 +36,11 @@ def test_a_ray_pack_is_byte_identical_to_a_one_process_pack(ray_address, tmp_pat
     for shard in local["shards"]:
         assert (tmp_path / "ray" / shard["name"]).read_bytes() == (tmp_path / "local" / shard["name"]).read_bytes()
     assert verify(tmp_path / "ray") == []
+    # a shard whose record still matches its task but whose bytes were damaged is rendered again
+    victim = tmp_path / "ray" / local["shards"][0]["name"]
+    victim.write_bytes(victim.read_bytes()[:-512])
+    again = _pack(tmp_path / "ray", reports_tgz, metadata_csv, ray_address=ray_address)
+    assert again["shards"] == local["shards"] and verify(tmp_path / "ray") == []
 
 
 def test_a_killed_ray_driver_resumes_from_its_committed_shards(ray_address, tmp_path, reports_tgz, metadata_csv):
