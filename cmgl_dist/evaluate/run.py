@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from cmgl_dist.config import CMGLConfig, ConfigError, load_config
+from cmgl_dist.data.shardlist import is_passthrough
 from cmgl_dist.evaluate.context import EvalInputs
 from cmgl_dist.evaluate.jobs import OPT_IN_TASKS, TASKS, Job, job_record, plan_jobs, run_job
 from cmgl_dist.evaluate.report import write_report
@@ -79,7 +80,9 @@ def prepare(args) -> Plan:
         raise ConfigError("no shards: pass --shards or set data.shards in the config")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    inputs = EvalInputs(shards=str(Path(shards).resolve()), out_dir=str(out.resolve()), settings=cfg.eval)
+    if not is_passthrough(shards):  # a URL or pipe: command stays as given
+        shards = str(Path(shards).resolve())
+    inputs = EvalInputs(shards=shards, out_dir=str(out.resolve()), settings=cfg.eval)
     tasks = args.tasks or [t for t in TASKS if t not in OPT_IN_TASKS or (t == "finetune" and cfg.eval.finetune)]
     jobs = plan_jobs([str(Path(e).resolve()) for e in args.exports], tasks,
                      args.fractions or list(cfg.eval.probe_fractions), args.seeds or list(cfg.eval.seeds))
