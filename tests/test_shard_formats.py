@@ -16,7 +16,7 @@ from cmgl_dist.data import images as loader_images
 from cmgl_dist.data.samples import SkipCounter, parse, to_example
 from cmgl_dist.shards.bounds import OutOfBounds
 from cmgl_dist.shards.images import DEFAULT_QUALITY, open_grey
-from cmgl_dist.shards.outdir import OutRefused
+from cmgl_dist.shards.outdir import CLAIM, OutRefused
 from cmgl_dist.shards.pack import pack
 from cmgl_dist.shards.schema import MANIFEST
 from cmgl_dist.shards.verify import verify
@@ -132,3 +132,16 @@ def test_a_member_whose_bytes_are_another_format_is_a_malformed_sample():
     assert parse(sample, 0, counter) is None and counter.by_reason == {"malformed": 1}
     sample["frontal.jpg"] = sample.pop("frontal.png")
     assert parse(sample, 0, counter) is not None
+
+
+def test_a_pack_claimed_before_formats_existed_is_a_png_pack(tmp_path, reports_tgz, metadata_csv):
+    first = _pack(tmp_path, reports_tgz, metadata_csv)
+    claim = tmp_path / CLAIM
+    recorded = json.loads(claim.read_text())
+    for name in ("image_format", "quality"):
+        del recorded["arguments"][name]
+    claim.write_text(json.dumps(recorded))
+    assert _pack(tmp_path, reports_tgz, metadata_csv)["shards"] == first["shards"]  # resumed, not refused
+    claim.write_text(json.dumps(recorded))
+    with pytest.raises(OutRefused, match="image_format: png -> webp"):
+        _pack(tmp_path, reports_tgz, metadata_csv, image_format="webp")
