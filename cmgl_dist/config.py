@@ -25,12 +25,15 @@ class _Section(BaseModel):
 
 
 class SourceWeight(_Section):
-    shards: str = Field(description="A folder written by `cmgl pack` (holds manifest.json), or a shard URL pattern.")
+    shards: str = Field(description="A folder written by `cmgl pack` (holds manifest.json), a remote pack (http(s) "
+                                    "folder URL, pipe: command with {name}), or a shard URL pattern.")
     weight: float = Field(1.0, gt=0, description="Relative share of this corpus in every stream.")
 
 
 class DataConfig(_Section):
-    shards: str = Field("", description="Folder written by `cmgl pack` (holds manifest.json), or a shard URL pattern.")
+    shards: str = Field("", description="Folder written by `cmgl pack` (holds manifest.json), a remote pack (http(s) "
+                        "folder URL, or a pipe: command with {name} for the file: manifest.json fetched from the same "
+                        "place as the shards), or a shard URL pattern.")
     sources: list[SourceWeight] = Field(
         default_factory=list, description="Several packed corpora mixed by weight in every training stream "
         "(instead of data.shards), e.g. [{shards: data/mimic, weight: 3}, {shards: data/iurr, weight: 1}].")
@@ -54,6 +57,10 @@ class DataConfig(_Section):
         True, description="Keep the loader's worker processes from one epoch to the next (saves their start-up "
                           "at every epoch boundary; batches are the same either way).")
     augment: bool = Field(True, description="GLoRIA's training augmentation (crop, small affine, colour jitter).")
+    decode: Literal["cpu", "gpu"] = Field(
+        "cpu", description="Where images are decoded and augmented: cpu (loader workers, any shard format), or gpu "
+                           "(JPEG shards only: batches decoded with nvJPEG and augmented on the training device; "
+                           "the workers only parse and tokenize).")
     on_missing_shard: Literal["fail", "skip"] = Field(
         "fail", description="A shard listed in the manifest but absent: fail the run (before training, or when "
                             "it goes missing mid-run), or skip it and count its manifest samples as skipped.")

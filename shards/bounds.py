@@ -14,6 +14,7 @@ BOUNDS = {
     "limit": (1, 10_000_000),
     "num_cpus": (1, 4096),   # sweep: a Ray session with no CPU never runs a job
     "retries": (0, 10),      # sweep: a negative count would retry for ever
+    "quality": (1, 100),  # JPEG / WebP quality (Pillow's scale)
 }
 
 
@@ -44,3 +45,18 @@ def bounded(name: str):
         return value
     parse.__name__ = name
     return parse
+
+
+def check_format(image_format: str, quality: int | None) -> int | None:
+    """--format and --quality checked together; the quality a lossy format is written at
+    (its default when not given), None for PNG (lossless: a quality would mean nothing)."""
+    from cmgl_dist.shards.images import DEFAULT_QUALITY, PIL_FORMATS
+
+    if image_format not in PIL_FORMATS:
+        raise OutOfBounds(f"--format {image_format!r}: must be one of {', '.join(PIL_FORMATS)}")
+    if image_format == "png":
+        if quality is not None:
+            raise OutOfBounds("--quality is for --format jpeg or webp; PNG is lossless")
+        return None
+    check_bound("quality", quality)
+    return DEFAULT_QUALITY if quality is None else quality

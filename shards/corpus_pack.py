@@ -27,14 +27,14 @@ from tqdm import tqdm
 from cmgl_dist.atomic import atomic_path
 from cmgl_dist.shards import schema
 from cmgl_dist.shards.archive import MAX_MEMBER_BYTES, read_member, tolerant_members
-from cmgl_dist.shards.bounds import check_bounds
-from cmgl_dist.shards.images import IMAGE_SUFFIXES, ImageError, encode_png, load_image
+from cmgl_dist.shards.bounds import check_bounds, check_format
+from cmgl_dist.shards.images import IMAGE_SUFFIXES, ImageError, load_image
 from cmgl_dist.shards.manifest import build_manifest, describe_skips
 from cmgl_dist.shards.outdir import STAGED_IMAGES, claim, one_writer, remove_stale
 from cmgl_dist.shards.patient_split import patient_splits
-from cmgl_dist.shards.provenance import pack_inputs
+from cmgl_dist.shards.provenance import CONTENT_ARGUMENTS, pack_inputs
 from cmgl_dist.shards.reports import Skip
-from cmgl_dist.shards.sample import commit_shard, finished_record
+from cmgl_dist.shards.sample import encode, pack_task
 from cmgl_dist.shards.sources import SOURCES, CorpusRecord, Exclusions, SourceError, SourceInput
 from cmgl_dist.shards.sources.record import distinct_keys
 from cmgl_dist.shards.split import uid_hash
@@ -53,12 +53,14 @@ class CorpusShardTask:
     records: tuple[CorpusRecord, ...]
     out_dir: str
     image_size: int
+    image_format: str = "png"  # --format
+    quality: int | None = None  # --quality (JPEG, WebP)
 
     def fingerprint(self) -> str:
         """Changes whenever anything that goes into the shard's bytes changes, code included."""
         contents = [sha256_file(r.image) if Path(r.image).is_file() else None for r in self.records]
         spec = {"records": [dataclasses.asdict(r) for r in self.records], "contents": contents,
-                "size": self.image_size, "code": _code_digest()}
+                "size": self.image_size, "code": _code_digest(), "format": [self.image_format, self.quality]}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -72,12 +74,14 @@ def _code_digest() -> str:
     return digest.hexdigest()
 
 
-def corpus_members(record: CorpusRecord, source: str, split: str, image) -> dict[str, bytes]:
+def corpus_members(record: CorpusRecord, task: CorpusShardTask, image) -> dict[str, bytes]:
+    source, split = task.source, task.split
     meta = {"uid": record.key, "split": split, "image_source": "real", "source": source,
             "patient_id": record.patient, "view": record.view, "language": record.language,
             "frontal_image": record.image_ref, "lateral_image": None, "frontal_size": list(image.size),
             "uncertain": list(record.uncertain)}
-    members = {schema.FRONTAL: encode_png(image), schema.LABELS: json_bytes(record.labels),
+    members = {schema.image_member("frontal", task.image_format): encode(image, task),
+               schema.LABELS: json_bytes(record.labels),
                schema.META: json_bytes(meta)}
     if record.text is not None:
         members[schema.REPORT] = json_bytes({"findings": record.text.get("findings", ""),
@@ -86,12 +90,8 @@ def corpus_members(record: CorpusRecord, source: str, split: str, image) -> dict
     return members
 
 
-def pack_corpus_shard(task: CorpusShardTask) -> dict:
-    """Write one shard (unless already finished) and return its progress record."""
-    out = Path(task.out_dir)
-    fingerprint = task.fingerprint()
-    if (record := finished_record(out, task.name, fingerprint)) is not None:
-        return record
+def render_corpus_shard(task: CorpusShardTask) -> tuple[list, list[dict], int, list[Skip]]:
+    """A corpus shard's samples, their records, the images written and the skips (`sample.pack_task`)."""
     samples, written, skips = [], [], []
     for record in task.records:
         try:
@@ -99,9 +99,9 @@ def pack_corpus_shard(task: CorpusShardTask) -> dict:
         except ImageError as e:
             skips.append(Skip(record.key, str(e), record.image_ref))
             continue
-        samples.append((record.key, corpus_members(record, task.source, task.split, image)))
+        samples.append((record.key, corpus_members(record, task, image)))
         written.append({"uid": record.key, "labels": record.labels, "text": record.text is not None})
-    return commit_shard(out, task.name, task.split, fingerprint, samples, written, len(samples), skips)
+    return samples, written, len(samples), skips
 
 
 def _wanted_member(name: str) -> bool:
@@ -167,14 +167,15 @@ def image_root(images: str, out: Path) -> tuple[Path, list[dict]]:
 
 
 def plan_corpus_shards(source: str, records: list[CorpusRecord], *, seed: int, samples_per_shard: int, out_dir: str,
-                       image_size: int) -> list[CorpusShardTask]:
+                       image_size: int, image_format: str = "png", quality: int | None = None) -> list[CorpusShardTask]:
     split_of = patient_splits([(r.patient, r.official_split) for r in records], seed)
     tasks = []
     for split in schema.SPLITS:
         ordered = sorted((r for r in records if split_of[r.patient] == split), key=lambda r: uid_hash(r.key, seed))
         for index, start in enumerate(range(0, len(ordered), samples_per_shard)):
             tasks.append(CorpusShardTask(source, schema.shard_name(split, index), split,
-                                         tuple(ordered[start:start + samples_per_shard]), out_dir, image_size))
+                                         tuple(ordered[start:start + samples_per_shard]), out_dir, image_size,
+                                         image_format, quality))
     return tasks
 
 
@@ -196,18 +197,20 @@ def text_summary(records: list[dict]) -> dict:
 def pack_corpus(*, source: str, images: str, out: str | Path, labels: str | None = None,
                 reports: str | None = None, uncertain: str = "zeros", image_size: int = 512,
                 samples_per_shard: int = 128, seed: int = 0, workers: int = 2, limit: int | None = None,
-                replace: bool = False) -> dict:
+                replace: bool = False, image_format: str = "png", quality: int | None = None,
+                ray_address: str | None = None) -> dict:
     """Pack a labelled corpus and return the manifest. Raises SourceError when nothing is usable,
     outdir.OutRefused when `out` is not this pack's folder (see pack.pack)."""
     if source not in SOURCES:
         raise SourceError(f"--source {source!r}: choose one of {', '.join(SOURCES)}")
     check_bounds(image_size=image_size, samples_per_shard=samples_per_shard, workers=workers, limit=limit)
+    quality = check_format(image_format, quality)
     out = Path(out)
     arguments = {"source": source, "images": images, "labels": labels, "reports": reports, "uncertain": uncertain,
-                 "image_size": image_size, "samples_per_shard": samples_per_shard, "seed": seed, "limit": limit}
+                 "image_size": image_size, "samples_per_shard": samples_per_shard, "seed": seed, "limit": limit,
+                 "image_format": image_format, "quality": quality}
     provenance = pack_inputs({"images": images, "labels": labels, "reports": reports},
-                             {k: arguments[k] for k in ("source", "uncertain", "image_size", "samples_per_shard",
-                                                        "seed", "limit")}, out=out)
+                             {k: arguments[k] for k in ("source", "uncertain") + CONTENT_ARGUMENTS}, out=out)
     claim(out, provenance, replace)
     (out / schema.MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the end
     root, archive_skips = image_root(images, out)
@@ -217,9 +220,9 @@ def pack_corpus(*, source: str, images: str, out: str | Path, labels: str | None
     if not records:
         raise SourceError(f"--source {source}: no usable image under {images} (left out: {excluded})")
     tasks = plan_corpus_shards(source, records, seed=seed, samples_per_shard=samples_per_shard, out_dir=str(out),
-                               image_size=image_size)
+                               image_size=image_size, image_format=image_format, quality=quality)
     remove_stale(out, {t.name for t in tasks})
-    results = run_tasks(pack_corpus_shard, tasks, workers)
+    results = run_tasks(render_corpus_shard, tasks, workers, ray_address)
     manifest = build_manifest(arguments=arguments, inputs=provenance, reports_read=len(records), report_skips=[],
                               image_skips=archive_skips, records=results, image_source="real")
     manifest.update(source=source, languages=sorted({r.language for r in records}), excluded=excluded,
@@ -233,14 +236,23 @@ def pack_corpus(*, source: str, images: str, out: str | Path, labels: str | None
     return manifest
 
 
-def run_tasks(worker, tasks: list, workers: int) -> list[dict]:
-    """Run shard tasks on a forkserver pool (in this process for one worker or one task)."""
+def run_tasks(render, tasks: list, workers: int, ray_address: str | None = None) -> list[dict]:
+    """Every task's progress record: shards rendered by `render` and written (`sample.pack_task`) on a
+    forkserver pool (in this process for one worker or one task), or rendered as Ray tasks on a
+    cluster when `ray_address` is given ("" starts or joins the default one) and written here."""
     sizes = {t.name: len(getattr(t, "records", getattr(t, "samples", ()))) for t in tasks}
     parallel = workers > 1 and len(tasks) > 1
     pool = multiprocessing.get_context("forkserver").Pool(workers) if parallel else contextlib.nullcontext()
+    worker = functools.partial(pack_task, render)
     results = []
     with tqdm(total=sum(sizes.values()), unit="sample", desc="pack", disable=None, file=sys.stderr) as bar, pool:
-        for record in (pool.imap_unordered(worker, tasks) if parallel else map(worker, tasks)):
+        if ray_address is not None:
+            from cmgl_dist.shards.ray_pack import pack_on_ray
+
+            done = pack_on_ray(render, tasks, ray_address)
+        else:
+            done = pool.imap_unordered(worker, tasks) if parallel else map(worker, tasks)
+        for record in done:
             results.append(record)
             bar.update(sizes[record["name"]])
     return results

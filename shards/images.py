@@ -1,9 +1,12 @@
 """Real IU-RR images: locate by image id, extract from Open-i's archive, validate, resize, encode.
 
-Every sample image is re-encoded as an 8-bit grayscale PNG whose longest side is `size`
-(aspect kept). Only PNG and JPEG are decoded (no other Pillow plugin is ever asked, so no EPS
+Every sample image is re-encoded as an 8-bit grayscale image whose longest side is `size`
+(aspect kept), in the pack's `--format`: PNG (lossless, the default), JPEG or WebP at
+`--quality`. Only PNG, JPEG and WebP are decoded (no other Pillow plugin is ever asked, so no EPS
 and no Ghostscript), and the size is checked from the header before any pixel is decoded.
-`open_grey` is the one decode path: the packer and the training loader both use it.
+`open_grey` is the one decode path: the packer and the training loader both use it. A JPEG
+asked for at most half its stored size decodes in the DCT domain at 1/2, 1/4 or 1/8 scale
+(Pillow's `draft`), which skips most of the inverse transform's work.
 
 Bit depth: 8-bit modes convert as Pillow does (RGB by luma; alpha dropped; palette looked up;
 1-bit to 0/255). Every wider mode is read at its full depth and windowed linearly from the
@@ -16,6 +19,7 @@ whatever the file's size (the pixel count itself is capped from the header).
 from __future__ import annotations
 
 import io
+import math
 import os
 import tarfile
 from pathlib import Path
@@ -30,7 +34,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # zlib level for PNGs in shards. On phantoms (benchmarks/results/png_compress_level.csv): level 1
 # is ~2x faster than PIL's default 6 for ~8% more bytes; level 0 is faster again but 50% larger.
 PNG_COMPRESS_LEVEL = 1
-DECODERS = ("PNG", "JPEG")
+DECODERS = ("PNG", "JPEG", "WEBP")
+# --format -> Pillow's format name; JPEG/WebP quality when --quality is not given.
+PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+DEFAULT_QUALITY = 90
 # Longest side accepted, read from the header. Chest X-rays are at most ~4,300 px a side; the
 # cap keeps a forged header from asking for gigabytes (Pillow's own bomb limit is 179 Mpx).
 MAX_IMAGE_SIDE = 10_000
@@ -99,13 +106,13 @@ def open_grey(source: str | Path | bytes, draft_size: int | None = None) -> Imag
     """Decode a PNG or JPEG (file path or bytes) into an 8-bit grayscale image; ImageError if unusable.
 
     `draft_size` lets a JPEG decode at a reduced scale (much faster) when only that many pixels
-    a side are needed.
+    are needed on its longest side; the result's longest side is then at least `draft_size`.
     """
     try:
         with _open(source) as image:
             _check_header_size(image.size)
             if image.format == "JPEG" and draft_size:
-                image.draft("L", (draft_size, draft_size))
+                image.draft("L", draft_box(image.size, draft_size))
             gray = to_grey8(image, source)  # decodes; a truncated file fails here, not at open
     except ImageError:
         raise
@@ -120,6 +127,13 @@ def open_grey(source: str | Path | bytes, draft_size: int | None = None) -> Imag
     if min(gray.size) < MIN_IMAGE_SIDE:
         raise ImageError(f"image too small: {gray.size}")
     return gray
+
+
+def draft_box(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """The smallest (w, h) a draft may shrink `size` to and still give `longest` on its longest side
+    (Pillow keeps each side at least the box's; a square box would refuse a wide image's scale)."""
+    scale = longest / max(size)
+    return max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale))
 
 
 def _check_header_size(size: tuple[int, int]) -> None:
@@ -203,6 +217,15 @@ def load_image(path: str | Path, size: int) -> Image.Image:
 
 
 def encode_png(image: Image.Image) -> bytes:
+    return encode_image(image, "png")
+
+
+def encode_image(image: Image.Image, image_format: str, quality: int | None = None) -> bytes:
+    """`image` as a shard member in `image_format` (png, jpeg, webp): no timestamps, so equal
+    pixels give equal bytes with the same Pillow build (the manifest records its version)."""
     out = io.BytesIO()
-    image.save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    if image_format == "png":
+        image.save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    else:
+        image.save(out, format=PIL_FORMATS[image_format], quality=quality or DEFAULT_QUALITY)
     return out.getvalue()

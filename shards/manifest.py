@@ -96,15 +96,24 @@ def read_manifest(folder: str | Path) -> dict:
         raise FileNotFoundError(f"{folder} has no {MANIFEST}: pack it with `cmgl pack` first") from None
     except ValueError as e:  # not JSON, not UTF-8, nested too deeply
         raise ValueError(f"{path} is not valid JSON: {e}") from None
+    return checked_manifest(manifest, path)
+
+
+def checked_manifest(manifest, where) -> dict:
+    """`manifest` (parsed from `where`: a path or URL) when its shard entries can be read."""
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards", []), list):
-        raise ValueError(f"{path} is not a pack manifest (a JSON object with a list of shards)")
+        raise ValueError(f"{where} is not a pack manifest (a JSON object with a list of shards)")
     for entry in manifest.get("shards", ()):
         if not isinstance(entry, dict) or not {"name", "split", "samples"} <= entry.keys():
-            raise ValueError(f"{path}: shard entry {entry} lacks name, split or samples")
+            raise ValueError(f"{where}: shard entry {entry} lacks name, split or samples")
     return manifest
 
 
 def pack_sha256(folder: str | Path) -> str:
     """The content fingerprint of a finished pack (`shards_sha256`; computed for older manifests)."""
-    manifest = read_manifest(folder)
+    return manifest_sha256(read_manifest(folder))
+
+
+def manifest_sha256(manifest: dict) -> str:
+    """A manifest's content fingerprint (`shards_sha256`; computed for older manifests)."""
     return manifest.get("shards_sha256") or shards_sha256(manifest["shards"])

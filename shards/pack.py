@@ -10,23 +10,19 @@ Other corpora (`--source nih|chexpert|mimic|padchest|csv`) are packed by `corpus
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import logging
-import multiprocessing
-import sys
 import tarfile
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from cmgl_dist.logs import init_logger
-from cmgl_dist.shards.bounds import bounded, check_bounds
-from cmgl_dist.shards.download import default_reports, packaged_file
-from cmgl_dist.shards.images import extract_archive, index_folder
 from cmgl_dist.shards.iurr_kaggle import (KaggleLayoutError, index_kaggle_images, kaggle_tables, kaggle_views,
                                           read_kaggle_reports)
+from cmgl_dist.shards.bounds import OutOfBounds, bounded, check_bounds, check_format
+from cmgl_dist.shards.corpus_pack import run_tasks
+from cmgl_dist.shards.download import default_reports, packaged_file
+from cmgl_dist.shards.images import DEFAULT_QUALITY, extract_archive, index_folder
 from cmgl_dist.shards.manifest import build_manifest, describe_skips
 from cmgl_dist.shards.metadata import read_view_positions
 from cmgl_dist.locks import FolderBusy
@@ -34,8 +30,8 @@ from cmgl_dist.shards.outdir import STAGED_IMAGES, OutRefused, claim, one_writer
 from cmgl_dist.shards.plan import plan_samples, plan_shards
 from cmgl_dist.shards.provenance import CONTENT_ARGUMENTS, pack_inputs
 from cmgl_dist.shards.reports import read_reports
-from cmgl_dist.shards.sample import pack_shard
-from cmgl_dist.shards.schema import MANIFEST
+from cmgl_dist.shards.sample import render_shard
+from cmgl_dist.shards.schema import DEFAULT_IMAGE_FORMAT, IMAGE_FORMATS, MANIFEST
 from cmgl_dist.shards.sources import SOURCE_NAMES, UNCERTAIN_POLICIES
 from cmgl_dist.shards.writer import write_json_atomic
 
@@ -69,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replace", action="store_true",
                    help="rewrite a pack in --out that was made from other inputs (default: refuse)")
     p.add_argument("--limit", type=bounded("limit"), help="pack a stratified subset of this many reports (development, tests)")
+    p.add_argument("--format", dest="image_format", default=DEFAULT_IMAGE_FORMAT, choices=tuple(IMAGE_FORMATS),
+                   help="shard image encoding: png (lossless, default), jpeg or webp (lossy, smaller, faster to "
+                        "decode; see the README's rates)")
+    p.add_argument("--quality", type=bounded("quality"), help=f"jpeg/webp quality 1-100 (default {DEFAULT_QUALITY})")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the shard jobs as Ray tasks: on the cluster at ADDRESS, or (no ADDRESS) the one "
+                        "RAY_ADDRESS names, else a local one; this process writes the manifest")
     return p
 
 
@@ -102,10 +105,13 @@ def _fingerprint_inputs(reports: Path, images: str, metadata, arguments: dict, o
 @one_writer
 def pack(*, images: str, out: str | Path, reports: str | Path | None = None, metadata: str | Path | None = None,
          image_size: int = 512, samples_per_shard: int = 128, seed: int = 0, workers: int = 2,
-         limit: int | None = None, replace: bool = False) -> dict:
+         limit: int | None = None, replace: bool = False, image_format: str = DEFAULT_IMAGE_FORMAT,
+         quality: int | None = None, ray_address: str | None = None) -> dict:
     """Pack and return the manifest. Raises NothingUsable when nothing could be packed, OutRefused
-    when `out` holds files it did not write or (unless `replace`) a pack made from other inputs."""
+    when `out` holds files it did not write or (unless `replace`) a pack made from other inputs.
+    `ray_address` (not None) runs the shard jobs as Ray tasks (`run_tasks`)."""
     check_bounds(image_size=image_size, samples_per_shard=samples_per_shard, workers=workers, limit=limit)
+    quality = check_format(image_format, quality)
     out = Path(out)
     reports = Path(reports) if reports else default_reports()
     try:
@@ -130,7 +136,8 @@ def pack(*, images: str, out: str | Path, reports: str | Path | None = None, met
         except (OSError, ValueError, csv.Error) as e:
             log.warning("--metadata %s unreadable (%s): choosing frontal images by the XML-order fallback", metadata, e)
     arguments = {"reports": str(reports), "images": images, "metadata": str(metadata) if metadata else None,
-                 "image_size": image_size, "samples_per_shard": samples_per_shard, "seed": seed, "limit": limit}
+                 "image_size": image_size, "samples_per_shard": samples_per_shard, "seed": seed, "limit": limit,
+                 "image_format": image_format, "quality": quality}
     inputs = _fingerprint_inputs(reports, images, metadata if views else None, arguments, out)  # what was used
     claim(out, inputs, replace)
     (out / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the end
@@ -142,17 +149,12 @@ def pack(*, images: str, out: str | Path, reports: str | Path | None = None, met
         raise NothingUsable(f"no report with text and a usable frontal image among {len(parsed)} read from "
                             f"{reports}: {describe_skips(skips)}")
     tasks = plan_shards(usable, views, seed=seed, samples_per_shard=samples_per_shard, limit=limit,
-                        out_dir=str(out), image_size=image_size, images=images, image_paths=image_paths)
+                        out_dir=str(out), image_size=image_size, images=images, image_paths=image_paths,
+                        image_format=image_format, quality=quality)
     remove_stale(out, {t.name for t in tasks})
 
-    started, records = time.perf_counter(), []
-    sizes = {t.name: len(t.samples) for t in tasks}
-    parallel = workers > 1 and len(tasks) > 1
-    pool = multiprocessing.get_context("forkserver").Pool(workers) if parallel else contextlib.nullcontext()
-    with tqdm(total=sum(sizes.values()), unit="sample", desc="pack", disable=None, file=sys.stderr) as bar, pool:
-        for record in (pool.imap_unordered(pack_shard, tasks) if parallel else map(pack_shard, tasks)):
-            records.append(record)
-            bar.update(sizes[record["name"]])
+    started = time.perf_counter()
+    records = run_tasks(render_shard, tasks, workers, ray_address)
     seconds = time.perf_counter() - started
     manifest = build_manifest(arguments=arguments, inputs=inputs, reports_read=len(parsed),
                               report_skips=[s.to_json() for s in xml_skips + report_skips],
@@ -181,8 +183,9 @@ def main(argv=None) -> int:
     try:
         manifest = pack(images=args.images, out=args.out, reports=args.reports, metadata=args.metadata,
                         image_size=args.image_size, samples_per_shard=args.samples_per_shard, seed=args.seed,
-                        workers=args.workers, limit=args.limit, replace=args.replace)
-    except (NothingUsable, OutRefused) as e:
+                        workers=args.workers, limit=args.limit, replace=args.replace, image_format=args.image_format,
+                        quality=args.quality, ray_address=args.ray)
+    except (NothingUsable, OutRefused, OutOfBounds) as e:
         log.error("%s", e)
         return 1
     except FolderBusy as e:
@@ -202,8 +205,9 @@ def pack_other_source(parser: argparse.ArgumentParser, args) -> int:
         pack_corpus(source=args.source, images=args.images, out=args.out, labels=args.labels,
                     reports=args.reports, uncertain=args.uncertain, image_size=args.image_size,
                     samples_per_shard=args.samples_per_shard, seed=args.seed, workers=args.workers,
-                    limit=args.limit, replace=args.replace)
-    except (SourceError, OSError, OutRefused) as e:
+                    limit=args.limit, replace=args.replace, image_format=args.image_format, quality=args.quality,
+                    ray_address=args.ray)
+    except (SourceError, OSError, OutRefused, OutOfBounds) as e:
         log.error("%s", e)
         return 1
     except FolderBusy as e:

@@ -39,13 +39,16 @@ class ShardTask:
     seed: int
     images: str  # "phantom", or a folder holding the images by id
     image_paths: dict  # image id -> path (real images only)
+    image_format: str = "png"  # --format
+    quality: int | None = None  # --quality (JPEG, WebP)
 
     def fingerprint(self) -> str:
         """Changes whenever anything that goes into the shard's bytes changes, code included.
         Images count by content (sha256), not by path or size."""
         files = {i: sha256_file(p) if Path(p).is_file() else None for i, p in sorted(self.image_paths.items())}
         spec = {"samples": [asdict(s) for s in self.samples], "size": self.image_size, "seed": self.seed,
-                "images": self.images, "files": files, "code": _code_digest()}
+                "images": self.images, "files": files, "code": _code_digest(),
+                "format": [self.image_format, self.quality]}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -102,7 +105,8 @@ def stratified_subset(uids_labels: dict[str, dict], limit: int, seed: int, per_p
 
 
 def plan_shards(usable, views: dict[str, str], *, seed: int, samples_per_shard: int, limit: int | None,
-                out_dir: str, image_size: int, images: str, image_paths: dict[str, str] | None) -> list[ShardTask]:
+                out_dir: str, image_size: int, images: str, image_paths: dict[str, str] | None,
+                image_format: str = "png", quality: int | None = None) -> list[ShardTask]:
     labels = {report.uid: labels_from_mesh(report.mesh_major) for report, *_ in usable}
     if limit is not None:
         keep = stratified_subset(labels, limit, seed)
@@ -123,5 +127,6 @@ def plan_shards(usable, views: dict[str, str], *, seed: int, samples_per_shard: 
             tasks.append(ShardTask(
                 name=shard_name(name, index), split=name, samples=chunk, out_dir=out_dir, image_size=image_size,
                 seed=seed, images=images,
-                image_paths={} if image_paths is None else {i: image_paths[i] for i in sorted(wanted)}))
+                image_paths={} if image_paths is None else {i: image_paths[i] for i in sorted(wanted)},
+                image_format=image_format, quality=quality))
     return tasks

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from cmgl_dist.shards.writer import sha256_file
 
-# The arguments that change an IU-RR pack's bytes (not --workers, not --out).
-CONTENT_ARGUMENTS = ("image_size", "samples_per_shard", "seed", "limit")
+# The arguments that change an IU-RR pack's bytes (not --workers, --ray, or --out).
+CONTENT_ARGUMENTS = ("image_size", "samples_per_shard", "seed", "limit", "image_format", "quality")
+# What a pack recorded before an argument existed meant: packs older than --format are PNG.
+RECORDED_BEFORE = {"image_format": "png", "quality": None}
 
 
 def content_sha256(path: str | Path, skip: Path | None = None) -> str:
@@ -59,7 +61,7 @@ def differences(recorded: dict, wanted: dict) -> list[str]:
     names = sorted((set(recorded) | set(wanted)) - {"arguments"})
     lines = [f"{name}: {_describe(recorded.get(name))} -> {_describe(wanted.get(name))}"
              for name in names if _content(recorded.get(name)) != _content(wanted.get(name))]
-    old_args, new_args = recorded.get("arguments") or {}, wanted.get("arguments") or {}
+    old_args, new_args = {**RECORDED_BEFORE, **(recorded.get("arguments") or {})}, wanted.get("arguments") or {}
     lines += [f"{k}: {old_args.get(k)} -> {new_args.get(k)}" for k in sorted(set(old_args) | set(new_args))
               if old_args.get(k) != new_args.get(k)]
     return lines

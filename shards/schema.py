@@ -15,6 +15,17 @@ LABELS = "labels.json"
 META = "meta.json"
 MASKS = "masks.npz"
 
+# `cmgl pack --format`: how shard images are encoded -> the member suffix (frontal.png, frontal.jpg, ...).
+IMAGE_FORMATS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+DEFAULT_IMAGE_FORMAT = "png"  # lossless; the lossy ones change the pixels a model trains on
+FRONTAL_MEMBERS = tuple(f"frontal.{suffix}" for suffix in IMAGE_FORMATS.values())
+LATERAL_MEMBERS = tuple(f"lateral.{suffix}" for suffix in IMAGE_FORMATS.values())
+
+
+def image_member(view: str, image_format: str) -> str:
+    """`frontal.jpg` for ("frontal", "jpeg"): the member holding one view in that format."""
+    return f"{view}.{IMAGE_FORMATS[image_format]}"
+
 MANIFEST = "manifest.json"
 
 

@@ -8,6 +8,7 @@ included); nothing in the folder makes it raise. Exit code 0 when everything mat
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import sys
 import tarfile
@@ -19,12 +20,13 @@ from PIL import Image
 
 from cmgl_dist.shards import schema
 from cmgl_dist.shards.archive import TAR_ERRORS, member_problem
+from cmgl_dist.shards.images import PIL_FORMATS
 from cmgl_dist.shards.keys import key_problem
-from cmgl_dist.shards.writer import sha256_file
 from cmgl_dist.untrusted import json_loads
+from cmgl_dist.shards.location import RemoteError, fetch, is_remote_pack, pack_file, remote_manifest
 
-REQUIRED = {schema.FRONTAL, schema.LABELS, schema.META}
-OPTIONAL = {schema.LATERAL, schema.MASKS, schema.REPORT}  # report.json: required for IU-RR (no meta `source`)
+REQUIRED = {schema.LABELS, schema.META}  # + the frontal image in the pack's --format
+OPTIONAL = {schema.MASKS, schema.REPORT}  # + the lateral; report.json: required for IU-RR (no meta `source`)
 MAX_PRINTED = 50
 # manifest field -> the type it must have
 _MANIFEST_FIELDS = {"shards": list, "splits": dict, "arguments": dict, "image_source": str,
@@ -32,11 +34,11 @@ _MANIFEST_FIELDS = {"shards": list, "splits": dict, "arguments": dict, "image_so
 _SHARD_FIELDS = {"name": str, "split": str, "samples": int, "sha256": str, "bytes": int}
 
 
-def _read_samples(path: Path) -> tuple[dict[str, dict[str, bytes]], list[str]]:
+def _read_samples(data: bytes) -> tuple[dict[str, dict[str, bytes]], list[str]]:
     """key -> {member: bytes}, and a problem per member that is not a safe, regular `key.member` file."""
     samples: dict[str, dict[str, bytes]] = defaultdict(dict)
     problems = []
-    with tarfile.open(path, "r:") as tar:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         for member in tar:
             key, _, ext = member.name.partition(".")
             problem = member_problem(member) or (f"unsafe key ({key_problem(key)})" if key_problem(key) else None)
@@ -49,9 +51,14 @@ def _read_samples(path: Path) -> tuple[dict[str, dict[str, bytes]], list[str]]:
     return samples, problems
 
 
-def _check_image(data: bytes, size: int) -> tuple[int, int] | str:
+def image_format(manifest: dict) -> str:
+    """The pack's --format (packs written before it existed are PNG)."""
+    return manifest["arguments"].get("image_format") or schema.DEFAULT_IMAGE_FORMAT
+
+
+def _check_image(data: bytes, size: int, fmt: str) -> tuple[int, int] | str:
     try:
-        with Image.open(io.BytesIO(data), formats=("PNG",)) as image:
+        with Image.open(io.BytesIO(data), formats=(PIL_FORMATS[fmt],)) as image:
             image.load()
             shape = image.size
     except Exception as e:  # anything PIL raises means a broken image
@@ -71,11 +78,14 @@ def _valid_labels(labels: dict) -> bool:
     return set(labels) == set(schema.LABEL_KEYS) and all(type(v) is int and v in (0, 1) for v in labels.values())
 
 
-def check_sample(key: str, members: dict[str, bytes], split: str, image_source: str, size: int) -> list[str]:
+def check_sample(key: str, members: dict[str, bytes], split: str, image_source: str, size: int,
+                 fmt: str = schema.DEFAULT_IMAGE_FORMAT) -> list[str]:
+    """Problems of one sample of a pack written with --image-size `size` and --format `fmt`."""
     where = f"sample {key}"
     names = set(members)
-    problems = [f"{where}: missing {m}" for m in sorted(REQUIRED - names)]
-    problems += [f"{where}: unexpected member {m}" for m in sorted(names - REQUIRED - OPTIONAL)]
+    frontal, lateral = schema.image_member("frontal", fmt), schema.image_member("lateral", fmt)
+    problems = [f"{where}: missing {m}" for m in sorted(REQUIRED - names | {frontal} - names)]
+    problems += [f"{where}: unexpected member {m}" for m in sorted(names - REQUIRED - OPTIONAL - {frontal, lateral})]
     if problems:
         return problems
     parsed = {name: _json_object(members, name) for name in (schema.LABELS, schema.META, schema.REPORT)
@@ -94,11 +104,11 @@ def check_sample(key: str, members: dict[str, bytes], split: str, image_source: 
     if meta.get("uid") != key or meta.get("split") != split or meta.get("image_source") != image_source:
         problems.append(f"{where}: meta.json uid/split/source {meta.get('uid')}/{meta.get('split')}/"
                         f"{meta.get('image_source')} != {key}/{split}/{image_source}")
-    shape = _check_image(members[schema.FRONTAL], size)
+    shape = _check_image(members[frontal], size, fmt)
     if isinstance(shape, str):
         return problems + [f"{where}: frontal: {shape}"]
-    if schema.LATERAL in members and isinstance(lateral := _check_image(members[schema.LATERAL], size), str):
-        problems.append(f"{where}: lateral: {lateral}")
+    if lateral in members and isinstance(lateral_shape := _check_image(members[lateral], size, fmt), str):
+        problems.append(f"{where}: lateral: {lateral_shape}")
     if image_source == "phantom":
         problems += _check_masks(where, members, labels, shape)
     return problems
@@ -131,6 +141,9 @@ def _manifest_problems(manifest) -> list[str]:
         return problems
     if not isinstance(manifest["arguments"].get("image_size"), int):
         problems.append(f"{schema.MANIFEST}: arguments.image_size missing or not int")
+    if manifest["arguments"].get("image_format", schema.DEFAULT_IMAGE_FORMAT) not in schema.IMAGE_FORMATS:
+        problems.append(f"{schema.MANIFEST}: arguments.image_format {manifest['arguments']['image_format']!r} "
+                        f"is not one of {', '.join(schema.IMAGE_FORMATS)}")
     for i, entry in enumerate(manifest["shards"]):
         if not isinstance(entry, dict) or any(not isinstance(entry.get(k), t) for k, t in _SHARD_FIELDS.items()):
             problems.append(f"{schema.MANIFEST}: shards[{i}] lacks one of {', '.join(_SHARD_FIELDS)}")
@@ -140,7 +153,14 @@ def _manifest_problems(manifest) -> list[str]:
     return problems
 
 
-def _load_manifest(folder: Path) -> tuple[dict | None, list[str]]:
+def _load_manifest(folder: Path | str) -> tuple[dict | None, list[str]]:
+    if is_remote_pack(str(folder)):
+        try:
+            manifest = remote_manifest(pack_file(str(folder), schema.MANIFEST))
+        except (RemoteError, ValueError) as e:
+            return None, [str(e)]
+        problems = _manifest_problems(manifest)
+        return (None if problems else manifest), problems
     if not (folder / schema.MANIFEST).is_file():
         return None, [f"{folder}: no {schema.MANIFEST} (not a finished pack)"]
     try:
@@ -162,7 +182,7 @@ class _Tally:
     def add(self, key: str, members: dict[str, bytes], shard: str, split: str) -> list[str]:
         problems = [f"sample {key}: in {self.seen[key]} and {shard}"] if key in self.seen else []
         self.seen[key] = shard
-        self.images += sum(m in members for m in (schema.FRONTAL, schema.LATERAL))
+        self.images += sum(m in members for m in schema.FRONTAL_MEMBERS + schema.LATERAL_MEMBERS)
         self.splits[split]["samples"] += 1
         labels = _json_object(members, schema.LABELS)[0] if schema.LABELS in members else None
         if labels is not None and _valid_labels(labels):
@@ -171,15 +191,27 @@ class _Tally:
         return problems
 
 
-def _check_shard(folder: Path, entry: dict, manifest: dict, tally: _Tally) -> list[str]:
-    path, name = folder / entry["name"], entry["name"]
-    if not path.is_file():
+def _shard_bytes(folder: Path | str, name: str) -> bytes | None:
+    """A shard's bytes (read whole: a shard is tens of MB), from the folder or the remote pack; None if missing."""
+    if is_remote_pack(str(folder)):
+        try:
+            return fetch(pack_file(str(folder), name))
+        except RemoteError:
+            return None
+    path = Path(folder) / name
+    return path.read_bytes() if path.is_file() else None
+
+
+def _check_shard(folder: Path | str, entry: dict, manifest: dict, tally: _Tally) -> list[str]:
+    name = entry["name"]
+    data = _shard_bytes(folder, name)
+    if data is None:
         return [f"{name}: missing"]
     problems = []
-    if sha256_file(path) != entry["sha256"] or path.stat().st_size != entry["bytes"]:
+    if hashlib.sha256(data).hexdigest() != entry["sha256"] or len(data) != entry["bytes"]:
         problems.append(f"{name}: sha256/size differs from the manifest")
     try:
-        samples, odd = _read_samples(path)
+        samples, odd = _read_samples(data)
     except TAR_ERRORS as e:
         return problems + [f"{name}: unreadable tar ({e})"]
     problems += [f"{name}: {p}" for p in odd]
@@ -189,7 +221,7 @@ def _check_shard(folder: Path, entry: dict, manifest: dict, tally: _Tally) -> li
     for key, members in samples.items():
         problems += [f"{name}: {p}" for p in tally.add(key, members, name, entry["split"])]
         try:
-            found = check_sample(key, members, entry["split"], source, size)
+            found = check_sample(key, members, entry["split"], source, size, image_format(manifest))
         except Exception as e:  # noqa: BLE001 - verify lists problems, it never raises
             found = [f"sample {key}: could not be checked ({type(e).__name__}: {e})"]
         problems += [f"{name}: {p}" for p in found]
@@ -197,14 +229,16 @@ def _check_shard(folder: Path, entry: dict, manifest: dict, tally: _Tally) -> li
 
 
 def verify(folder: str | Path) -> list[str]:
-    """Every mismatch between the folder and its manifest, as readable lines (empty when fine)."""
-    folder = Path(folder)
+    """Every mismatch between the folder (or remote pack: `location.py`) and its manifest, as
+    readable lines (empty when fine). A remote pack cannot be listed: unlisted shards go unseen."""
+    folder = str(folder) if is_remote_pack(str(folder)) else Path(folder)
     manifest, problems = _load_manifest(folder)
     if manifest is None:
         return problems
-    listed = {s["name"] for s in manifest["shards"]}
-    on_disk = {p.name for p in folder.iterdir() if schema.SHARD_FILE.match(p.name)}
-    problems += [f"{name}: on disk but not in the manifest" for name in sorted(on_disk - listed)]
+    if isinstance(folder, Path):
+        listed = {s["name"] for s in manifest["shards"]}
+        on_disk = {p.name for p in folder.iterdir() if schema.SHARD_FILE.match(p.name)}
+        problems += [f"{name}: on disk but not in the manifest" for name in sorted(on_disk - listed)]
     tally = _Tally()
     for entry in manifest["shards"]:
         try:
@@ -222,7 +256,8 @@ def verify(folder: str | Path) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cmgl verify", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dir", help="a folder written by `cmgl pack`")
+    parser.add_argument("dir", help="a folder written by `cmgl pack`, or a remote pack (http(s) folder URL, "
+                                    "pipe: template with {name})")
     parser.add_argument("--all", action="store_true", help=f"print every problem (default: the first {MAX_PRINTED})")
     args = parser.parse_args(argv)
     problems = verify(args.dir)
@@ -234,7 +269,7 @@ def main(argv=None) -> int:
     if problems:
         print(f"cmgl verify: {len(problems)} problem(s) in {args.dir}", file=sys.stderr)
         return 1
-    manifest = json_loads((Path(args.dir) / schema.MANIFEST).read_text())
+    manifest = _load_manifest(args.dir if is_remote_pack(args.dir) else Path(args.dir))[0]
     print(f"cmgl verify: OK: {len(manifest['shards'])} shards, {manifest['samples_written']} samples, "
-          f"{manifest['images_written']} images match {Path(args.dir) / schema.MANIFEST}")
+          f"{manifest['images_written']} images match the manifest of {args.dir}")
     return 0

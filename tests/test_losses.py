@@ -3,7 +3,6 @@ import os
 
 import pytest
 import torch
-import torch.nn as nn
 from gloria_oracle import global_loss as gloria_global_loss
 from gloria_oracle import local_loss_tail as gloria_local_loss_tail
 from helpers import random_model_outputs

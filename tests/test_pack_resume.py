@@ -1,11 +1,11 @@
 """A pack killed mid-way and rerun keeps its finished shards and ends with the same bytes."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from helpers import kill_after_some_shards
 
 from cmgl_dist.shards.pack import pack
 from cmgl_dist.shards.schema import MANIFEST
@@ -23,26 +23,13 @@ def _cli_args(reports, metadata, out):
             "--limit", str(ARGS["limit"]), "--workers", "1"]
 
 
-def _kill_after_some_shards(command, out, shards: int, timeout: float = 60.0) -> None:
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    try:
-        while len(list(out.glob("*.tar"))) < shards:
-            assert process.poll() is None, "the pack finished before it could be interrupted"
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-
-
 def test_interrupted_pack_resumes_to_the_same_bytes(tmp_path, reports_tgz, metadata_csv):
     reference = tmp_path / "reference"
     expected = pack(reports=reports_tgz, images="phantom", metadata=metadata_csv, out=reference, workers=1, **ARGS)
     assert len(expected["shards"]) > 15
 
     out = tmp_path / "interrupted"
-    _kill_after_some_shards(_cli_args(reports_tgz, metadata_csv, out), out, shards=3)
+    kill_after_some_shards(_cli_args(reports_tgz, metadata_csv, out), out, shards=3)
     assert not (out / MANIFEST).exists()
     finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.tar")}
     assert 3 <= len(finished) < len(expected["shards"])

@@ -1,4 +1,4 @@
-"""PNG bytes -> a normalised [3, crop, crop] float tensor, following GLoRIA's image recipe.
+"""Image bytes (PNG, JPEG or WebP, as packed) -> a normalised [3, crop, crop] float tensor, following GLoRIA's image recipe.
 
 Longest side resized to `image_size` (aspect kept), zero-padded to a centred square, then a crop
 of `crop_size`: random for training (plus a small affine and brightness/contrast jitter when
@@ -16,12 +16,14 @@ from __future__ import annotations
 import io
 import math
 import random
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 
-from cmgl_dist.shards.images import open_grey
+from cmgl_dist.shards.images import DECODERS, PIL_FORMATS, open_grey
+from cmgl_dist.shards.schema import IMAGE_FORMATS
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -33,17 +35,20 @@ SCALE_RANGE = (0.95, 1.05)
 JITTER_RANGE = (0.9, 1.1)  # brightness and contrast factors
 
 
-def verify_png(data: bytes) -> None:
-    """Cheap structural check (signature, chunk CRCs, no truncation) without inflating pixels."""
-    with Image.open(io.BytesIO(data)) as image:
-        if image.format != "PNG":
-            raise ValueError(f"not a PNG image ({image.format})")
+def verify_image(data: bytes, suffix: str) -> None:
+    """Cheap structural check without inflating pixels: the format its member name says, and for
+    a PNG its signature, chunk CRCs and no truncation (JPEG and WebP: the header)."""
+    expected = PIL_FORMATS[next(f for f, s in IMAGE_FORMATS.items() if s == suffix)]
+    with Image.open(io.BytesIO(data), formats=DECODERS) as image:
+        if image.format != expected:
+            raise ValueError(f"a {image.format} image in a .{suffix} member")
         image.verify()
 
 
-def decode_grey(data: bytes) -> Image.Image:
-    """The packer's decode path (PNG/JPEG only, header size cap, bit depth windowed)."""
-    return open_grey(data)
+def decode_grey(data: bytes, image_size: int | None = None) -> Image.Image:
+    """The packer's decode path (PNG/JPEG/WebP only, header size cap, bit depth windowed); a JPEG
+    stored at twice `image_size` or more decodes at a reduced scale (`open_grey`'s draft)."""
+    return open_grey(data, draft_size=image_size)
 
 
 def square_resize(image: Image.Image, image_size: int) -> Image.Image:
@@ -61,34 +66,61 @@ def train_view(square: Image.Image, crop_size: int, rng: random.Random, augment:
     (a centred crop when `augment` is off)."""
     if not augment:
         return eval_view(square, crop_size)
-    size = square.size[0]
+    view = draw_view(rng, square.size[0], crop_size)
+    image = affine_crop(square, crop_size, (view.left, view.top), view.angle, (view.shift_x, view.shift_y), view.scale)
+    return jitter(_to_unit_tensor(image), view.brightness, view.contrast)
+
+
+class View(NamedTuple):
+    """One training view's random draws (crop origin, rotation, shift, scale, jitter factors)."""
+    left: int
+    top: int
+    angle: float
+    shift_x: float
+    shift_y: float
+    scale: float
+    brightness: float
+    contrast: float
+
+
+def draw_view(rng: random.Random, size: int, crop_size: int) -> View:
+    """The draws of one training view from a square of `size`, in a fixed order (CPU and device paths)."""
     left, top = rng.randint(0, size - crop_size), rng.randint(0, size - crop_size)
     angle = rng.uniform(-MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES)
     max_shift = MAX_TRANSLATE_FRACTION * crop_size
     shift_x, shift_y = rng.uniform(-max_shift, max_shift), rng.uniform(-max_shift, max_shift)
     scale = rng.uniform(*SCALE_RANGE)
-    view = affine_crop(square, crop_size, (left, top), angle, (shift_x, shift_y), scale)
-    view = _to_unit_tensor(view)
-    brightness, contrast = rng.uniform(*JITTER_RANGE), rng.uniform(*JITTER_RANGE)
+    return View(left, top, angle, shift_x, shift_y, scale, rng.uniform(*JITTER_RANGE), rng.uniform(*JITTER_RANGE))
+
+
+def jitter(view: torch.Tensor, brightness, contrast) -> torch.Tensor:
+    """Brightness then contrast about each view's own mean, clamped to [0, 1]; `view` [..., 1, C, C],
+    the factors scalars or [..., 1, 1, 1] tensors."""
     view = view * brightness
-    mean = view.mean()
+    mean = view.mean(dim=(-3, -2, -1), keepdim=True)
     return ((view - mean) * contrast + mean).clamp_(0.0, 1.0)
 
 
-def affine_crop(square: Image.Image, crop_size: int, origin: tuple[int, int], angle_degrees: float,
-                shift: tuple[float, float], scale: float) -> Image.Image:
-    """The crop at `origin`, rotated, shifted and scaled about its centre, in one bilinear resampling.
+def affine_coefficients(crop_size: int, origin: tuple[float, float], angle_degrees: float,
+                        shift: tuple[float, float], scale: float) -> tuple[float, ...]:
+    """(a, b, c, d, e, f): output pixel (x, y) samples the square at (a x + b y + c, d x + e y + f).
 
-    PIL's AFFINE maps each output pixel to its source: origin + centre + R(-angle) / scale
-    applied to (output - centre - shift). Anything from outside the square is black.
-    """
+    The crop at `origin`, rotated, shifted and scaled about its centre: origin + centre + R(-angle)
+    / scale applied to (output - centre - shift)."""
     angle = math.radians(angle_degrees)
     a, b = math.cos(angle) / scale, math.sin(angle) / scale
     d, e = -b, a
     centre = crop_size / 2
     out_x, out_y = centre + shift[0], centre + shift[1]
     src_x, src_y = origin[0] + centre, origin[1] + centre
-    coefficients = (a, b, src_x - a * out_x - b * out_y, d, e, src_y - d * out_x - e * out_y)
+    return a, b, src_x - a * out_x - b * out_y, d, e, src_y - d * out_x - e * out_y
+
+
+def affine_crop(square: Image.Image, crop_size: int, origin: tuple[int, int], angle_degrees: float,
+                shift: tuple[float, float], scale: float) -> Image.Image:
+    """The crop at `origin`, rotated, shifted and scaled about its centre, in one bilinear resampling
+    (PIL's AFFINE maps each output pixel to its source); anything from outside the square is black."""
+    coefficients = affine_coefficients(crop_size, origin, angle_degrees, shift, scale)
     return square.transform((crop_size, crop_size), Image.AFFINE, coefficients, resample=Image.BILINEAR, fillcolor=0)
 
 

@@ -41,6 +41,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cmgl_dist.config import DataConfig
+from cmgl_dist.data.device_decode import views_on_device
 from cmgl_dist.data.samples import SkipCounter, to_example
 from cmgl_dist.data.shardlist import Mixture, shard_sample_counts
 from cmgl_dist.data.streams import StreamSpec, mixed_records, stream_sample_counts
@@ -49,8 +50,12 @@ from cmgl_dist.data.text import tokenize_texts
 
 def collate(examples: list[dict], tokenizer, max_length: int, skipped: int, special_words: str = "none") -> dict:
     texts = [e["text"] for e in examples]
+    if "jpeg" in examples[0]:  # data.decode=gpu: decoded by ShardLoader on the device
+        pixels = {"jpeg": [e["jpeg"] for e in examples], "views": [e["view"] for e in examples]}
+    else:
+        pixels = {"images": torch.stack([e["image"] for e in examples])}
     return {
-        "images": torch.stack([e["image"] for e in examples]),
+        **pixels,
         **tokenize_texts(tokenizer, texts, max_length, special_words),
         "labels": torch.stack([e["labels"] for e in examples]),
         "keys": [e["key"] for e in examples],
@@ -145,8 +150,10 @@ class ShardBatches(IterableDataset):
 class ShardLoader:
     """Iterable of batch dicts; `len()` is the number of batches it yields (from `start_batch` on)."""
 
-    def __init__(self, dataset: ShardBatches, num_batches: Optional[int], persistent_workers: bool = False):
+    def __init__(self, dataset: ShardBatches, num_batches: Optional[int], persistent_workers: bool = False,
+                 decode_device: Optional[torch.device] = None):
         self.dataset = dataset
+        self.decode_device = decode_device  # data.decode=gpu: where batches are decoded
         self.num_batches = num_batches
         self.batches_per_epoch = num_batches + dataset.start_batch if num_batches is not None else None
         # Pinned host batches let `to_device(..., non_blocking=True)` overlap the copy with compute.
@@ -168,7 +175,16 @@ class ShardLoader:
         return self
 
     def __iter__(self) -> Iterator[dict]:
-        return iter(self._loader)
+        if self.decode_device is None:
+            return iter(self._loader)
+        return (self._decoded(batch) for batch in self._loader)
+
+    def _decoded(self, batch: dict) -> dict:
+        """A data.decode=gpu batch with its images decoded and augmented on `decode_device`."""
+        views, cfg = batch.pop("views"), self.dataset.cfg
+        batch["images"] = views_on_device(batch.pop("jpeg"), None if views[0] is None else views, cfg.image_size,
+                                          cfg.crop_size, self.decode_device)
+        return batch
 
     def __len__(self) -> int:
         if self.num_batches is None:
@@ -179,7 +195,7 @@ class ShardLoader:
 def make_loader(urls: Sequence[str] | Mixture, data_cfg: DataConfig, tokenizer, *, train: bool, batch_size: int,
                 seed: int, rank: int = 0, world_size: int = 1, epoch: int = 0, start_batch: int = 0,
                 batches_per_epoch: Optional[int] = None, num_samples: Optional[int] = None,
-                persistent_workers: bool = False) -> ShardLoader:
+                persistent_workers: bool = False, decode_device: Optional[torch.device | str] = None) -> ShardLoader:
     """One epoch of `rank`'s batches (see the module docstring). For the next epoch build a new
     loader, or, with `persistent_workers`, call `set_epoch` on this one to keep its workers.
 
@@ -190,7 +206,10 @@ def make_loader(urls: Sequence[str] | Mixture, data_cfg: DataConfig, tokenizer, 
     `num_samples` (the split's size) sets the default epoch length when the shards have no
     manifest.json beside them. The loader's `len()` counts the batches it yields (those from
     `start_batch` on); `batches_per_epoch` holds the whole epoch's count.
+
+    With data.decode=gpu, batches are decoded on `decode_device` (default: the current CUDA device).
     """
+    device = _decode_device(data_cfg, decode_device)
     mixture = urls if isinstance(urls, Mixture) else Mixture.single(urls)
     if not all(part_urls for part_urls, _ in mixture.parts):
         raise ValueError("make_loader needs at least one shard URL")
@@ -208,7 +227,7 @@ def make_loader(urls: Sequence[str] | Mixture, data_cfg: DataConfig, tokenizer, 
         counts = stream_sample_counts(shard_counts, world_size * dataset.workers)
         num_batches = None if counts is None else sum(
             math.ceil(counts[dataset.spec(w).stream] / batch_size) for w in range(dataset.workers))
-        return ShardLoader(dataset, num_batches)
+        return ShardLoader(dataset, num_batches, decode_device=device)
 
     if batches_per_epoch is None:
         if num_samples is None:
@@ -224,4 +243,14 @@ def make_loader(urls: Sequence[str] | Mixture, data_cfg: DataConfig, tokenizer, 
         raise ValueError(f"need batches_per_epoch >= 1 and 0 <= start_batch <= batches_per_epoch "
                          f"(got {batches_per_epoch}, {start_batch})")
     dataset = ShardBatches(mixture, data_cfg, tokenizer, batches_per_epoch=batches_per_epoch, **common)
-    return ShardLoader(dataset, batches_per_epoch - start_batch, persistent_workers)
+    return ShardLoader(dataset, batches_per_epoch - start_batch, persistent_workers, device)
+
+
+def _decode_device(data_cfg: DataConfig, device: Optional[torch.device | str]) -> Optional[torch.device]:
+    if data_cfg.decode != "gpu":
+        return None
+    if device is None:
+        if not torch.cuda.is_available():
+            raise ValueError("data.decode=gpu needs a CUDA device (nvJPEG); set data.decode=cpu on this machine")
+        device = torch.device("cuda", torch.cuda.current_device())
+    return torch.device(device)

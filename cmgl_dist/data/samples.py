@@ -1,6 +1,6 @@
 """One shard sample -> one training example, and the count of samples that could not be used.
 
-Two stages, split by cost. `parse` is cheap (JSON, label keys, PNG chunk CRCs, no pixel
+Two stages, split by cost. `parse` is cheap (JSON, label keys, image header and PNG CRCs, no pixel
 decoding) and runs before the resume skip, so a sample it rejects shifts the stream the same way
 in a fresh and in a resumed run. `to_example` decodes and augments, and runs only on samples that
 will be batched.
@@ -17,8 +17,9 @@ from typing import Optional
 import torch
 
 from cmgl_dist.data import images
+from cmgl_dist.data.device_decode import require_jpeg
 from cmgl_dist.data.seeds import seed_of
-from cmgl_dist.shards.schema import FRONTAL, LABEL_KEYS, LABELS, META, PATHOLOGIES, REPORT
+from cmgl_dist.shards.schema import FRONTAL_MEMBERS, LABEL_KEYS, LABELS, META, PATHOLOGIES, REPORT
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class Record:
     """A sample that passed the cheap checks; `pass_index` counts the stream's passes over shards."""
 
     key: str
-    frontal_png: bytes
+    frontal: bytes  # the encoded image, in the pack's --format
     report: dict
     labels: tuple[float, ...]
     pass_index: int
@@ -76,7 +77,8 @@ def parse(sample: dict, pass_index: int, counter: SkipCounter, require_text: boo
     """`require_text`: contrastive training needs report text; evaluation and label prompts do not."""
     key = sample.get("__key__", "?")
     try:
-        needed = (FRONTAL, LABELS) if _labelled_only(sample) else (FRONTAL, REPORT, LABELS)
+        frontal = next((m for m in FRONTAL_MEMBERS if m in sample), FRONTAL_MEMBERS[0])
+        needed = (frontal, LABELS) if _labelled_only(sample) else (frontal, REPORT, LABELS)
         missing = [m for m in needed if m not in sample]
         if missing:
             raise ValueError(f"missing member(s) {', '.join(missing)}")
@@ -90,11 +92,11 @@ def parse(sample: dict, pass_index: int, counter: SkipCounter, require_text: boo
         labels = tuple(float(labels_json[k]) for k in LABEL_KEYS)
         if require_text and not report_sentences(report):
             raise ValueError("no findings or impression text (label-only corpora train with data.text_from_labels=true)")
-        images.verify_png(sample[FRONTAL])
+        images.verify_image(sample[frontal], frontal.partition(".")[2])
     except Exception as e:  # noqa: BLE001 - any malformed member makes the sample unusable
         counter.skip("malformed", key, e)
         return None
-    return Record(key, sample[FRONTAL], report, labels, pass_index)
+    return Record(key, sample[frontal], report, labels, pass_index)
 
 
 def report_text(report: dict) -> str:
@@ -133,20 +135,34 @@ def choose_text(record: Record, text_mode: str, seed: int, epoch: int, text_from
 
 def to_example(record: Record, data_cfg, *, train: bool, seed: int, epoch: int,
                counter: SkipCounter) -> Optional[dict]:
-    """Decode, crop/augment and pick the text; None (counted) if the PNG will not decode."""
+    """Decode, crop/augment and pick the text; None (counted) if the image will not decode.
+    With data.decode=gpu the image stays encoded: the example carries its JPEG bytes and the
+    view's random draws (`device_decode`)."""
+    if data_cfg.decode == "gpu":
+        return _encoded_example(record, data_cfg, train=train, seed=seed, epoch=epoch)
     try:
-        square = images.square_resize(images.decode_grey(record.frontal_png), data_cfg.image_size)
+        square = images.square_resize(images.decode_grey(record.frontal, data_cfg.image_size), data_cfg.image_size)
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a broken image
         counter.skip("undecodable_image", record.key, e)
         return None
     if train:
-        rng = random.Random(seed_of("augment", seed, epoch, record.key, record.pass_index))
-        view = images.train_view(square, data_cfg.crop_size, rng, data_cfg.augment)
+        view = images.train_view(square, data_cfg.crop_size, _view_rng(record, seed, epoch), data_cfg.augment)
     else:
         view = images.eval_view(square, data_cfg.crop_size)
-    return {
-        "key": record.key,
-        "image": images.normalise_to_rgb(view),
-        "text": choose_text(record, data_cfg.text_mode, seed, epoch, data_cfg.text_from_labels),
-        "labels": torch.tensor(record.labels, dtype=torch.float32),
-    }
+    return {"key": record.key, "image": images.normalise_to_rgb(view), **_text_and_labels(record, data_cfg, seed, epoch)}
+
+
+def _view_rng(record: Record, seed: int, epoch: int) -> random.Random:
+    return random.Random(seed_of("augment", seed, epoch, record.key, record.pass_index))
+
+
+def _text_and_labels(record: Record, data_cfg, seed: int, epoch: int) -> dict:
+    return {"text": choose_text(record, data_cfg.text_mode, seed, epoch, data_cfg.text_from_labels),
+            "labels": torch.tensor(record.labels, dtype=torch.float32)}
+
+
+def _encoded_example(record: Record, data_cfg, *, train: bool, seed: int, epoch: int) -> dict:
+    require_jpeg(record.key, record.frontal)
+    view = (images.draw_view(_view_rng(record, seed, epoch), data_cfg.image_size, data_cfg.crop_size)
+            if train and data_cfg.augment else None)
+    return {"key": record.key, "jpeg": record.frontal, "view": view, **_text_and_labels(record, data_cfg, seed, epoch)}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import tarfile
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
 
@@ -69,13 +70,11 @@ def read_shard(url: str, counter: SkipCounter, spec: StreamSpec) -> Iterator[Uni
     """Raw samples of one tar (local path, `pipe:` or remote URL, opened by webdataset), then one
     `Lost` for each sample the manifest lists but the tar did not yield (a shard that breaks off,
     or a missing one under data.on_missing_shard=skip). Without a manifest count, a read error
-    counts as one lost sample."""
+    counts as one lost sample. A remote shard that yields nothing because its opener failed
+    (HTTP error status such as 404, a pipe: command that exits non-zero) is a missing shard."""
     expected = spec.expected_samples(url)
     if not is_passthrough(url) and not os.path.exists(url):
-        if spec.on_missing_shard == "fail":
-            raise ShardMissingError(f"shard {url} is missing: repack, or set data.on_missing_shard=skip to go on "
-                                    "without it (its samples are counted as skipped)")
-        yield from (Lost(url, "missing_shard", "no such file") for _ in range(expected or 1))
+        yield from _missing(url, "no such file", spec)
         return
     errors: list[Exception] = []
 
@@ -87,9 +86,33 @@ def read_shard(url: str, counter: SkipCounter, spec: StreamSpec) -> Iterator[Uni
     for sample in wds.tarfile_samples([{"url": url}], handler=handler):
         read += 1
         yield sample
+    if read == 0 and errors and is_passthrough(url) and (nothing := _delivered_nothing(errors[0])):
+        yield from _missing(url, nothing, spec)
+        return
     error = errors[0] if errors else "fewer samples than the manifest lists"
     lost = len(errors) if expected is None else max(0, expected - read)
     yield from (Lost(url, "unreadable_shard_data", error) for _ in range(lost))
+
+
+def _delivered_nothing(error: Exception) -> Optional[str]:
+    """Why a remote shard gave not one byte (an HTTP error such as 404: curl's exit 22; a pipe:
+    command that failed), or None when the error is of another kind (a shard cut short)."""
+    if not (isinstance(error, tarfile.ReadError) and error.args and error.args[0] == "empty file"):
+        return None
+    stream = error.args[1] if len(error.args) > 1 else None
+    try:
+        if stream is not None:
+            stream.close()  # webdataset's Pipe raises here with the opener's exit status
+    except Exception as status:  # noqa: BLE001 - the opener's failure, reported as the reason
+        return str(status)
+    return "empty response"
+
+
+def _missing(url: str, error: str, spec: StreamSpec) -> Iterator[Lost]:
+    if spec.on_missing_shard == "fail":
+        raise ShardMissingError(f"shard {url} is missing ({error[:200]}): repack, or set data.on_missing_shard=skip "
+                                "to go on without it (its samples are counted as skipped)")
+    return (Lost(url, "missing_shard", error) for _ in range(spec.expected_samples(url) or 1))
 
 
 def _usable(item: Union[dict, Lost], counter: SkipCounter) -> Optional[dict]:

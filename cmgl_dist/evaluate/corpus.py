@@ -3,9 +3,10 @@ patients (k-fold probes keep a patient in one fold) and the samples whose labels
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 from typing import Iterator
+
+import webdataset as wds
 
 from cmgl_dist.data.shardlist import shard_urls
 from cmgl_dist.shards.manifest import read_manifest
@@ -23,12 +24,10 @@ def corpus_name(shards: str) -> str:
 
 def _metas(shards: str, split: str) -> Iterator[tuple[str, dict]]:
     """(sample key, meta.json) for every sample of `split`, without decoding its images."""
-    for url in shard_urls(shards, split):
-        with tarfile.open(url) as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if ext == META:
-                    yield key, json.loads(tar.extractfile(member).read())
+    for url in shard_urls(shards, split):  # local, http(s) or pipe: (webdataset opens them)
+        for sample in wds.tarfile_samples([{"url": url}]):
+            if META in sample:
+                yield sample["__key__"], json.loads(sample[META])
 
 
 def patients(shards: str, split: str) -> dict[str, str]:

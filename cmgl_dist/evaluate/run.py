@@ -22,6 +22,7 @@ from typing import Optional
 
 from cmgl_dist.config import CMGLConfig, ConfigError, load_config
 from cmgl_dist.data.shardlist import shard_urls
+from cmgl_dist.data.shardlist import is_passthrough
 from cmgl_dist.evaluate.context import EvalInputs
 from cmgl_dist.evaluate.jobs import FRACTION_TASKS, OPT_IN_TASKS, TASKS, Job, job_record, plan_jobs, run_job
 from cmgl_dist.evaluate.report import write_report
@@ -96,7 +97,9 @@ def prepare(args) -> Plan:
     check_shards(shards, cfg.eval.split)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    inputs = EvalInputs(shards=str(Path(shards).resolve()), out_dir=str(out.resolve()), settings=cfg.eval)
+    if not is_passthrough(shards):  # a URL or pipe: command stays as given
+        shards = str(Path(shards).resolve())
+    inputs = EvalInputs(shards=shards, out_dir=str(out.resolve()), settings=cfg.eval)
     tasks = args.tasks or [t for t in TASKS if t not in OPT_IN_TASKS or (t == "finetune" and cfg.eval.finetune)]
     check_split_tasks(cfg.eval.split, tasks)
     jobs = plan_jobs([str(Path(e).resolve()) for e in args.exports], tasks,
