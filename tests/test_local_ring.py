@@ -15,8 +15,9 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from model_outputs import random_model_outputs
 
+from cmgl_dist.bench.scaling_model import Workload, exchange_bytes
 from cmgl_dist.config import LossConfig
-from cmgl_dist.losses import CMGLLoss, global_logits, local_similarity_reference
+from cmgl_dist.losses import CMGLLoss, comm, global_logits, local_similarity_reference
 
 PER_RANK, DIM, N_REGIONS = 3, 6, 5
 WORDS_PER_RANK = (4, 7, 3, 5)
@@ -58,6 +59,12 @@ def _rank_main(rank, world, port, out_dir):
                     cfg = CFG.model_copy(update={"local_backend": backend, "local_negatives": cap,
                                                  "local_exchange": exchange})
                     results[backend, cap, exchange] = _run(batch, cfg)
+        uniform = random_model_outputs(PER_RANK, 4, N_REGIONS, DIM, seed=400 + rank)
+        for cap in CAPS[world]:
+            for exchange in ("gather", "ring"):
+                comm.take_counts()
+                _run(uniform, CFG.model_copy(update={"local_negatives": cap, "local_exchange": exchange}))
+                results["bytes", cap, exchange] = comm.take_counts()
         torch.save(results, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -142,6 +149,20 @@ def test_ring_and_gather_give_each_rank_the_same_loss(ranks):
                 _close(r[backend, cap, "ring"]["losses"]["loss"], r[backend, cap, "gather"]["losses"]["loss"])
     assert not torch.allclose(results[0]["reference", None, "ring"]["losses"]["loss"],
                               results[1]["reference", None, "ring"]["losses"]["loss"])
+
+
+def test_bytes_sent_are_the_scaling_models_prediction(ranks):
+    """float64 everywhere (8 bytes), 4 word slots on every rank."""
+    world, results = ranks
+    for cap in CAPS[world]:
+        work = Workload(micro_batch=PER_RANK, embed_dim=DIM, words=4, param_bytes=0, fixed_ms=0, loss_ms=0,
+                        local_negatives=cap, word_bytes=8, feature_bytes=8, score_bytes=8)
+        for exchange in ("gather", "ring"):
+            expected = exchange_bytes(work, world, exchange)
+            for r in results:
+                assert r["bytes", cap, exchange] == expected, (world, cap, exchange)
+    ring, gather = results[0]["bytes", None, "ring"], results[0]["bytes", None, "gather"]
+    assert ring["p2p"] > 0 and gather["p2p"] == 0
 
 
 def test_a_cap_below_the_batch_is_refused_by_the_loss_itself():

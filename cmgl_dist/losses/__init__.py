@@ -1,4 +1,5 @@
 """Global and local contrastive losses (GLoRIA), with negatives gathered from every rank."""
+from . import comm
 from .cmgl_loss import CMGLLoss
 from .contrastive import global_contrastive_loss, global_logits, local_contrastive_loss, symmetric_cross_entropy
 from .distributed import gather_with_grad
@@ -10,6 +11,7 @@ from .similarity import local_similarity, resolve_backend
 __all__ = [
     "CMGLLoss",
     "chosen_backends",
+    "comm",
     "gather_with_grad",
     "global_contrastive_loss",
     "global_logits",
