@@ -221,7 +221,7 @@ def local_loss_limit(w: Workload, net: Network, max_gpus: int = 512, exchange: s
 def workload_from_breakdown(p50_ms: dict[str, float], **fields) -> Workload:
     """Split a 1-rank `step_breakdown.csv` ({phase: ms}) into the fixed and the growing parts."""
     loss = sum(p50_ms.get(name, 0.0) for name in LOSS_PHASES)
-    skip = set(LOSS_PHASES) | set(COMM_PHASES) | {"step", "sum_of_phases", "local_exchange"}
+    skip = set(LOSS_PHASES) | set(COMM_PHASES) | {"step", "sum_of_phases"}
     fixed = sum(ms for name, ms in p50_ms.items() if name not in skip)
     return Workload(fixed_ms=fixed, loss_ms=loss, **fields)
 
