@@ -57,7 +57,8 @@ def test_exchange_bytes_by_hand():
     assert exchange_bytes(work(), 2, "ring") == {"all_gather": 48, "reduce_scatter": 48, "p2p": 78 + 142 + 20,
                                                 "host": 16}
     assert exchange_bytes(work(local_negatives=2), 8, "ring")["p2p"] == 0  # the own block only
-    assert exchange_bytes(work(local_negatives=3), 8, "ring")["p2p"] == 240  # ceil(3/2) = 2 blocks
+    # a cap of 3: ceil(3/2) = 2 blocks, kept for backward, which sends sums + loss grad + words' grad only
+    assert exchange_bytes(work(local_negatives=3), 8, "ring")["p2p"] == 78 + (8 + 4 + 60) + 20
     assert exchange_bytes(work(), 1, "ring") == exchange_bytes(work(), 1, "gather") == dict.fromkeys(
         ("all_gather", "reduce_scatter", "p2p", "host"), 0)
 
@@ -75,6 +76,7 @@ def test_the_loss_grows_with_the_scored_texts_and_the_ring_recomputes():
     assert predict(work(), 8, NET, "gather")["loss_ms"] == 80.0           # 16 texts / 2 = 8 x
     assert predict(work(), 8, NET, "ring")["loss_ms"] == 100.0            # and the forward again in backward
     assert predict(work(local_negatives=6), 8, NET, "gather")["loss_ms"] == 30.0
+    assert predict(work(local_negatives=6), 8, NET, "ring")["loss_ms"] == 30.0  # blocks kept: no recompute
     one = predict(work(), 1, NET)
     assert one["step_ms"] == 110.0 and one["efficiency"] == 1.0 and one["samples_per_s"] == pytest.approx(2 / 0.11)
     four = predict(work(), 4, NET, "gather")
@@ -87,6 +89,8 @@ def test_ring_memory_stays_flat_and_gather_memory_grows():
     ring = {n: exchange_memory_mb(work(), n, "ring") for n in (2, 64, 512)}
     assert len(set(ring.values())) == 1 and ring[2] == 5 * 2 * 5 * 3 * 2 / 1e6
     assert exchange_memory_mb(work(), 512, "gather") == 256 * exchange_memory_mb(work(), 2, "gather")
+    capped = {n: exchange_memory_mb(work(local_negatives=6), n, "ring") for n in (4, 64, 512)}
+    assert len(set(capped.values())) == 1 and capped[4] == (4 + 3) * 2 * 5 * 3 * 2 / 1e6
 
 
 def test_where_the_local_loss_stops_scaling():

@@ -4,7 +4,8 @@ Step time at n GPUs = compute that does not grow with n (encoders forward/backwa
 host-to-device, data wait: measured at one rank by `cmgl bench step`)
   + the loss compute that grows with n: each rank scores its B images against k(n) texts, so the
     local loss costs k(n)/B times its 1-rank time, k(n) = n B, or min(n B, loss.local_negatives);
-    the ring recomputes each block's scores in backward (`ring_recompute`: their forward's share)
+    without a cap the ring recomputes each block's scores in backward (`ring_recompute`: their
+    forward's share of the local loss); with one it keeps the (at most ceil(K / B)) blocks instead
   + gradient collectives per ZeRO stage: stage 0 all-reduces P bytes, stages 1-2 reduce-scatter
     the gradients and all-gather the updated partition, stage 3 adds a parameter all-gather in
     backward (each (n-1)/n P per rank)
@@ -114,10 +115,17 @@ def _block(w: Workload, grad: bool = False) -> int:
 
 
 def _hops(w: Workload) -> tuple[int, int, int]:
-    """Bytes of the ring's messages: a forward hop (block + text sums), a backward hop (block +
-    owner's sums and loss gradient + the words' gradient), a fill message (B sums)."""
+    """Bytes of the ring's messages: a forward hop (block + text sums), a backward hop (owner's sums
+    and loss gradient + the words' gradient, + the block again unless the forward kept it: with a
+    cap), a fill message (B sums)."""
     sums = w.micro_batch * w.score_bytes
-    return _block(w) + sums, _block(w) + sums + w.score_bytes + _block(w, grad=True), sums
+    again = 0 if _keeps_blocks(w) else _block(w)
+    return _block(w) + sums, again + sums + w.score_bytes + _block(w, grad=True), sums
+
+
+def _keeps_blocks(w: Workload) -> bool:
+    """The ring keeps the visited blocks for backward when a cap bounds them (`local_ring`)."""
+    return w.local_negatives is not None
 
 
 def _gather_parts(w: Workload, gpus: int) -> tuple[tuple[str, float], ...]:
@@ -157,7 +165,7 @@ def ring_exposed_ms(w: Workload, gpus: int, net: Network) -> float:
     bandwidth, latency = net.hop(gpus)
     seconds = [(size / bandwidth + latency) * 1e3 for size in _hops(w)]
     block_forward = w.loss_ms * w.ring_recompute
-    block_backward = w.loss_ms  # its own share, and the forward's again
+    block_backward = w.loss_ms * (1 - w.ring_recompute) + (0 if _keeps_blocks(w) else block_forward)
     return (hops * (max(0.0, seconds[0] - block_forward) + max(0.0, seconds[1] - block_backward))
             + 2 * seconds[2])
 
@@ -179,16 +187,17 @@ def gradient_ms(w: Workload, gpus: int, net: Network) -> float:
 
 def loss_compute_ms(w: Workload, gpus: int, exchange: str) -> float:
     scale = texts_scored(w, gpus) / w.micro_batch
-    recompute = w.ring_recompute if exchange == "ring" and gpus > 1 else 0.0
+    recompute = w.ring_recompute if exchange == "ring" and gpus > 1 and not _keeps_blocks(w) else 0.0
     return w.loss_ms * scale * (1 + recompute)
 
 
 def exchange_memory_mb(w: Workload, gpus: int, exchange: str) -> float:
     """Word buffers the local loss's exchange holds at once per rank: gather, every rank's words and
-    their gradient; ring, at most five blocks (held, next in flight, gradient in, out and own)."""
+    their gradient; ring, the block held, the next in flight, the gradient in, out and its own part
+    (5), with a cap the kept blocks instead of the held one (at most ceil(K / B), whatever N)."""
     if gpus == 1:
         return 0.0
-    held = 2 * gpus if exchange == "gather" else 5
+    held = 2 * gpus if exchange == "gather" else 4 + (blocks(w, gpus) if _keeps_blocks(w) else 1)
     return held * w.micro_batch * w.words * w.embed_dim * w.word_bytes / 1e6
 
 

@@ -11,8 +11,12 @@ while the block of rank r + k + 1 is already on its way from rank r + 1 (point-t
               home (one send of B numbers), where the texts' cross-entropy is taken
   backward    the mirror pass: the blocks travel the other way round, each with its owner's
               text log-sum-exps and loss gradient, and the gradient of its words accumulates on
-              the way and arrives home with the block's last visit (its owner). S_k is
-              recomputed (the forward keeps only the [B] sums), so memory does not grow with N.
+              the way and arrives home with the block's last visit (its owner).
+  memory      without a cap, the forward keeps only the [B] sums and the backward recomputes
+              each block's S (one more forward of the similarity per block), so memory does not
+              grow with N. With a cap the visited blocks are at most ceil(K / B) whatever N, so
+              the forward keeps their graphs (the backend saves its inputs: the blocks) and the
+              backward neither recomputes S nor sends the words again, only their gradients.
 
 With `local_negatives` = K, rank r's images score texts rB .. rB + K - 1 (wrapping), as the
 gathered form does: ceil(K / B) blocks visit, the last one in part (its other texts are left out
@@ -45,12 +49,13 @@ class RingPlan:
     words: tuple[int, ...]   # word slots of every rank's texts
     blocks: int              # blocks visited (own included)
     last_texts: int          # texts of the last block inside the window
+    keep: bool               # keep the visited blocks' graphs for backward (bounded by the cap)
 
     @classmethod
     def make(cls, rank: int, world: int, batch: int, words: tuple[int, ...], local_negatives: int | None):
         texts = world * batch if local_negatives is None else min(local_negatives, world * batch)
         blocks = -(-texts // batch)
-        return cls(rank, world, batch, words, blocks, texts - (blocks - 1) * batch)
+        return cls(rank, world, batch, words, blocks, texts - (blocks - 1) * batch, local_negatives is not None)
 
     def owner(self, step: int) -> int:
         """The rank whose block rank `rank` scores at forward step `step`."""
@@ -78,6 +83,7 @@ class RingLocalLoss(torch.autograd.Function):
     def forward(ctx, words, regions, word_mask, plan: RingPlan, score, gamma3: float):
         blk_words, blk_mask = words, word_mask
         image_lse = positives = sums = None
+        kept = []
         for step in range(plan.blocks):
             sends, recvs, nxt = [], [], None
             if step < plan.blocks - 1:  # the next block, from the right neighbour
@@ -90,7 +96,11 @@ class RingLocalLoss(torch.autograd.Function):
                 recvs.append((sums_in, plan.peer(1), SUMS))
             with phase("local_exchange"):
                 works = comm.exchange(sends, recvs)
-            logits = _window(gamma3 * score(blk_words, blk_mask, regions), plan, step)
+            if plan.keep:
+                kept.append(_graph(score, blk_words, blk_mask, regions, gamma3))
+                logits = _window(kept[-1][0].detach(), plan, step)
+            else:
+                logits = _window(gamma3 * score(blk_words, blk_mask, regions), plan, step)
             lse = logits.logsumexp(dim=0)
             image_lse = lse if step == 0 else torch.logaddexp(image_lse, lse)
             text_part = logits.logsumexp(dim=1)
@@ -103,50 +113,61 @@ class RingLocalLoss(torch.autograd.Function):
                 blk_words, blk_mask = nxt[0], nxt[1].view(torch.bool)
         text_lse = _send_home(sums, plan)
         ctx.save_for_backward(words, regions, word_mask, blk_words, blk_mask, image_lse, text_lse)
-        ctx.plan, ctx.score, ctx.gamma3 = plan, score, gamma3
+        ctx.plan, ctx.score, ctx.gamma3, ctx.kept = plan, score, gamma3, kept
         return (image_lse - positives).mean() + (text_lse - positives).mean()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss):
         words, regions, word_mask, blk_words, blk_mask, image_lse, text_lse = ctx.saved_tensors
-        plan, score, gamma3 = ctx.plan, ctx.score, ctx.gamma3
+        plan, score, gamma3, kept = ctx.plan, ctx.score, ctx.gamma3, ctx.kept
+        ctx.kept = None
         grad_regions = torch.zeros_like(regions, dtype=image_lse.dtype)
         stats = _stats_of_last_block(torch.cat([text_lse, grad_loss.to(text_lse.dtype).reshape(1)]), plan)
         grad_words = None
         for back_step in range(plan.blocks):
             step = plan.blocks - 1 - back_step  # the forward step of the block held now
             sends, recvs, nxt = [], [], None
-            if step > 0:  # the next block (forward step - 1) comes from the left neighbour
-                nxt = (*_block_buffers(plan, plan.owner(step - 1), words, word_mask), stats.new_empty(stats.shape))
-                sends += [(blk_words, plan.peer(1), WORDS), (blk_mask.view(torch.uint8), plan.peer(1), MASK),
-                          (stats, plan.peer(1), SUMS)]
-                recvs += [(nxt[0], plan.peer(-1), WORDS), (nxt[1], plan.peer(-1), MASK), (nxt[2], plan.peer(-1), SUMS)]
+            if step > 0:  # the next block's owner's sums (and, unless kept, its words) from the left
+                nxt = (stats.new_empty(stats.shape),)
+                sends.append((stats, plan.peer(1), SUMS))
+                recvs.append((nxt[0], plan.peer(-1), SUMS))
+                if not plan.keep:
+                    nxt += _block_buffers(plan, plan.owner(step - 1), words, word_mask)
+                    sends += [(blk_words, plan.peer(1), WORDS), (blk_mask.view(torch.uint8), plan.peer(1), MASK)]
+                    recvs += [(nxt[1], plan.peer(-1), WORDS), (nxt[2], plan.peer(-1), MASK)]
+            graph = kept[step] if plan.keep else _graph(score, blk_words, blk_mask, regions, gamma3)
             if back_step > 0:  # the previous block's gradient goes on; this block's arrives
-                grad_in = torch.empty_like(blk_words)
+                grad_in = torch.empty_like(graph[1])
                 sends.append((grad_words, plan.peer(1), GRAD))
                 recvs.append((grad_in, plan.peer(-1), GRAD))
             with phase("local_exchange"):
                 works = comm.exchange(sends, recvs)
-            mine = _block_grads(score, blk_words, blk_mask, regions, plan, step, gamma3,
-                                grad_loss, image_lse, stats)
+            mine = _block_grads(graph, plan, step, grad_loss, image_lse, stats)
             grad_regions += mine[1]
             with phase("local_exchange"):
                 comm.wait(works)
             grad_words = mine[0] if back_step == 0 else (grad_in.to(mine[0].dtype) + mine[0])
             grad_words = grad_words.to(words.dtype)
             if nxt is not None:
-                blk_words, blk_mask, stats = nxt[0], nxt[1].view(torch.bool), nxt[2]
+                stats = nxt[0]
+                if not plan.keep:
+                    blk_words, blk_mask = nxt[1], nxt[2].view(torch.bool)
         return grad_words, grad_regions.to(regions.dtype), None, None, None, None
 
 
-def _block_grads(score, words, mask, regions, plan, step, gamma3, grad_loss, image_lse, stats):
-    """d(this rank's image-side loss + the block owner's text-side loss) / d(words, regions)."""
-    batch = plan.batch
+def _graph(score, words, mask, regions, gamma3):
+    """(gamma3 * S with its autograd graph, the words and regions leaves it was computed from)."""
     with torch.enable_grad():
         words = words.detach().requires_grad_()
         regions = regions.detach().requires_grad_()
-        logits_graph = gamma3 * score(words, mask, regions)
+        return gamma3 * score(words, mask, regions), words, regions
+
+
+def _block_grads(graph, plan, step, grad_loss, image_lse, stats):
+    """d(this rank's image-side loss + the block owner's text-side loss) / d(words, regions)."""
+    logits_graph, words, regions = graph
+    batch = plan.batch
     with torch.no_grad():
         logits = _window(logits_graph.detach(), plan, step)
         text_lse, owner_grad = stats[:batch], stats[batch]
