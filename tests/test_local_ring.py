@@ -6,6 +6,8 @@ the CPU. Each rank's inputs are leaves and it holds a copy of a shared projectio
 for model parameters); DDP / DeepSpeed average the projection's gradients over ranks, and each
 rank's own inputs receive the sum over ranks' losses, so both are compared after / N.
 """
+import importlib.util
+import os
 import socket
 
 import pytest
@@ -26,6 +28,7 @@ CFG = LossConfig(gamma1=4.0, gamma2=5.0, gamma3=10.0, global_temperature=0.1, lo
 INPUTS = ("img_global", "regions", "sentence", "words")
 CAPS = {2: (None, 4), 4: (None, 4, 8)}  # 4 and 8: the last block in part; 8 of 12 leaves a rank out
 BACKENDS = {2: ("reference", "compiled"), 4: ("reference",)}
+TRITON = importlib.util.find_spec("triton") is not None  # float32 only: run under TRITON_INTERPRET=1, below
 
 
 def _rank_batch(rank):
@@ -40,7 +43,7 @@ def _projection():
 def _run(batch, cfg):
     """Loss and the gradients of the inputs and the projection."""
     leaves = {key: value.clone().requires_grad_() if key in INPUTS else value for key, value in batch.items()}
-    projection = _projection().requires_grad_()
+    projection = _projection().to(batch["words"].dtype).requires_grad_()
     out = {key: value @ projection if key in INPUTS else value for key, value in leaves.items()}
     losses = CMGLLoss(cfg)(out)
     losses["loss"].backward()
@@ -59,6 +62,11 @@ def _rank_main(rank, world, port, out_dir):
                     cfg = CFG.model_copy(update={"local_backend": backend, "local_negatives": cap,
                                                  "local_exchange": exchange})
                     results[backend, cap, exchange] = _run(batch, cfg)
+        if world == 2 and TRITON:  # the kernel takes fp32 (and 16-bit) inputs only
+            single = {k: v.float() if v.is_floating_point() else v for k, v in batch.items()}
+            for exchange in ("gather", "ring"):
+                cfg = CFG.model_copy(update={"local_backend": "triton", "local_negatives": 4, "local_exchange": exchange})
+                results["triton", 4, exchange] = _run(single, cfg)
         uniform = random_model_outputs(PER_RANK, 4, N_REGIONS, DIM, seed=400 + rank)
         for cap in CAPS[world]:
             for exchange in ("gather", "ring"):
@@ -114,7 +122,15 @@ def _free_port():
 def ranks(request, tmp_path_factory):
     world = request.param
     out = tmp_path_factory.mktemp(f"ring{world}")
-    mp.spawn(_rank_main, args=(world, _free_port(), str(out)), nprocs=world, join=True)
+    interpret = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"  # inherited by the spawned ranks: the Triton kernel on the CPU
+    try:
+        mp.spawn(_rank_main, args=(world, _free_port(), str(out)), nprocs=world, join=True)
+    finally:
+        if interpret is None:
+            os.environ.pop("TRITON_INTERPRET")
+        else:
+            os.environ["TRITON_INTERPRET"] = interpret
     return world, [torch.load(out / f"rank{rank}.pt") for rank in range(world)]
 
 
@@ -149,6 +165,19 @@ def test_ring_and_gather_give_each_rank_the_same_loss(ranks):
                 _close(r[backend, cap, "ring"]["losses"]["loss"], r[backend, cap, "gather"]["losses"]["loss"])
     assert not torch.allclose(results[0]["reference", None, "ring"]["losses"]["loss"],
                               results[1]["reference", None, "ring"]["losses"]["loss"])
+
+
+@pytest.mark.skipif(not TRITON, reason="needs the triton package")
+def test_ring_equals_gather_with_the_triton_kernel_in_float32(ranks):
+    world, results = ranks
+    if world != 2:
+        pytest.skip("run on 2 ranks")
+    for r in results:
+        ring, gather = r["triton", 4, "ring"], r["triton", 4, "gather"]
+        torch.testing.assert_close(ring["losses"], gather["losses"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ring["grads"], gather["grads"], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(ring["losses"]["loss"].double(), r["reference", 4, "ring"]["losses"]["loss"],
+                                   rtol=1e-4, atol=0)
 
 
 def test_bytes_sent_are_the_scaling_models_prediction(ranks):
