@@ -2,7 +2,7 @@
 checked against 1 vs 2 (or more: `--check-ranks 2 4`) local ranks.
 
     cmgl bench scaling --out bench/scaling                       # measures debug on 1 and 2 CPU ranks first
-    cmgl bench scaling --out DIR --measured DIR1 --zero-stage 3 --ib-gbps 25
+    cmgl bench scaling --out DIR --measured DIR1 --zero-stage 3 --nic-gbps 25 --local-negatives 256
 
 The model is in `scaling_model.py`. Its compute comes from a 1-rank `cmgl bench step` folder
 (`--measured`, else measured here with `--config`); with `--check` (default) the same config is

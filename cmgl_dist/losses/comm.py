@@ -22,6 +22,9 @@ import torch
 import torch.distributed as dist
 
 KINDS = ("all_gather", "reduce_scatter", "p2p", "host")
+# torch >= 2.14 names the tensor forms *_single (the *_tensor names warn as deprecated)
+_ALL_GATHER = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
+_REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
 _counts: Counter = Counter()
 _host_groups: dict = {}
 
@@ -43,7 +46,7 @@ def all_gather(x: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     out = x.new_empty((world * x.shape[0], *x.shape[1:]))
     _counts["all_gather"] += (world - 1) * _nbytes(x)
-    dist.all_gather_into_tensor(out, x)
+    _ALL_GATHER(out, x)
     return out
 
 
@@ -53,20 +56,23 @@ def reduce_scatter(x: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     out = x.new_empty((x.shape[0] // world, *x.shape[1:]))
     _counts["reduce_scatter"] += (world - 1) * _nbytes(out)
-    dist.reduce_scatter_tensor(out, x)
+    _REDUCE_SCATTER(out, x)
     return out
 
 
-def exchange(sends: list[tuple[torch.Tensor, int, int]], recvs: list[tuple[torch.Tensor, int, int]]) -> list:
+def exchange(sends: list[tuple[torch.Tensor, int, int]], recvs: list[tuple[torch.Tensor, int, int]]):
     """Start point-to-point sends and receives ((tensor, peer rank, tag)) as one batch; returns
-    the works to wait on. Each tensor kind has its own tag, so order within a batch never matters."""
+    what `wait` takes. Each tensor kind has its own tag, so order within a batch never matters.
+    The ops (and the contiguous copies they send) live until `wait`: a buffer freed while in
+    flight would be sent (or received into) after its memory was reused."""
     ops = [dist.P2POp(dist.isend, t.contiguous(), peer, tag=tag) for t, peer, tag in sends]
     ops += [dist.P2POp(dist.irecv, t, peer, tag=tag) for t, peer, tag in recvs]
     _counts["p2p"] += sum(_nbytes(t) for t, _, _ in sends)
-    return dist.batch_isend_irecv(ops) if ops else []
+    return (dist.batch_isend_irecv(ops) if ops else []), ops
 
 
-def wait(works: list) -> None:
+def wait(pending) -> None:
+    works, _ops = pending
     for work in works:
         work.wait()
 
