@@ -143,6 +143,7 @@ def run_rank(cfg, args) -> None:
     metrics.telemetry.close()
     if world.rank == 0:
         write_results(args, cfg, world, every)
+    dist.barrier()  # the ranks leave together: none tears its connections down while rank 0 still writes
     dist.destroy_process_group()
 
 
