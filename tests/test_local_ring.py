@@ -73,6 +73,15 @@ def _rank_main(rank, world, port, out_dir):
                 comm.take_counts()
                 _run(uniform, CFG.model_copy(update={"local_negatives": cap, "local_exchange": exchange}))
                 results["bytes", cap, exchange] = comm.take_counts()
+        half = {k: v.to(torch.bfloat16) if k in ("words", "regions") else v.float() if v.is_floating_point() else v
+                for k, v in uniform.items()}  # words arrive in bf16 and cross the wire so
+        for exchange in ("gather", "ring"):
+            leaves = {k: v.requires_grad_() if v.is_floating_point() else v
+                      for k, v in ((k, v.clone()) for k, v in half.items())}
+            comm.take_counts()
+            CMGLLoss(CFG.model_copy(update={"local_exchange": exchange}))(leaves)["loss"].backward()
+            results["bf16 bytes", exchange] = comm.take_counts()
+            results["bf16 grad", exchange] = leaves["words"].grad
         torch.save(results, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -190,6 +199,14 @@ def test_bytes_sent_are_the_scaling_models_prediction(ranks):
             expected = exchange_bytes(work, world, exchange)
             for r in results:
                 assert r["bytes", cap, exchange] == expected, (world, cap, exchange)
+    work = Workload(micro_batch=PER_RANK, embed_dim=DIM, words=4, param_bytes=0, fixed_ms=0, loss_ms=0,
+                    word_bytes=2, feature_bytes=4, score_bytes=4)
+    for r in results:
+        for exchange in ("gather", "ring"):
+            assert r["bf16 bytes", exchange] == exchange_bytes(work, world, exchange), (world, exchange)
+            assert r["bf16 grad", exchange].dtype == torch.bfloat16
+        # a few bf16 roundings apart: the ring rounds the gradient to bf16 at every hop, as the reduce-scatter does
+        torch.testing.assert_close(r["bf16 grad", "ring"], r["bf16 grad", "gather"], rtol=2e-2, atol=8e-3)
     ring, gather = results[0]["bytes", None, "ring"], results[0]["bytes", None, "gather"]
     assert ring["p2p"] > 0 and gather["p2p"] == 0
 
