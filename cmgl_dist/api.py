@@ -114,13 +114,13 @@ class CMGL:
         to the crop and placed back on the original image's pixels (each map sums to 1 over the
         part of the image the model saw; 0 outside the centre crop)."""
         from cmgl_dist.data.text import tokenize_texts
-        from cmgl_dist.evaluate.similarity import word_region_attention
+        from cmgl_dist.evaluate.similarity import pair_attention_map
 
         width, height = self.grey(image).size
         _, regions = self.encode_images([image])
         _, words, word_mask = self.encode_texts([text])
         strings = tokenize_texts(self.tokenizer, [text], self.cfg.data.max_length, self.cfg.data.special_words)
-        attention = word_region_attention(words[0][word_mask[0]], regions[0], self.cfg.loss.gamma1)
+        attention = pair_attention_map(words[0][word_mask[0]], regions[0], self.cfg.loss.gamma1)
         maps = torch.stack([self.to_image(a, (width, height)) for a in attention])
         return strings["words"][0], maps
 

@@ -124,6 +124,10 @@ class LossConfig(_Section):
         None, ge=1, description="Cap on the gathered texts each rank's images are scored against in the local loss "
                                 "(a window from the rank's own texts on; None: all N x B). Its cost grows with the "
                                 "global batch; the cap keeps it flat. Must be >= train.micro_batch.")
+    local_exchange: Literal["ring", "gather"] = Field(
+        "ring", description="How the local loss reaches other ranks' words: ring (word blocks pass rank to rank, "
+                            "overlapped with scoring; memory flat in N) or gather (all-gather every rank's words "
+                            "and the score rows; the reference). Same loss and gradients.")
 
     @model_validator(mode="after")
     def _check_kernel_gammas(self):

@@ -73,9 +73,11 @@ def test_two_cpu_ranks_write_a_breakdown_that_adds_up(small_shards, tmp_path):
     with open(tmp_path / "step_breakdown.csv", newline="") as f:
         rows = {row["phase"]: float(row["ms_p50"]) for row in csv.DictReader(f)}
     for name in ("data_wait", "image_encoder_fwd", "text_encoder_fwd", "feature_all_gather", "global_loss",
-                 "local_loss", "backward", "gradient_reduction", "optimizer_step"):
+                 "local_loss", "local_exchange", "backward", "gradient_reduction", "optimizer_step"):
         assert rows[name] > 0, name
     assert abs(rows["sum_of_phases"] / rows["step"] - 1) < 0.10
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["world_size"] == 2 and all(b > 0 for b in summary["comm_bytes_per_step_per_rank"])
+    assert summary["local_exchange"] == "ring" and summary["exchange_bytes_per_step"]["p2p"] > 0
+    assert isinstance(summary["exchange_overlapped"], bool)
     assert (tmp_path / "step_breakdown.png").stat().st_size > 1000

@@ -1,61 +1,117 @@
-"""The weak-scaling model's arithmetic against hand-computed cases (cmgl_dist.bench.scaling_model)."""
+"""The weak-scaling model's arithmetic against hand-computed cases (cmgl_dist.bench.scaling_model),
+and the shipped H200 GLoRIA workload against the scaling target."""
+import json
+from pathlib import Path
+
 import pytest
 
-from cmgl_dist.bench.scaling_model import (Network, Workload, collective_ms, feature_ms, gradient_ms,
-                                           link_from_all_reduce, local_loss_limit, predict, workload_from_breakdown)
+from cmgl_dist.bench.scaling_model import (Network, Workload, collective_ms, exchange_bytes, exchange_memory_mb,
+                                           gradient_ms, link_from_all_reduce, local_loss_limit, predict,
+                                           ring_exposed_ms, workload_from_breakdown)
 
-# 1 GB/s and 10 us inside a node of 4; 0.5 GB/s and 100 us between nodes.
-NET = Network(gpus_per_node=4, nvlink_gbps=1.0, nvlink_latency_us=10.0, ib_gbps=0.5, ib_latency_us=100.0)
+# 1 GB/s and 10 us inside a node of 4; between nodes 4 NICs of 0.125 GB/s (0.5 GB/s a node) and 100 us.
+NET = Network(gpus_per_node=4, nvlink_gbps=1.0, nvlink_latency_us=10.0, nic_gbps=0.125, nics_per_node=4,
+              nic_latency_us=100.0)
+H200_GLORIA = Path(__file__).parents[1] / "benchmarks" / "scaling_h200_gloria.json"
 
 
 def work(**kw):
-    fields = dict(micro_batch=2, embed_dim=3, words=5, param_bytes=1e6, fixed_ms=100.0, loss_ms=10.0, zero_stage=1)
+    fields = dict(micro_batch=2, embed_dim=3, words=5, param_bytes=1e6, fixed_ms=100.0, loss_ms=10.0, zero_stage=1,
+                  word_bytes=2)
     return Workload(**{**fields, **kw})
 
 
-def test_collectives_follow_the_ring_formula():
-    # all-reduce of 1 MB on 4 GPUs in a node: 2 x 3/4 x 1e6 B / 1e9 B/s = 1.5 ms, + 2 x log2(4) x 10 us = 0.04 ms
-    assert collective_ms("all_reduce", 1e6, 4, NET) == pytest.approx(1.54)
-    # all-gather of 8 MB total on 8 GPUs (two nodes: InfiniBand): 7/8 x 8e6 / 0.5e9 = 14 ms, + 3 x 100 us
-    assert collective_ms("all_gather", 8e6, 8, NET) == pytest.approx(14.3)
+def test_collectives_follow_nccls_ring_and_tree():
+    # all-reduce of 1 MB on 4 GPUs in a node: ring 2 x (3/4 x 1e6 B / 1e9 B/s + 3 x 10 us) = 1.56 ms;
+    # tree 2 x 1e6 / 1e9 + 2 x log2(4) x 10 us = 2.04 ms: the ring
+    assert collective_ms("all_reduce", 1e6, 4, NET) == pytest.approx(1.56)
+    # all-gather of 8 MB on 8 GPUs (two nodes: 4 NICs x 0.125 GB/s): 7/8 x 8e6 / 0.5e9 = 14 ms, + 7 x 100 us
+    assert collective_ms("all_gather", 8e6, 8, NET) == pytest.approx(14.7)
+    # a small all-reduce on 64 GPUs: ring 2 x (63/64 x 1e3 / 0.5e9 + 63 x 100 us), tree 2 x 1e3 / 0.5e9 + 12 x 100 us
+    assert collective_ms("all_reduce", 1e3, 64, NET) == pytest.approx(2e3 / 0.5e9 * 1e3 + 1.2)
     assert collective_ms("all_reduce", 1e9, 1, NET) == 0.0
 
 
-def test_gradient_volume_per_zero_stage():
-    # 2 GPUs: stages 0-2 move 2 x 1/2 x 1 MB = 1 MB (1 ms) + 2 x 1 x 10 us; stage 3 moves 1.5 MB + 3 x 10 us
+def test_between_nodes_the_nics_add_up_and_nvlink_caps_them():
+    assert Network().bus(16) == (360e9, 8e-6)  # 8 NICs x 45 GB/s = NVLink's 360
+    assert Network(nics_per_node=4).bus(16)[0] == 180e9
+    assert Network().hop(16) == (45e9, 8e-6)  # a point-to-point hop between nodes: one NIC
+    assert Network().bus(8) == Network().hop(8) == (360e9, 3e-6)
+
+
+def test_gradient_passes_per_zero_stage():
+    # 2 GPUs, 1 MB: stage 0 all-reduce = min(ring 2 x (0.5 ms + 10 us), tree 2 ms + 20 us) = 1.02 ms;
+    # stages 1-2 reduce-scatter + all-gather 2 x 0.51; stage 3 one more all-gather
     assert gradient_ms(work(zero_stage=0), 2, NET) == pytest.approx(1.02)
     assert gradient_ms(work(zero_stage=2), 2, NET) == pytest.approx(1.02)
     assert gradient_ms(work(zero_stage=3), 2, NET) == pytest.approx(1.53)
 
 
-def test_feature_collectives_by_hand():
-    # B=2, D=3, W=5, fp32, n=2. Per rank: global 2*2*3*4 = 48 B; words 2*5*(3*4+1) = 130 B (mask 10 B);
-    # local rows 2*2*2*4 = 32 B. Gathers move n x size; backward all-reduces n x (size - mask).
-    w, n = work(), 2
-    expected = sum(collective_ms("all_gather", n * s, n, NET) + collective_ms("all_reduce", n * g, n, NET)
-                   for s, g in ((48, 48), (130, 120), (32, 32)))
-    assert feature_ms(w, n, NET) == pytest.approx(expected)
-    bytes_only = (0.5 * 2 * (48 + 130 + 32) + 2 * 0.5 * 2 * (48 + 120 + 32)) / 1e9 * 1e3
-    latency = (3 * 1 + 3 * 2) * 10e-3  # three gathers (1 x log2 2 x 10 us) and three all-reduces (2 x ...)
-    assert feature_ms(w, n, NET) == pytest.approx(bytes_only + latency)
+def test_exchange_bytes_by_hand():
+    # B=2, D=3, W=5, bf16 words, fp32 vectors and scores, n=2. Vectors 2 x 2*3*4 = 48 B each way.
+    # gather: words 2*5*3*2 = 60, mask 10, rows 2*(2*2)*4 = 32 forward; words 60 + rows 32 backward.
+    assert exchange_bytes(work(), 2, "gather") == {"all_gather": 48 + 60 + 10 + 32, "reduce_scatter": 48 + 60 + 32,
+                                                  "p2p": 0, "host": 16}
+    # ring, one hop: forward block 70 + sums 8; backward block 70 + sums 8 + loss grad 4 + words' grad 60;
+    # the fill: sums home 8, the owner's sums + loss grad back 12
+    assert exchange_bytes(work(), 2, "ring") == {"all_gather": 48, "reduce_scatter": 48, "p2p": 78 + 142 + 20,
+                                                "host": 16}
+    assert exchange_bytes(work(local_negatives=2), 8, "ring")["p2p"] == 0  # the own block only
+    # a cap of 3: ceil(3/2) = 2 blocks, kept for backward, which sends sums + loss grad + words' grad only
+    assert exchange_bytes(work(local_negatives=3), 8, "ring")["p2p"] == 78 + (8 + 4 + 60) + 20
+    assert exchange_bytes(work(), 1, "ring") == exchange_bytes(work(), 1, "gather") == dict.fromkeys(
+        ("all_gather", "reduce_scatter", "p2p", "host"), 0)
 
 
-def test_the_loss_grows_with_the_gathered_texts_unless_capped():
+def test_the_ring_hides_its_hops_behind_the_scoring():
+    # one hop on 2 GPUs: 78 B and 142 B at 1 GB/s + 10 us each, the fill 2 x (8 B + 10 us)
+    hops = (78 / 1e9 + 10e-6) * 1e3, (142 / 1e9 + 10e-6) * 1e3
+    fill = 2 * (8 / 1e9 + 10e-6) * 1e3
+    assert ring_exposed_ms(work(loss_ms=0.0), 2, NET) == pytest.approx(sum(hops) + fill)
+    assert ring_exposed_ms(work(loss_ms=10.0), 2, NET) == pytest.approx(fill)
+
+
+def test_the_loss_grows_with_the_scored_texts_and_the_ring_recomputes():
     assert predict(work(), 1, NET)["loss_ms"] == 10.0
-    assert predict(work(), 8, NET)["loss_ms"] == 80.0            # 16 texts / 2 = 8 x
-    assert predict(work(local_negatives=6), 8, NET)["loss_ms"] == 30.0
+    assert predict(work(), 8, NET, "gather")["loss_ms"] == 80.0           # 16 texts / 2 = 8 x
+    assert predict(work(), 8, NET, "ring")["loss_ms"] == 100.0            # and the forward again in backward
+    assert predict(work(local_negatives=6), 8, NET, "gather")["loss_ms"] == 30.0
+    assert predict(work(local_negatives=6), 8, NET, "ring")["loss_ms"] == 30.0  # blocks kept: no recompute
     one = predict(work(), 1, NET)
     assert one["step_ms"] == 110.0 and one["efficiency"] == 1.0 and one["samples_per_s"] == pytest.approx(2 / 0.11)
-    four = predict(work(), 4, NET)
+    four = predict(work(), 4, NET, "gather")
     assert four["nodes"] == 1 and predict(work(), 5, NET)["nodes"] == 2
     assert four["step_ms"] == pytest.approx(100 + 40 + four["feature_comm_ms"] + four["gradient_comm_ms"])
     assert four["efficiency"] == pytest.approx(110 / four["step_ms"])
 
 
+def test_ring_memory_stays_flat_and_gather_memory_grows():
+    ring = {n: exchange_memory_mb(work(), n, "ring") for n in (2, 64, 512)}
+    assert len(set(ring.values())) == 1 and ring[2] == 5 * 2 * 5 * 3 * 2 / 1e6
+    assert exchange_memory_mb(work(), 512, "gather") == 256 * exchange_memory_mb(work(), 2, "gather")
+    capped = {n: exchange_memory_mb(work(local_negatives=6), n, "ring") for n in (4, 64, 512)}
+    assert len(set(capped.values())) == 1 and capped[4] == (4 + 3) * 2 * 5 * 3 * 2 / 1e6
+
+
 def test_where_the_local_loss_stops_scaling():
-    # loss 10 x n/1 (B texts per GPU) passes the rest (~100 ms + comm) between 8 and 16 GPUs
-    assert local_loss_limit(work(), NET) == 16
+    # loss 10 x n (B texts per GPU) passes the rest (~100 ms + comm) between 8 and 16 GPUs
+    assert local_loss_limit(work(), NET, exchange="gather") == 16
     assert local_loss_limit(work(local_negatives=8), NET) is None
+
+
+def test_the_h200_gloria_recipe_meets_the_exposed_communication_target_with_the_ring():
+    fields = {k: v for k, v in json.loads(H200_GLORIA.read_text()).items() if k != "source"}
+    recipe = Workload(**{**fields, "local_negatives": 256})
+    net = Network()
+    assert predict(recipe, 64, net, "ring")["exposed_share"] <= 0.05
+    assert predict(recipe, 512, net, "ring")["exposed_share"] <= 0.10
+    assert predict(recipe, 512, net, "gather")["exposed_share"] > 0.10
+    # K = 256 = 2B: each image scores twice its one-GPU texts, so (fixed + loss) / (fixed + 2 loss) caps efficiency
+    cap = (recipe.fixed_ms + recipe.loss_ms) / (recipe.fixed_ms + 2 * recipe.loss_ms)
+    assert cap == pytest.approx(0.66, abs=0.005)
+    assert all(predict(recipe, n, net, e)["efficiency"] <= cap + 1e-9 for n in (2, 64, 512) for e in ("gather", "ring"))
+    uncapped = Workload(**fields)
+    assert len({predict(uncapped, n, net, "ring")["exchange_mb"] for n in (2, 8, 64, 512)}) == 1
 
 
 def test_link_figures_reproduce_the_measured_all_reduces():
@@ -67,6 +123,7 @@ def test_link_figures_reproduce_the_measured_all_reduces():
 
 def test_a_breakdown_splits_into_fixed_and_growing_parts():
     p50 = {"data_wait": 5, "image_encoder_fwd": 20, "local_loss": 7, "global_loss": 1, "feature_all_gather": 9,
-           "gradient_reduction": 4, "backward": 30, "unattributed": 2, "sum_of_phases": 76, "step": 75}
+           "local_exchange": 3, "gradient_reduction": 4, "backward": 30, "unattributed": 2, "sum_of_phases": 79,
+           "step": 78}
     w = workload_from_breakdown(p50, micro_batch=2, embed_dim=3, words=5, param_bytes=1.0)
     assert (w.fixed_ms, w.loss_ms) == (57, 8)

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 from cmgl_dist.bench.harness import Clock
 
 GRADIENT_PHASES = ("backward", "optimizer_step")
-COLLECTIVE_PHASES = ("feature_all_gather", "loss_all_reduce", "gradient_reduction", "zero_param_gather")
+COLLECTIVE_PHASES = ("feature_all_gather", "local_exchange", "loss_all_reduce", "gradient_reduction", "zero_param_gather")
 
 
 class DeepSpeedComms:

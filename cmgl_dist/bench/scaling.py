@@ -1,14 +1,16 @@
-"""`cmgl bench scaling`: predicted weak scaling from 1 to 512 GPUs, checked against 1 vs 2 local ranks.
+"""`cmgl bench scaling`: predicted weak scaling from 1 to 512 GPUs, gather and ring side by side,
+checked against 1 vs 2 (or more: `--check-ranks 2 4`) local ranks.
 
     cmgl bench scaling --out bench/scaling                       # measures debug on 1 and 2 CPU ranks first
-    cmgl bench scaling --out DIR --measured DIR1 --zero-stage 3 --ib-gbps 25
+    cmgl bench scaling --out DIR --measured DIR1 --zero-stage 3 --nic-gbps 25 --local-negatives 256
 
 The model is in `scaling_model.py`. Its compute comes from a 1-rank `cmgl bench step` folder
 (`--measured`, else measured here with `--config`); with `--check` (default) the same config is
-also measured on 2 local ranks and the model, given the all-reduce speed those ranks measured,
+also measured on local ranks and the model, given the all-reduce speed those ranks measured,
 predicts that step: both rows go into scaling.csv (`kind` measured / predicted_local). Writes
-scaling.csv (gpus, nodes, predicted ms by part, samples/s, efficiency), scaling.png and the long
-rows in results.csv.
+scaling.csv (exchange, gpus, nodes, predicted ms by part, samples/s, efficiency, the exposed
+share of the step, the exchange's word buffers), scaling.md (gather and ring side by side),
+scaling.png (the ring) and the long rows in results.csv.
 """
 from __future__ import annotations
 
@@ -23,12 +25,13 @@ from pathlib import Path
 from typing import Optional
 
 from cmgl_dist.atomic import write_text_atomic
-from cmgl_dist.bench.scaling_model import (Network, Workload, link_from_all_reduce, local_loss_limit, predict,
-                                           workload_from_breakdown)
+from cmgl_dist.bench.scaling_model import (EXCHANGES, Network, Workload, exchange_bytes, link_from_all_reduce,
+                                           local_loss_limit, predict, workload_from_breakdown)
 from cmgl_dist.bench.harness import append_results
 
-COLUMNS = ("kind", "gpus", "nodes", "compute_ms", "loss_ms", "feature_comm_ms", "gradient_comm_ms", "step_ms",
-           "samples_per_s", "efficiency", "rank_skew_ms")
+COLUMNS = ("kind", "exchange", "gpus", "nodes", "compute_ms", "loss_ms", "feature_comm_ms", "gradient_comm_ms",
+           "step_ms", "samples_per_s", "efficiency", "exposed_share", "exchange_mb", "rank_skew_ms")
+PARTS = ("compute_ms", "loss_ms", "feature_comm_ms", "gradient_comm_ms")
 
 
 def parse_args(argv):
@@ -41,7 +44,8 @@ def parse_args(argv):
     p.add_argument("--config", default="debug", help="config measured when --measured is not given")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--no-check", dest="check", action="store_false", help="skip the 2-rank measurement")
+    p.add_argument("--no-check", dest="check", action="store_false", help="skip the local-rank measurements")
+    p.add_argument("--check-ranks", type=int, nargs="+", default=[2], help="local ranks measured (default 2)")
     p.add_argument("--zero-stage", type=int, choices=range(4), help="default: the measured run's")
     p.add_argument("--local-negatives", type=int, help="loss.local_negatives to model (default: the run's)")
     p.add_argument("--max-gpus", type=int, default=512)
@@ -83,28 +87,34 @@ def workload(folder: Path, args) -> Workload:
 def measured_row(folder: Path, work: Workload) -> dict:
     """A measured `cmgl bench step` folder as a scaling.csv row (its phases grouped as the model's parts)."""
     p50, summary = read_breakdown(folder)
-    group = {"loss_ms": ("local_loss", "global_loss"), "feature_comm_ms": ("feature_all_gather", "loss_all_reduce"),
+    group = {"loss_ms": ("local_loss", "global_loss"),
+             "feature_comm_ms": ("feature_all_gather", "local_exchange", "loss_all_reduce"),
              "gradient_comm_ms": ("gradient_reduction", "zero_param_gather")}
     parts = {name: sum(p50.get(phase, 0.0) for phase in phases) for name, phases in group.items()}
     compute = sum(ms for name, ms in p50.items() if name not in ("step", "sum_of_phases")) - sum(parts.values())
-    return {"kind": "measured", "gpus": summary["world_size"], "nodes": 1, "compute_ms": compute, **parts,
-            "step_ms": p50["step"], "samples_per_s": summary["samples_per_s"],
-            "efficiency": (work.fixed_ms + work.loss_ms) / p50["step"], "rank_skew_ms": summary.get("rank_skew_ms_p50", "")}
+    comm = parts["feature_comm_ms"] + parts["gradient_comm_ms"]
+    return {"kind": "measured", "exchange": summary.get("local_exchange", "gather"), "gpus": summary["world_size"],
+            "nodes": 1, "compute_ms": compute, **parts, "step_ms": p50["step"], "samples_per_s": summary["samples_per_s"],
+            "efficiency": (work.fixed_ms + work.loss_ms) / p50["step"], "exposed_share": comm / p50["step"],
+            "exchange_mb": "", "rank_skew_ms": summary.get("rank_skew_ms_p50", "")}
 
 
-def check_rows(work: Workload, one_rank: Path, two_ranks: Path) -> list[dict]:
-    """Measured 1- and 2-rank steps, and the model's 2-rank prediction with the link those ranks measured."""
-    summary = read_breakdown(two_ranks)[1]
+def check_rows(work: Workload, folder: Path) -> list[dict]:
+    """A measured local-rank step and the model's prediction of it with the link those ranks measured."""
+    summary = read_breakdown(folder)[1]
+    nproc, exchange = summary["world_size"], summary.get("local_exchange", "gather")
     gbps, latency_us = link_from_all_reduce(summary["all_reduce_small_ms"], summary["all_reduce_big_ms"],
-                                            summary["all_reduce_big_bytes"], 2)
-    local = Network(gpus_per_node=2, nvlink_gbps=gbps, nvlink_latency_us=latency_us)
-    predicted = {"kind": "predicted_local", **predict(work, 2, local)}
-    measured = [measured_row(one_rank, work), measured_row(two_ranks, work)]
-    print(f"check on this machine: 2 ranks measured {measured[1]['step_ms']:.1f} ms, predicted "
+                                            summary["all_reduce_big_bytes"], nproc)
+    local = Network(gpus_per_node=nproc, nvlink_gbps=gbps, nvlink_latency_us=latency_us)
+    predicted = {"kind": "predicted_local", **predict(work, nproc, local, exchange)}
+    measured = measured_row(folder, work)
+    print(f"check on this machine: {nproc} ranks ({exchange}) measured {measured['step_ms']:.1f} ms, predicted "
           f"{predicted['step_ms']:.1f} ms (link {gbps:.2f} GB/s, {latency_us:.0f} us from the ranks' all-reduces); "
-          f"the ranks' work outside collectives differed by {measured[1]['rank_skew_ms']:.1f} ms per step (p50), "
+          f"the ranks' work outside collectives differed by {measured['rank_skew_ms']:.1f} ms per step (p50), "
           "time a collective spends waiting that the lock-step model leaves out")
-    return [*measured, predicted]
+    print(f"  loss exchange bytes per step, rank 0: measured {summary.get('exchange_bytes_per_step')}, model at "
+          f"{work.words} word slots {exchange_bytes(work, nproc, exchange)} (batches with fewer slots send less)")
+    return [measured, predicted]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -112,6 +122,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.workload:
         fields = {k: v for k, v in json.loads(args.workload.read_text()).items() if k != "source"}
+        if args.local_negatives is not None:
+            fields["local_negatives"] = args.local_negatives
+        if args.zero_stage is not None:
+            fields["zero_stage"] = args.zero_stage
         work, args.check = Workload(**fields), False
     else:
         one = args.measured or measure_step(args, args.out / "measured_1rank", 1)
@@ -120,21 +134,32 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = []
     gpus = 1
     while gpus <= args.max_gpus:
-        rows.append({"kind": "predicted", **predict(work, gpus, net)})
+        rows += [{"kind": "predicted", **predict(work, gpus, net, exchange)} for exchange in EXCHANGES]
         gpus *= 2
     if args.check:
-        rows += check_rows(work, one, measure_step(args, args.out / "measured_2rank", 2))
+        rows.append(measured_row(one, work))
+        for nproc in args.check_ranks:
+            rows += check_rows(work, measure_step(args, args.out / f"measured_{nproc}rank", nproc))
     write_outputs(args, work, net, rows)
     return 0
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """scaling.csv as a Markdown table (for READMEs: pasted from here, never typed)."""
-    head = ("kind", "GPUs", "nodes", "compute ms", "loss ms", "feature comm ms", "gradient comm ms", "step ms",
-            "samples/s", "efficiency")
+    """scaling.csv as a Markdown table, gather and ring side by side (for READMEs: pasted from here)."""
+    by = {(r["kind"], r["gpus"], r["exchange"]): r for r in rows}
+    keys = sorted({(r["kind"], r["gpus"]) for r in rows}, key=lambda k: (k[0] != "predicted", k[0], k[1]))
+    per = ("step ms", "exposed comm ms", "exposed %", "samples/s", "efficiency", "exchange MB")
+    head = ("kind", "GPUs", "compute ms", *(f"{e} {h}" for e in EXCHANGES for h in ("loss ms", *per)))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["kind"], r["gpus"], r["nodes"], *(f"{r[k]:.1f}" for k in COLUMNS[3:9]), f"{r['efficiency']:.2f}"]
+    for kind, gpus in keys:
+        first = next(by[kind, gpus, e] for e in EXCHANGES if (kind, gpus, e) in by)
+        cells = [kind, gpus, f"{first['compute_ms']:.1f}"]
+        for e in EXCHANGES:
+            r = by.get((kind, gpus, e))
+            cells += ["-"] * 7 if r is None else [
+                f"{r['loss_ms']:.1f}", f"{r['step_ms']:.1f}", f"{r['feature_comm_ms'] + r['gradient_comm_ms']:.1f}",
+                f"{100 * r['exposed_share']:.1f}", f"{r['samples_per_s']:.1f}", f"{r['efficiency']:.2f}",
+                "-" if r["exchange_mb"] == "" else f"{r['exchange_mb']:.0f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -147,19 +172,22 @@ def write_outputs(args, work: Workload, net: Network, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
     write_text_atomic(args.out / "scaling.csv", buffer.getvalue())
-    predicted = [r for r in rows if r["kind"] == "predicted"]
-    parts = {name: [r[name] for r in predicted] for name in COLUMNS[3:7]}
-    limit = local_loss_limit(work, net, args.max_gpus)
+    predicted = [r for r in rows if r["kind"] == "predicted" and r["exchange"] == "ring"]
+    parts = {name: [r[name] for r in predicted] for name in PARTS}
     scaling_lines([r["gpus"] for r in predicted], parts, [r["efficiency"] for r in predicted],
                   args.out / "scaling.png",
-                  f"weak scaling, micro-batch {work.micro_batch}, ZeRO {work.zero_stage}, "
+                  f"weak scaling (ring), micro-batch {work.micro_batch}, ZeRO {work.zero_stage}, "
                   f"local negatives {work.local_negatives or 'all'}")
     for row in rows:
-        config = {"kind": row["kind"], "gpus": row["gpus"], "zero": work.zero_stage,
+        config = {"kind": row["kind"], "exchange": row["exchange"], "gpus": row["gpus"], "zero": work.zero_stage,
                   "micro_batch": work.micro_batch, "local_negatives": work.local_negatives or "all"}
         append_results(args.results or args.out / "results.csv", "scaling", config,
                        {k: round(row[k], 4) for k in ("step_ms", "samples_per_s", "efficiency")})
-    write_text_atomic(args.out / "scaling.md", markdown_table(rows))
+    table = markdown_table(rows)
+    write_text_atomic(args.out / "scaling.md", table)
     print(buffer.getvalue())
-    print(f"the loss compute outgrows the rest of the step at {limit} GPUs" if limit else
-          f"the loss compute stays below the rest of the step up to {args.max_gpus} GPUs")
+    print(table)
+    for exchange in EXCHANGES:
+        limit = local_loss_limit(work, net, args.max_gpus, exchange)
+        print(f"{exchange}: the loss compute outgrows the rest of the step at {limit} GPUs" if limit else
+              f"{exchange}: the loss compute stays below the rest of the step up to {args.max_gpus} GPUs")

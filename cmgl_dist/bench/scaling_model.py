@@ -2,22 +2,34 @@
 
 Step time at n GPUs = compute that does not grow with n (encoders forward/backward, optimizer,
 host-to-device, data wait: measured at one rank by `cmgl bench step`)
-  + the loss compute that grows with n: each rank scores its B images against every gathered
-    text, so the local loss (and the tiny global loss) cost k(n)/B times their 1-rank time, with
-    k(n) = n B texts, or min(n B, loss.local_negatives) with the cap
-  + gradient collectives per ZeRO stage: stages 0-2 move 2 (n-1)/n P bytes per rank (all-reduce,
-    or reduce-scatter + all-gather of the updated partition), stage 3 adds a parameter all-gather
-    in backward: 3 (n-1)/n P
-  + feature collectives: all-gathers of the global vectors [B, D] x 2, the words [B, W, D] (+ mask)
-    and the local score rows [B, k]; their backward all-reduces the whole gathered gradient
-    (as `losses.distributed` does), so those grow with n.
-Collectives are ring/tree shaped: bytes (n-1)/n x volume / bandwidth + log2(n) x latency, with
-NVLink figures inside a node and InfiniBand between nodes (the slowest link sets a ring's pace).
-Nothing is assumed to overlap, so the prediction is an upper bound on the step.
+  + the loss compute that grows with n: each rank scores its B images against k(n) texts, so the
+    local loss costs k(n)/B times its 1-rank time, k(n) = n B, or min(n B, loss.local_negatives);
+    without a cap the ring recomputes each block's scores in backward (`ring_recompute`: their
+    forward's share of the local loss); with one it keeps the (at most ceil(K / B)) blocks instead
+  + gradient collectives per ZeRO stage: stage 0 all-reduces P bytes, stages 1-2 reduce-scatter
+    the gradients and all-gather the updated partition, stage 3 adds a parameter all-gather in
+    backward (each (n-1)/n P per rank)
+  + the loss's exchange (`exchange_bytes`, counted byte for byte by `losses.comm` on real ranks):
+      gather  all-gathers of the global vectors, the words (+ mask) and the local score rows
+              [B, nB], each with a reduce-scatter backward; nothing overlaps them
+      ring    the global vectors as above; word blocks hop rank to rank while the previous block
+              is scored, so a step pays max(compute, hop) per block plus the fill (the small
+              sends home that wait on nothing to overlap with)
+Collective times (NCCL's cost model): a ring pays (n-1) latencies and (n-1)/n of the volume per
+pass at the bus bandwidth; an all-reduce takes the faster of the ring and the double binary tree
+(2 log2(n) latencies, the volume twice at the bus bandwidth), as NCCL's tuner picks by size.
+Between nodes NCCL runs a ring per NIC (channels), so a collective's inter-node bus bandwidth per
+GPU is the node's NIC aggregate over its GPUs; the slower of that and NVLink sets the pace. A
+point-to-point hop between two nodes goes through one NIC.
 
-Defaults are H100/H200 HGX nodes: 8 GPUs, NVLink 4 at 450 GB/s per direction of which NCCL's
-all-reduce bus bandwidth reaches ~360 GB/s, ~3 us latency; one 400 Gb/s NDR InfiniBand NIC per
-GPU (~45 GB/s achievable of 50), ~8 us latency.
+Defaults (`Network`), per link, H100/H200 HGX nodes with NDR InfiniBand:
+  NVLink 4: 900 GB/s bidirectional per GPU; NCCL's all-reduce bus bandwidth inside an HGX node
+            ~360 GB/s without NVLS (nccl-tests, docs/PERFORMANCE.md's busbw; NVIDIA's HGX H100
+            figures), p2p between two GPUs of a node likewise ~360 GB/s; ~3 us per hop
+  NDR:      one ConnectX-7 400 Gb/s NIC per GPU, 8 per node: ~45 GB/s of 50 per NIC achievable
+            (nccl-tests busbw on NDR), so 8 x 45 = 360 GB/s per node shared by its 8 GPUs' rings
+            (45 GB/s per GPU per ring, 8 rings); ~8 us per hop
+Replace them with a cluster's own nccl-tests figures (`--nvlink-gbps`, `--nic-gbps`, ...).
 """
 from __future__ import annotations
 
@@ -26,24 +38,35 @@ from dataclasses import dataclass
 
 from cmgl_dist.bench.profiler import COLLECTIVE_PHASES
 
-GRADIENT_VOLUME = {0: 2.0, 1: 2.0, 2: 2.0, 3: 3.0}  # x (n-1)/n x parameter bytes, per rank
+GRADIENT_PASSES = {0: ("all_reduce",), 1: ("reduce_scatter", "all_gather"), 2: ("reduce_scatter", "all_gather"),
+                   3: ("reduce_scatter", "all_gather", "all_gather")}
 LOSS_PHASES = ("local_loss", "global_loss")
 COMM_PHASES = COLLECTIVE_PHASES
+EXCHANGES = ("gather", "ring")
+HOST_INTS = 2  # batch size and word slots, agreed per step over the host group (losses.comm.host_ints)
 
 
 @dataclass(frozen=True)
 class Network:
     gpus_per_node: int = 8
-    nvlink_gbps: float = 360.0   # GB/s, NCCL bus bandwidth inside a node
+    nvlink_gbps: float = 360.0   # GB/s, NCCL bus bandwidth (and p2p) inside a node
     nvlink_latency_us: float = 3.0
-    ib_gbps: float = 45.0        # GB/s per GPU between nodes
-    ib_latency_us: float = 8.0
+    nic_gbps: float = 45.0       # GB/s achievable per NIC (NDR 400 Gb/s)
+    nics_per_node: int = 8
+    nic_latency_us: float = 8.0
 
-    def link(self, gpus: int) -> tuple[float, float]:
-        """(bytes per second, seconds of latency) of the slowest link a ring over `gpus` crosses."""
+    def bus(self, gpus: int) -> tuple[float, float]:
+        """(bytes/s per GPU, latency s) of a collective's slowest link over `gpus`."""
         if gpus <= self.gpus_per_node:
             return self.nvlink_gbps * 1e9, self.nvlink_latency_us * 1e-6
-        return self.ib_gbps * 1e9, self.ib_latency_us * 1e-6
+        # one ring per NIC, each carrying 1/nics of the data across the node boundary
+        return min(self.nvlink_gbps, self.nics_per_node * self.nic_gbps) * 1e9, self.nic_latency_us * 1e-6
+
+    def hop(self, gpus: int) -> tuple[float, float]:
+        """(bytes/s, latency s) of the slowest point-to-point hop of a ring over `gpus`."""
+        if gpus <= self.gpus_per_node:
+            return self.nvlink_gbps * 1e9, self.nvlink_latency_us * 1e-6
+        return self.nic_gbps * 1e9, self.nic_latency_us * 1e-6
 
 
 @dataclass(frozen=True)
@@ -57,16 +80,27 @@ class Workload:
     loss_ms: float              # local + global loss at one rank (B texts)
     zero_stage: int = 1
     local_negatives: int | None = None
-    feature_bytes: int = 4      # the loss runs in fp32
+    word_bytes: int = 4         # bytes per element of the words as sent (2 when the model hands bf16)
+    feature_bytes: int = 4      # the global vectors as sent
+    score_bytes: int = 4        # the local scores and their sums (float32 for 16/32-bit inputs)
+    ring_recompute: float = 0.25  # forward's share of the local loss, recomputed by the ring's backward
 
 
 def collective_ms(kind: str, volume_bytes: float, gpus: int, net: Network) -> float:
-    """Ring/tree time of one collective; `volume_bytes` is the full (gathered / reduced) tensor."""
+    """One collective; `volume_bytes` is the full (gathered / reduced) tensor."""
     if gpus == 1:
         return 0.0
-    bandwidth, latency = net.link(gpus)
-    passes = {"all_reduce": 2.0, "all_gather": 1.0, "reduce_scatter": 1.0}[kind]
-    return (passes * (gpus - 1) / gpus * volume_bytes / bandwidth + passes * math.log2(gpus) * latency) * 1e3
+    bandwidth, latency = net.bus(gpus)
+    ring = (gpus - 1) / gpus * volume_bytes / bandwidth + (gpus - 1) * latency
+    if kind != "all_reduce":
+        return ring * 1e3
+    tree = 2 * volume_bytes / bandwidth + 2 * math.log2(gpus) * latency
+    return min(2 * ring, tree) * 1e3
+
+
+def blocks(w: Workload, gpus: int) -> int:
+    """Word blocks of B texts each rank scores (its own included)."""
+    return -(-texts_scored(w, gpus) // w.micro_batch)
 
 
 def texts_scored(w: Workload, gpus: int) -> int:
@@ -74,44 +108,119 @@ def texts_scored(w: Workload, gpus: int) -> int:
     return everyone if w.local_negatives is None else min(everyone, w.local_negatives)
 
 
-def feature_ms(w: Workload, gpus: int, net: Network) -> float:
-    """Feature gathers of the loss (forward all-gather, backward all-reduce of the gathered gradient)."""
-    b, d, n = w.micro_batch, w.embed_dim, gpus
-    per_rank = {"global": 2 * b * d * w.feature_bytes, "words": b * w.words * (d * w.feature_bytes + 1),
-                "local_rows": b * n * b * w.feature_bytes}
-    total = 0.0
-    for name, size in per_rank.items():
-        total += collective_ms("all_gather", n * size, n, net)
-        grad = size - b * w.words if name == "words" else size  # the mask has no gradient
-        total += collective_ms("all_reduce", n * grad, n, net)
-    return total
+def _block(w: Workload, grad: bool = False) -> int:
+    """Bytes of one word block [B, W, D] (+ its mask [B, W] as bytes unless it is a gradient)."""
+    b, words = w.micro_batch, w.words
+    return b * words * w.embed_dim * w.word_bytes + (0 if grad else b * words)
+
+
+def _hops(w: Workload) -> tuple[int, int, int]:
+    """Bytes of the ring's messages: a forward hop (block + text sums), a backward hop (owner's sums
+    and loss gradient + the words' gradient, + the block again unless the forward kept it: with a
+    cap), a fill message (B sums)."""
+    sums = w.micro_batch * w.score_bytes
+    again = 0 if _keeps_blocks(w) else _block(w)
+    return _block(w) + sums, again + sums + w.score_bytes + _block(w, grad=True), sums
+
+
+def _keeps_blocks(w: Workload) -> bool:
+    """The ring keeps the visited blocks for backward when a cap bounds them (`local_ring`)."""
+    return w.local_negatives is not None
+
+
+def _gather_parts(w: Workload, gpus: int) -> tuple[tuple[str, float], ...]:
+    """(kind, per-rank bytes) of the gathered form's local-loss collectives: words, mask, rows
+    forward; words and rows reduce-scattered backward."""
+    b, words, rows = w.micro_batch, w.words, w.micro_batch * gpus * w.micro_batch * w.score_bytes
+    word_bytes = b * words * w.embed_dim * w.word_bytes
+    return (("all_gather", word_bytes), ("all_gather", b * words), ("all_gather", rows),
+            ("reduce_scatter", word_bytes), ("reduce_scatter", rows))
+
+
+def exchange_bytes(w: Workload, gpus: int, exchange: str) -> dict[str, int]:
+    """Bytes one rank sends per step (forward + backward) by kind, as `losses.comm` counts them."""
+    n, b, d = gpus, w.micro_batch, w.embed_dim
+    counts = dict.fromkeys(("all_gather", "reduce_scatter", "p2p", "host"), 0)
+    if n == 1:
+        return counts
+    counts["host"] = (n - 1) * HOST_INTS * 8
+    counts["all_gather"] = counts["reduce_scatter"] = (n - 1) * 2 * b * d * w.feature_bytes
+    if exchange == "gather":
+        for kind, size in _gather_parts(w, n):
+            counts[kind] += (n - 1) * size
+        return counts
+    hops = blocks(w, n) - 1
+    if hops:  # the fill: the sums home after the forward, the owner's sums (+ loss gradient) back
+        forward, backward, sums = _hops(w)
+        counts["p2p"] = hops * (forward + backward) + 2 * sums + w.score_bytes
+    return counts
+
+
+def ring_exposed_ms(w: Workload, gpus: int, net: Network) -> float:
+    """The ring's exchange the scoring does not hide: per hop max(0, hop - compute of a block),
+    forward and backward, plus the fill (the sums home and the owner's sums back: latency-bound)."""
+    hops = blocks(w, gpus) - 1
+    if hops == 0:
+        return 0.0
+    bandwidth, latency = net.hop(gpus)
+    seconds = [(size / bandwidth + latency) * 1e3 for size in _hops(w)]
+    block_forward = w.loss_ms * w.ring_recompute
+    block_backward = w.loss_ms * (1 - w.ring_recompute) + (0 if _keeps_blocks(w) else block_forward)
+    return (hops * (max(0.0, seconds[0] - block_forward) + max(0.0, seconds[1] - block_backward))
+            + 2 * seconds[2])
+
+
+def exchange_ms(w: Workload, gpus: int, net: Network, exchange: str) -> float:
+    """Exposed time of the loss's exchange."""
+    if gpus == 1:
+        return 0.0
+    n, vector = gpus, w.micro_batch * w.embed_dim * w.feature_bytes
+    total = 2 * (collective_ms("all_gather", n * vector, n, net) + collective_ms("reduce_scatter", n * vector, n, net))
+    if exchange == "ring":
+        return total + ring_exposed_ms(w, n, net)
+    return total + sum(collective_ms(kind, n * size, n, net) for kind, size in _gather_parts(w, n))
 
 
 def gradient_ms(w: Workload, gpus: int, net: Network) -> float:
+    return sum(collective_ms(kind, w.param_bytes, gpus, net) for kind in GRADIENT_PASSES[w.zero_stage])
+
+
+def loss_compute_ms(w: Workload, gpus: int, exchange: str) -> float:
+    scale = texts_scored(w, gpus) / w.micro_batch
+    recompute = w.ring_recompute if exchange == "ring" and gpus > 1 and not _keeps_blocks(w) else 0.0
+    return w.loss_ms * scale * (1 + recompute)
+
+
+def exchange_memory_mb(w: Workload, gpus: int, exchange: str) -> float:
+    """Word buffers the local loss's exchange holds at once per rank: gather, every rank's words and
+    their gradient; ring, the block held, the next in flight, the gradient in, out and its own part
+    (5), with a cap the kept blocks instead of the held one (at most ceil(K / B), whatever N)."""
     if gpus == 1:
         return 0.0
-    bandwidth, latency = net.link(gpus)
-    volume = GRADIENT_VOLUME[w.zero_stage] * (gpus - 1) / gpus * w.param_bytes
-    return (volume / bandwidth + GRADIENT_VOLUME[w.zero_stage] * math.log2(gpus) * latency) * 1e3
+    held = 2 * gpus if exchange == "gather" else 4 + (blocks(w, gpus) if _keeps_blocks(w) else 1)
+    return held * w.micro_batch * w.words * w.embed_dim * w.word_bytes / 1e6
 
 
-def predict(w: Workload, gpus: int, net: Network) -> dict:
-    """Predicted ms per step by part, samples/s and weak-scaling efficiency at `gpus`."""
+def predict(w: Workload, gpus: int, net: Network, exchange: str = "ring") -> dict:
+    """Predicted ms per step by part, samples/s, weak-scaling efficiency and the exposed share
+    (exchange + gradient collectives over the step) at `gpus`."""
     parts = {"compute_ms": w.fixed_ms,
-             "loss_ms": w.loss_ms * texts_scored(w, gpus) / w.micro_batch,
-             "feature_comm_ms": feature_ms(w, gpus, net),
+             "loss_ms": loss_compute_ms(w, gpus, exchange),
+             "feature_comm_ms": exchange_ms(w, gpus, net, exchange),
              "gradient_comm_ms": gradient_ms(w, gpus, net)}
     step = sum(parts.values())
-    one = w.fixed_ms + w.loss_ms
-    return {"gpus": gpus, "nodes": math.ceil(gpus / net.gpus_per_node), **parts, "step_ms": step,
-            "samples_per_s": gpus * w.micro_batch / step * 1e3, "efficiency": one / step}
+    exposed = parts["feature_comm_ms"] + parts["gradient_comm_ms"]
+    return {"exchange": exchange, "gpus": gpus, "nodes": math.ceil(gpus / net.gpus_per_node), **parts,
+            "step_ms": step, "samples_per_s": gpus * w.micro_batch / step * 1e3,
+            "efficiency": (w.fixed_ms + w.loss_ms) / step, "exposed_share": exposed / step,
+            "exchange_mb": exchange_memory_mb(w, gpus, exchange)}
 
 
-def local_loss_limit(w: Workload, net: Network, max_gpus: int = 512) -> int | None:
+def local_loss_limit(w: Workload, net: Network, max_gpus: int = 512, exchange: str = "ring") -> int | None:
     """Fewest GPUs (powers of two) at which the loss compute exceeds everything else in the step."""
     gpus = 1
     while gpus <= max_gpus:
-        p = predict(w, gpus, net)
+        p = predict(w, gpus, net, exchange)
         if p["loss_ms"] > p["step_ms"] - p["loss_ms"]:
             return gpus
         gpus *= 2
@@ -127,8 +236,8 @@ def workload_from_breakdown(p50_ms: dict[str, float], **fields) -> Workload:
 
 
 def link_from_all_reduce(small_ms: float, big_ms: float, big_bytes: float, gpus: int) -> tuple[float, float]:
-    """(GB/s, latency us) that make `collective_ms("all_reduce", ...)` reproduce two measured
+    """(GB/s, latency us) that make the ring all-reduce of `collective_ms` reproduce two measured
     all-reduces: a tiny one (latency only) and one of `big_bytes`."""
-    latency_s = small_ms * 1e-3 / (2 * math.log2(gpus))
+    latency_s = small_ms * 1e-3 / (2 * (gpus - 1))
     seconds = max(big_ms - small_ms, 1e-9) * 1e-3
     return 2 * (gpus - 1) / gpus * big_bytes / seconds / 1e9, latency_s * 1e6

@@ -8,7 +8,10 @@ with a `PhaseTimer` installed: warm-up steps, then `--steps` timed ones. Writes 
   step_breakdown.csv   phase, ms_p50, share (of the step's p50) for every phase, `unattributed`
                        and the measured `step`; the named phases sum to the step within a few %
   step_breakdown.png   the breakdown as stacked bars, one per rank
-  summary.json         step time, samples/s, peak memory per rank, DeepSpeed bytes per step
+  summary.json         step time, samples/s, peak memory per rank, DeepSpeed bytes per step, the loss's
+                       exchange: bytes per step by kind (`losses.comm`), its exposed ms (the
+                       `local_exchange` phase: posting and waiting on the ring's sends) and whether
+                       the scoring hid it (exposed <= OVERLAP_SHARE of the local loss)
   results.csv          the same figures in the harness's long format (`--results` to append elsewhere)
   trace_rank0.json     on CUDA, a torch.profiler Chrome trace of two more steps
 Without `data.shards` (or `data.sources`), small phantom shards are packed into DIR/shards first (once).
@@ -27,8 +30,9 @@ from cmgl_dist.bench.profiler import COLLECTIVE_PHASES
 from cmgl_dist.bench.harness import append_results, percentiles
 
 PHASES = ("data_wait", "host_to_device", "image_encoder_fwd", "text_encoder_fwd", "feature_all_gather",
-          "global_loss", "local_loss", "loss_all_reduce", "backward", "gradient_reduction", "optimizer_step",
+          "global_loss", "local_loss", "local_exchange", "loss_all_reduce", "backward", "gradient_reduction", "optimizer_step",
           "zero_param_gather")
+OVERLAP_SHARE = 0.1  # exposed exchange at most this share of the local loss's compute: "overlapped"
 PHANTOM_REPORTS = 400  # enough for a few batches per epoch per rank at small micro batches
 
 
@@ -100,7 +104,7 @@ def run_rank(cfg, args) -> None:
     from cmgl_dist.engine.loop import Trainer, epoch_batches
     from cmgl_dist.engine.telemetry import peak_memory_mb
     from cmgl_dist.engine.train import build_engine, epoch_loaders, make_metrics, make_telemetry
-    from cmgl_dist.losses import CMGLLoss
+    from cmgl_dist.losses import CMGLLoss, comm
     from cmgl_dist.phases import installed
 
     cfg.train.run_dir = str(args.out / "run")
@@ -121,6 +125,7 @@ def run_rank(cfg, args) -> None:
     comms = DeepSpeedComms()
     timer = PhaseTimer(world.device, comm_ms=comms.ms)
     comm_before = comms.bytes()
+    comm.take_counts()
     with installed(timer):
         for _ in range(args.steps):
             timer.begin_step()
@@ -128,6 +133,7 @@ def run_rank(cfg, args) -> None:
             timer.end_step()
     mine = {"steps": timer.steps, "peak_mem_mb": peak_memory_mb(world.device),
             "comm_bytes_per_step": (comms.bytes() - comm_before) / args.steps,
+            "exchange_bytes_per_step": {kind: n / args.steps for kind, n in comm.take_counts().items()},
             "param_bytes": sum(p.numel() * 4 for p in model.parameters() if p.requires_grad),  # fp32 grads
             "model_state_bytes": model_state_bytes(engine),
             **(calibrate_all_reduce(world) if world.world_size > 1 else {})}
@@ -138,6 +144,7 @@ def run_rank(cfg, args) -> None:
     telemetry.close()
     if world.rank == 0:
         write_results(args, cfg, world, every)
+    dist.barrier()  # the ranks leave together: none tears its connections down while rank 0 still writes
     dist.destroy_process_group()
 
 
@@ -213,6 +220,13 @@ def rank_skew_ms(per_rank: list[dict]) -> float:
     return percentiles(spreads, (0.5,))[0]
 
 
+def exchange_summary(cfg, p50: dict[str, float], per_rank: list[dict]) -> dict:
+    """The local loss's exchange: how, bytes per step by kind (rank 0), exposed ms, hidden or not."""
+    exposed, scoring = p50.get("local_exchange", 0.0), p50.get("local_loss", 0.0)
+    return {"local_exchange": cfg.loss.local_exchange, "exchange_bytes_per_step": per_rank[0]["exchange_bytes_per_step"],
+            "local_exchange_ms_p50": exposed, "exchange_overlapped": exposed <= OVERLAP_SHARE * scoring}
+
+
 def write_results(args, cfg, world, per_rank: list[dict]) -> None:
     from cmgl_dist.atomic import write_text_atomic
     from cmgl_dist.bench.plots import stacked_breakdown
@@ -233,6 +247,7 @@ def write_results(args, cfg, world, per_rank: list[dict]) -> None:
                "model_state_bytes_per_rank": [r["model_state_bytes"] for r in per_rank],
                "embed_dim": cfg.model.embed_dim, "words": cfg.data.max_length,
                "local_negatives": cfg.loss.local_negatives, "param_bytes": per_rank[0]["param_bytes"],
+               **exchange_summary(cfg, p50, per_rank),
                **{k: v for k, v in per_rank[0].items() if k.startswith("all_reduce_")}}
     write_text_atomic(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     config = {"config": Path(args.config).stem, "world_size": world.world_size, "device": summary["device"],
@@ -248,4 +263,7 @@ def write_results(args, cfg, world, per_rank: list[dict]) -> None:
                             f"micro-batch {cfg.train.micro_batch}, ZeRO {cfg.zero.stage}")
     for name, ms, share in rows:
         print(f"{name:<20} {ms:10.2f} ms  {share:6.1%}")
+    print(f"loss exchange ({cfg.loss.local_exchange}): {summary['exchange_bytes_per_step']} bytes per step on rank 0; "
+          f"exposed {summary['local_exchange_ms_p50']:.2f} ms against {p50.get('local_loss', 0.0):.2f} ms of local loss: "
+          f"{'overlapped' if summary['exchange_overlapped'] else 'not overlapped'}")
     print(f"wrote {args.out / 'step_breakdown.csv'} and .png")

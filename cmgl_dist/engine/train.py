@@ -305,7 +305,11 @@ def train(cfg: CMGLConfig, urls: Mixture, source: Optional[tuple[Path, str]]) ->
     """Join the process group, train, and leave it however training ends."""
     world = init_distributed()
     try:
-        return fit(cfg, world, urls, source)
+        state = fit(cfg, world, urls, source)
+        # The ranks leave together: a rank that tears its gloo connections down while a peer is still
+        # in a collective or a send aborts that peer ("terminate called without an active exception").
+        dist.barrier()
+        return state
     finally:
         dist.destroy_process_group()
 

@@ -8,7 +8,9 @@ from cmgl_dist.config import LossConfig
 from cmgl_dist.phases import phase
 
 from .contrastive import global_logits, symmetric_cross_entropy
-from .distributed import gather_sizes, gather_with_grad, gather_words, rank_and_world_size
+from . import comm
+from .distributed import gather_with_grad, gather_words, rank_and_world_size
+from .local_ring import RingPlan, ring_local_loss
 from .similarity import local_similarity
 
 
@@ -22,8 +24,13 @@ class CMGLLoss(nn.Module):
 
     The local S [texts, images] of the global batch is computed once, spread over ranks: each
     rank computes the columns of its own images against every rank's texts (words are smaller to
-    gather than regions: W < R), then the [B, N * B] column blocks are gathered with gradient to
-    give each rank the rows of its own texts.
+    move than regions: W < R). `loss.local_exchange` says how the words reach them:
+      ring    word blocks pass from rank to rank while the previous block is scored; the text
+              rows' sums return to their owners (`local_ring`); memory does not grow with N
+      gather  every rank's words are all-gathered, then the [B, N * B] column blocks are
+              gathered with gradient to give each rank the rows of its own texts (the reference)
+    Both give the same loss and gradients. Nothing in forward or backward reads a device value:
+    word counts and batch sizes come from shapes, agreed over the host group (`comm.host_ints`).
     """
 
     def __init__(self, loss_cfg: LossConfig):
@@ -38,17 +45,21 @@ class CMGLLoss(nn.Module):
         if not (regions.shape[0] == sentence.shape[0] == words.shape[0] == word_mask.shape[0] == batch):
             raise ValueError(f"batch sizes differ: img_global {batch}, regions {regions.shape[0]}, "
                              f"sentence {sentence.shape[0]}, words {words.shape[0]}, word_mask {word_mask.shape[0]}")
+        if cfg.local_negatives is not None and cfg.local_negatives < batch:
+            raise ValueError(f"loss.local_negatives={cfg.local_negatives} is below the batch of {batch}: each image "
+                             "must at least be scored against its own rank's texts (set it >= the micro batch)")
         rank, world_size = rank_and_world_size() if cfg.gather_negatives else (0, 1)
+        words_per_rank = (words.shape[1],)
         if world_size > 1:
             with phase("feature_all_gather"):
-                sizes = gather_sizes(batch, words.shape[1], device=words.device)
-                if (sizes[:, 0] != batch).any():
+                sizes = comm.host_ints(batch, words.shape[1])
+                if any(b != batch for b, _ in sizes):
                     raise ValueError(f"every rank needs the same batch size to gather negatives, got "
-                                     f"{sizes[:, 0].tolist()}; the loader must yield equal batches on every rank")
+                                     f"{[b for b, _ in sizes]}; the loader must yield equal batches on every rank")
+                words_per_rank = tuple(w for _, w in sizes)
                 all_img, all_txt = gather_with_grad(img), gather_with_grad(sentence)
-                all_words, all_mask = gather_words(words, word_mask, int(sizes[:, 1].max()))
         else:
-            all_img, all_txt, all_words, all_mask = img, sentence, words, word_mask
+            all_img, all_txt = img, sentence
         offset = rank * batch
 
         with phase("global_loss"):
@@ -59,15 +70,30 @@ class CMGLLoss(nn.Module):
 
         if cfg.local_weight > 0:
             with phase("local_loss"):
-                loss_local = self._local_loss(all_words, all_mask, regions, offset, batch, world_size)
+                if world_size > 1 and cfg.local_exchange == "ring":
+                    plan = RingPlan.make(rank, world_size, batch, words_per_rank, cfg.local_negatives)
+                    loss_local = ring_local_loss(words, word_mask, regions, plan, self._score, cfg.gamma3)
+                else:
+                    loss_local = self._local_loss_gathered(words, word_mask, regions, offset, words_per_rank)
         else:  # a global-only run does not pay for the local similarity
             loss_local = loss_global.new_zeros(())
 
         loss = cfg.global_weight * loss_global + cfg.local_weight * loss_local
         return {"loss": loss, "loss_global": loss_global, "loss_local": loss_local}
 
-    def _local_loss(self, all_words, all_mask, regions, offset, batch, world_size):
+    def _score(self, words, word_mask, regions):
+        """S [texts, images] by the configured backend."""
         cfg = self.cfg
+        return local_similarity(words, word_mask, regions, cfg.gamma1, cfg.gamma2, backend=cfg.local_backend)
+
+    def _local_loss_gathered(self, words, word_mask, regions, offset, words_per_rank):
+        cfg = self.cfg
+        batch, world_size = words.shape[0], len(words_per_rank)
+        if world_size > 1:
+            with phase("feature_all_gather"):
+                all_words, all_mask = gather_words(words, word_mask, max(words_per_rank))
+        else:
+            all_words, all_mask = words, word_mask
         total = all_words.shape[0]
         texts = None
         if cfg.local_negatives is not None:
@@ -75,8 +101,7 @@ class CMGLLoss(nn.Module):
             # so every text is scored by the images of the k/B ranks before it, positives included.
             texts = (offset + torch.arange(min(cfg.local_negatives, total), device=all_words.device)) % total
             all_words, all_mask = all_words[texts], all_mask[texts]
-        image_rows = local_similarity(
-            all_words, all_mask, regions, cfg.gamma1, cfg.gamma2, backend=cfg.local_backend).T
+        image_rows = self._score(all_words, all_mask, regions).T
         if texts is not None:  # unscored pairs take no part in either softmax
             image_rows = image_rows.new_full((batch, total), float("-inf")).index_copy(1, texts, image_rows)
         with phase("feature_all_gather"):

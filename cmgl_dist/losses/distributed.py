@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 from cmgl_dist.phases import phase
 
+from . import comm
+
 
 def rank_and_world_size() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
@@ -24,39 +26,24 @@ def rank_and_world_size() -> tuple[int, int]:
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
-        ctx.rank, world_size = dist.get_rank(), dist.get_world_size()
-        parts = [torch.empty_like(x) for _ in range(world_size)]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
+        return comm.all_gather(x)
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous().clone()
-        with phase("feature_all_gather"):  # its backward: the gathered gradients summed over ranks
-            dist.all_reduce(grad)
-        return grad.chunk(dist.get_world_size())[ctx.rank]
+        with phase("feature_all_gather"):  # its backward: this rank's slice of the gradients summed over ranks
+            return comm.reduce_scatter(grad)
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate x [B, ...] from every rank along dim 0 -> [N * B, ...], differentiable.
 
-    Every rank must pass the same shape. The backward all-reduces (sums) the incoming gradient
-    and returns this rank's slice. Identity without an initialised process group.
+    Every rank must pass the same shape. The backward reduce-scatters the incoming gradient
+    (each rank receives the sum over ranks of its own slice: half the bytes of all-reducing the
+    whole gathered gradient). Identity without an initialised process group.
     """
     if rank_and_world_size()[1] == 1:
         return x
     return _GatherWithGrad.apply(x)
-
-
-def gather_sizes(*sizes: int, device: torch.device) -> torch.Tensor:
-    """[N, len(sizes)]: the given integers from every rank."""
-    mine = torch.tensor(sizes, dtype=torch.long, device=device)
-    world_size = rank_and_world_size()[1]
-    if world_size == 1:
-        return mine[None]
-    every = [torch.empty_like(mine) for _ in range(world_size)]
-    dist.all_gather(every, mine)
-    return torch.stack(every)
 
 
 def gather_words(words: torch.Tensor, word_mask: torch.Tensor, n_words: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,5 +51,5 @@ def gather_words(words: torch.Tensor, word_mask: torch.Tensor, n_words: int) -> 
     pad = n_words - words.shape[1]
     words = F.pad(words, (0, 0, 0, pad))
     word_mask = F.pad(word_mask, (0, pad), value=False)
-    # uint8 because not every backend (gloo) all-gathers bool tensors.
-    return gather_with_grad(words), gather_with_grad(word_mask.to(torch.uint8)).bool()
+    # uint8 because not every backend (gloo) all-gathers bool tensors; the mask needs no gradient.
+    return gather_with_grad(words), comm.all_gather(word_mask.to(torch.uint8)).bool()
