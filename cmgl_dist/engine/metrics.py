@@ -69,7 +69,8 @@ class MetricsProcessor:
     def log(self, state, lr: float) -> dict:
         """The window's record, sent to every sink; starts a new window."""
         seconds = time.perf_counter() - self.started
-        parts = (self._loss_sums / self._kept.clamp(min=1)).tolist()  # the one host copy of the window
+        *sums, kept = torch.cat([self._loss_sums, self._kept[None]]).tolist()  # the one host copy of the window
+        parts = [total / kept if kept else float("nan") for total in sums]  # nan: every micro batch dropped
         record = {"step": state.step, **dict(zip(LOSS_PARTS, parts)), "lr": float(lr),
                   "grad_norm": _scalar(self.grad_norm),
                   **window_rates(self.steps, self.global_batch, seconds, self.data_wait_s),

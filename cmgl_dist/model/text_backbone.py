@@ -116,8 +116,19 @@ class TextBackbone(nn.Module):
         return self._encode(input_ids, attention_mask)
 
     def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        output = self.transformer(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        output = self.transformer(input_ids=input_ids, attention_mask=self._prepared_mask(attention_mask),
+                                  output_hidden_states=True)
         return torch.stack(output.hidden_states[-self.last_layers:]).sum(dim=0)
+
+    def _prepared_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, 1, 1, L], which transformers passes to attention as it is. From a 2D mask its SDPA
+        path first asks whether any token is padding (`mask.all()`), a host read that waits on
+        the GPU in every step. SDPA takes the boolean mask; eager attention an additive one."""
+        keep = attention_mask[:, None, None, :].bool()
+        if getattr(self.transformer.config, "_attn_implementation", "eager") == "sdpa":
+            return keep
+        dtype = self.transformer.get_input_embeddings().weight.dtype
+        return (~keep).to(dtype) * torch.finfo(dtype).min
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_ids: torch.Tensor,
                 word_count: int) -> tuple[torch.Tensor, torch.Tensor]:
