@@ -41,12 +41,12 @@ class CMGLLoss(nn.Module):
         rank, world_size = rank_and_world_size() if cfg.gather_negatives else (0, 1)
         if world_size > 1:
             with phase("feature_all_gather"):
-                sizes = gather_sizes(batch, words.shape[1], device=words.device)
-                if (sizes[:, 0] != batch).any():
+                sizes = gather_sizes(batch, words.shape[1])  # host ints: no device read
+                if any(size != batch for size, _ in sizes):
                     raise ValueError(f"every rank needs the same batch size to gather negatives, got "
-                                     f"{sizes[:, 0].tolist()}; the loader must yield equal batches on every rank")
+                                     f"{[size for size, _ in sizes]}; the loader must yield equal batches on every rank")
                 all_img, all_txt = gather_with_grad(img), gather_with_grad(sentence)
-                all_words, all_mask = gather_words(words, word_mask, int(sizes[:, 1].max()))
+                all_words, all_mask = gather_words(words, word_mask, max(n_words for _, n_words in sizes))
         else:
             all_img, all_txt, all_words, all_mask = img, sentence, words, word_mask
         offset = rank * batch

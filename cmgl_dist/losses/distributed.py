@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from cmgl_dist.host_reads import host_values
 from cmgl_dist.phases import phase
 
 
@@ -48,15 +49,28 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return _GatherWithGrad.apply(x)
 
 
-def gather_sizes(*sizes: int, device: torch.device) -> torch.Tensor:
-    """[N, len(sizes)]: the given integers from every rank."""
-    mine = torch.tensor(sizes, dtype=torch.long, device=device)
+_host_groups: dict = {}
+
+
+def _host_group():
+    """A gloo group for host ints: the default group where it is gloo, else one made once."""
+    if dist.get_backend() == "gloo":
+        return None
+    if "gloo" not in _host_groups:  # first call: every rank is here together (it is a collective)
+        _host_groups["gloo"] = dist.new_group(backend="gloo")
+    return _host_groups["gloo"]
+
+
+def gather_sizes(*sizes: int) -> list[tuple[int, ...]]:
+    """The given host integers from every rank, as host integers: exchanged over gloo as CPU
+    tensors, so reading them waits on no device."""
+    mine = torch.tensor(sizes, dtype=torch.long)
     world_size = rank_and_world_size()[1]
     if world_size == 1:
-        return mine[None]
+        return [tuple(sizes)]
     every = [torch.empty_like(mine) for _ in range(world_size)]
-    dist.all_gather(every, mine)
-    return torch.stack(every)
+    dist.all_gather(every, mine, group=_host_group())
+    return [tuple(host_values(row)) for row in every]
 
 
 def gather_words(words: torch.Tensor, word_mask: torch.Tensor, n_words: int) -> tuple[torch.Tensor, torch.Tensor]:
