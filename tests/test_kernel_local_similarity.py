@@ -11,7 +11,8 @@ from cmgl_dist.losses import local_similarity_reference
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 # (T, I, W, R, D, word counts per text); a text with 1 word and one with all W words in each.
-# The interpreter's tiles are 16 words by 16 features: W = 20 spans two word blocks.
+# Word blocks are 16 words: W = 20 spans two. (Cross-tile region and feature sweeps at the pinned
+# 64 x 64 tiles: test_kernel_recipe_shape.py.)
 SHAPES = [
     (3, 2, 9, 13, 40, [1, 9, 5]),
     (2, 4, 5, 49, 16, [5, 1]),
