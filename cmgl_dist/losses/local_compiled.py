@@ -5,8 +5,9 @@ recomputing backward, so memory stays bounded at any T x I (T = I = 512 included
 block is one compiled graph (fused softmaxes, bf16 operands on tensor cores for 16-bit inputs)
 instead of eager kernels. Word slots are padded up to a multiple of `WORD_BUCKET`, so batches
 whose W differs within a bucket reuse the compiled graphs (`dynamic=False`: no recompile), and
-the blocks of a call all have one shape (`local_reference._blocks`): one graph per word bucket
-and direction (forward; backward's recompute with gradients), within GRAPH_LIMIT.
+the blocks of a call have one shape where T and I allow (`local_reference._block_side`): one
+graph per word bucket and direction (forward; backward's recompute with gradients), within
+GRAPH_LIMIT.
 """
 from __future__ import annotations
 
