@@ -31,17 +31,34 @@ def _flag(name: str) -> Iterator[None]:
         setattr(_state, name, before)
 
 
-def reading_host_values() -> bool:
-    """True inside `host_values` (a dispatch-mode check may allow reads of host tensors there)."""
+def host_reads_allowed() -> bool:
+    """True inside `host_values`/`reading_host_values` (a dispatch-mode check allows reads there)."""
     return getattr(_state, "host", False)
+
+
+@contextmanager
+def reading_host_values() -> Iterator[None]:
+    """Marks reads of host (CPU) tensors: they wait on no device."""
+    with _flag("host"):
+        yield
+
+
+def _host(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.device.type != "cpu":
+        raise ValueError(f"host reads take host tensors only, got one on {tensor.device}")
+    return tensor
 
 
 def host_values(tensor: torch.Tensor) -> list:
     """tensor.tolist() for a CPU tensor; a device tensor raises (its read would wait on the device)."""
-    if tensor.device.type != "cpu":
-        raise ValueError(f"host_values reads host tensors only, got one on {tensor.device}")
     with _flag("host"):
-        return tensor.tolist()
+        return _host(tensor).tolist()
+
+
+def host_numpy(tensor: torch.Tensor):
+    """tensor.numpy() for a CPU tensor, as `host_values`."""
+    with _flag("host"):
+        return _host(tensor).numpy()
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cmgl_dist.config import load_config
-from cmgl_dist.host_reads import reading_host_values
+from cmgl_dist.host_reads import host_reads_allowed
 
 aten = torch.ops.aten
 WORLD_SIZE = 2
@@ -34,7 +34,7 @@ class NoHostSync(TorchDispatchMode):
         self.reads = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in SYNCING and not reading_host_values():
+        if func in SYNCING and not host_reads_allowed():
             self.reads.append(str(func))
         return func(*args, **(kwargs or {}))
 
@@ -44,7 +44,7 @@ def _forbid_host_copies(monkeypatch_list, reads):
         original = getattr(torch.Tensor, name)
 
         def guarded(self, *args, _original=original, _name=name, **kwargs):
-            if not reading_host_values():
+            if not host_reads_allowed():
                 reads.append(f"Tensor.{_name} at " + "".join(traceback.format_stack(limit=4)[:-1]))
             return _original(self, *args, **kwargs)
 
@@ -121,3 +121,28 @@ def test_micro_steps_read_nothing_on_the_host(tmp_path):
         assert result["reads"] == [], f"rank {rank} read device values in a micro step: {result['reads']}"
         assert result["taken"] == (1, 1), "the non-finite micro batch was dropped on every rank, and counted"
         assert result["finite"], "nothing of the non-finite micro batch reached the weights"
+
+
+def test_the_text_cache_keys_rows_from_the_host_batch():
+    """A locked text encoder's cache (the main job's) keys rows by token ids: read from the host
+    copy that `to_device` keeps, not from the device."""
+    from cmgl_dist.config import ModelConfig
+    from cmgl_dist.engine.loop import to_device
+    from cmgl_dist.model import build_model
+
+    model = build_model(ModelConfig(image_encoder="tiny_cnn", image_pretrained=False, text_encoder="tiny",
+                                    embed_dim=16, freeze_text_layers=4, text_cache_mb=16))
+    batch = to_device(_batch(model.tokenizer, 0), torch.device("cpu"))
+    reads, patched = [], []
+    for _ in range(2):  # misses, then hits
+        mode = NoHostSync()
+        _forbid_host_copies(patched, reads)
+        try:
+            with mode:
+                model.encode_text(batch)
+        finally:
+            for name, original in patched:
+                setattr(torch.Tensor, name, original)
+            patched.clear()
+        reads += mode.reads
+    assert reads == [] and model.text_backbone.cache.hits == 3

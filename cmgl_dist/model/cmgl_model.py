@@ -89,10 +89,12 @@ class CMGLModel(nn.Module):
         return scaled.to(features.dtype)
 
     def encode_text(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """batch with input_ids, attention_mask, word_ids, word_mask -> (sentence [B, D], words [B, W, D], word_mask [B, W])."""
+        """batch with input_ids, attention_mask, word_ids, word_mask -> (sentence [B, D], words [B, W, D], word_mask [B, W]).
+        Optional host_input_ids / host_attention_mask: the same in host memory (`engine.loop.to_device`)."""
         word_mask = batch["word_mask"]
+        host = (batch["host_input_ids"], batch["host_attention_mask"]) if "host_input_ids" in batch else None
         sentence, words = self.text_backbone(
-            batch["input_ids"], batch["attention_mask"], batch["word_ids"], word_mask.shape[1])
+            batch["input_ids"], batch["attention_mask"], batch["word_ids"], word_mask.shape[1], host)
         # The head's output dtype (bf16 under autocast), not the backbone's (fp32 after its
         # LayerNorm): a mask in the backbone's dtype would promote the words back to fp32.
         words = self._scale_local(self.word_head(words))

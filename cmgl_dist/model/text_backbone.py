@@ -109,10 +109,11 @@ class TextBackbone(nn.Module):
             self.transformer.eval()
         return self
 
-    def token_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Sum of the last `last_layers` hidden states, [B, L, H]."""
+    def token_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, host=None) -> torch.Tensor:
+        """Sum of the last `last_layers` hidden states, [B, L, H]. `host`: (ids, mask) in host
+        memory, for the cache's keys (`FrozenTextCache.token_features`)."""
         if self.cache is not None:
-            return self.cache.token_features(input_ids, attention_mask, self._encode)
+            return self.cache.token_features(input_ids, attention_mask, self._encode, host)
         return self._encode(input_ids, attention_mask)
 
     def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -131,8 +132,8 @@ class TextBackbone(nn.Module):
         return (~keep).to(dtype) * torch.finfo(dtype).min
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_ids: torch.Tensor,
-                word_count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.token_features(input_ids, attention_mask)
+                word_count: int, host=None) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.token_features(input_ids, attention_mask, host)
         mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
         sentence = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         words = sum_pieces_into_words(tokens, word_ids, word_count)
