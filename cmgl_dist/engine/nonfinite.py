@@ -11,6 +11,8 @@ are read with the metrics, every `train.log_every` steps (`take`); a run of `tra
 stops training there, with a checkpoint of the weights (which no dropped batch changed).
 A step whose micro batches were all dropped still runs its optimizer step on zero gradients:
 AdamW's momentum and weight decay move the weights as on any step with a vanishing gradient.
+Batch-norm running statistics updated by a dropped batch's forward are not restored (the forward
+has run before any guard can know its loss).
 """
 from __future__ import annotations
 
