@@ -52,6 +52,14 @@ def make_inputs(T, I, W, R, D, counts, dtype, holes=False, seed=0):
     return words, word_mask.to(DEVICE), regions
 
 
+@pytest.fixture(autouse=True)
+def poisoned_buffers(monkeypatch):
+    """Every buffer the kernels write starts as NaN, whatever its size (CMGL_KERNEL_POISON)."""
+    from cmgl_dist.kernels import local_similarity as kernel_module
+
+    monkeypatch.setattr(kernel_module, "POISON", True)
+
+
 def poison_allocator():
     """Fill freed memory with NaN so an output the kernel fails to write shows up."""
     junk = torch.full((1 << 22,), float("nan"), device=DEVICE)
