@@ -2,6 +2,8 @@
 #   make main   pack IU-RR (real reports + phantom images unless IMAGES=...), train, evaluate
 #   make test   the test suite (what CI runs)
 #   make eval-nih  external evaluation of a trained export (EXPORT=...) on the 354 real NIH images
+#   make gpu-check the GPU check into OUT (default gpu_check_out/); OFFLINE=WHEELS installs from wheels;
+#                  DRY=1 runs every stage tiny on a CPU (benchmarks/gpu_check.sh)
 # Run pytest as `pytest`, not `python -m pytest`: the latter puts the repo root on sys.path,
 # where the folder kernels/ would shadow the PyPI package `kernels` that transformers probes for.
 PYTHON ?= python3
@@ -10,14 +12,16 @@ STAMP  := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 
 NIH_IMAGES ?= ../shared/data/real-cxr/nih-cxr14-reproduce-chexnet
 EXPORT     ?= outputs/run/export
+# OFFLINE=DIR: install from the wheels in DIR (`pip download -d DIR -e '.[offline,test]'`), no index
+PIP_SOURCE := $(if $(OFFLINE),--no-index --find-links $(OFFLINE))
 
-.PHONY: main test install eval-nih
+.PHONY: main test install eval-nih gpu-check
 install: $(STAMP)
 
 $(STAMP): setup.py
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel
-	$(VENV)/bin/python -m pip install -q -e '.[offline,test]'
+	$(VENV)/bin/python -m pip install -q $(PIP_SOURCE) --upgrade pip setuptools wheel
+	$(VENV)/bin/python -m pip install -q $(PIP_SOURCE) -e '.[offline,test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 main: $(STAMP)
@@ -32,3 +36,7 @@ eval-nih: $(STAMP)
 	$(VENV)/bin/cmgl verify outputs/shards-nih
 	$(VENV)/bin/cmgl evaluate --exports $(EXPORT) --shards outputs/shards-nih --out outputs/eval-nih \
 		--split all --tasks zero_shot probe_cv --folds 5
+
+OUT ?= gpu_check_out
+gpu-check: $(STAMP)
+	$(VENV)/bin/cmgl bench gpu --out $(OUT) $(if $(OFFLINE),--offline $(OFFLINE)) $(if $(filter 1,$(DRY)),--dry)

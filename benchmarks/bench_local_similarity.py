@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from cmgl_dist.bench.harness import Timing, append_results, measure
+from cmgl_dist.bench.harness import Timing, measure, record_results
 from cmgl_dist.losses import local_similarity, local_similarity_compiled, local_similarity_reference
 
 log = logging.getLogger("bench_local_similarity")
@@ -127,7 +127,8 @@ def time_mode(fn, inputs, mode, reps, device) -> Timing:
 
 
 def run_case(provider, fn, T, I, args, dtype_name, device, csv_path):
-    """Time every mode of one (provider, shape, dtype); each case's rows are appended as it finishes."""
+    """Time every mode of one (provider, shape, dtype); each case's rows are recorded as it
+    finishes, replacing that case's earlier rows on this machine."""
     words, word_mask, regions, mean_words = make_inputs(
         T, I, args.words, args.regions, args.dim, DTYPES[dtype_name], device)
     shape = dict(T=T, I=I, W=args.words, mean_words=round(mean_words, 1), R=args.regions,
@@ -144,7 +145,7 @@ def run_case(provider, fn, T, I, args, dtype_name, device, csv_path):
         log.info("%-18s %-6s T=%-4d I=%-4d %s  p50 %8.2f ms  peak %8.1f MB  %s",
                  provider, mode, T, I, dtype_name, timing.p50_ms, timing.peak_mb, status)
         flops = FLOPS_PER_WRD[mode] * mean_words * args.regions * args.dim * T * I
-        append_results(csv_path, "local_similarity", {**shape, "mode": mode, "status": status},
+        record_results(csv_path, "local_similarity", {**shape, "mode": mode, "status": status},
                        {**timing.metrics(), "nominal_tflops": flops / (timing.p50_ms * 1e9)})
 
 
@@ -201,7 +202,7 @@ def main(argv=None):
                     continue
                 run_case(provider, fn, T, I, args, dtype_name, device, args.csv)
                 cases += 1
-    log.info("%d cases appended to %s, %d cases skipped", cases, args.csv, skipped)
+    log.info("%d cases recorded in %s, %d cases skipped", cases, args.csv, skipped)
 
 
 if __name__ == "__main__":

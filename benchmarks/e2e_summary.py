@@ -13,7 +13,7 @@ import json
 import statistics
 from pathlib import Path
 
-from cmgl_dist.bench.harness import append_results
+from cmgl_dist.bench.harness import record_results
 
 
 def read_windows(path: Path) -> list[dict]:
@@ -56,7 +56,7 @@ def main(argv=None):
     row = summary_row(args.name, read_windows(args.metrics), args.rc)
     stamp = dict(zip(("machine", "date", "commit"), args.stamp)) if args.stamp else None
     config = {key: row.pop(key) for key in ("run", "rc")}
-    append_results(args.csv, "e2e_throughput", config, row, stamp_with=stamp)
+    record_results(args.csv, "e2e_throughput", config, row, stamp_with=stamp)
     print(json.dumps({**config, **row}))
 
 

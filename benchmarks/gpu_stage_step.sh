@@ -2,7 +2,7 @@
 # bench_step_stage; uses its $PY, $WORK, $OUT, $DRY, limited and log, and the shards and random
 # BERT-base that its stage e2e_setup makes):
 #   - `cmgl bench step` of the GLoRIA recipe, global-only, micro-batch 128, bf16, ZeRO-1, random
-#     weights, BERT-base built from the MiniLM vocabulary: step_breakdown.csv/.png to $OUT, the summary,
+#     weights: step_breakdown.csv/.png to $OUT, the summary,
 #     results.csv and a gzipped Chrome trace into $WORK/logs;
 #   - with STEP_ABLATIONS (overrides, e.g. "train.channels_last=false train.cudnn_benchmark=false
 #     data.persistent_workers=false"), the global-only throughput with each of them in turn, through

@@ -79,7 +79,8 @@ def compile_rows(dtype: str, params: dict | None = None, capability: int = 90) -
     rows = []
     for name, kernel, extra in _kernels(ls):
         fn = kernel.fn
-        constexprs = {**config.kwargs, "BLOCK_W": ls.BLOCK_W, "DOT_PRECISION": precision, **extra}
+        constexprs = {**config.kwargs, "BLOCK_W": ls.BLOCK_W, "DOT_PRECISION": precision,
+                      "WIDE_GRADS": dtype == "fp16", **extra}
         mine = {p: v for p, v in constexprs.items() if p in fn.arg_names}
         types = dict(SIGNATURE, X=f"*{dtype}", Y=f"*{dtype}")
         signature = {p: "constexpr" if p in mine else types[p] for p in fn.arg_names}

@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cmgl_dist.bench.harness import pivot, read_rows  # noqa: E402
+from cmgl_dist.bench.harness import current_rows, pivot, read_rows  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -33,7 +33,7 @@ def _number(text: str) -> float:
 def load_cases(csv_path: Path) -> dict:
     """{(machine, dtype, mode): {provider: {batch: case}}} for square (T = I) cases that ran."""
     cases: dict = defaultdict(lambda: defaultdict(dict))
-    for case in pivot(read_rows(csv_path), "local_similarity"):
+    for case in pivot(current_rows(read_rows(csv_path)), "local_similarity"):
         if case["T"] != case["I"] or case.get("status", "ok") != "ok":
             continue
         cases[(case["machine"], case["dtype"], case["mode"])][case["provider"]][int(case["T"])] = case

@@ -172,7 +172,8 @@ class TrainConfig(_Section):
     log_every: int = Field(10, ge=1)
     ckpt_every: int = Field(200, ge=1)
     keep_last: int = Field(2, ge=1, description="Checkpoints kept on disk.")
-    max_nonfinite: int = Field(5, ge=1, description="Stop after this many non-finite losses in a row.")
+    max_nonfinite: int = Field(5, ge=1, description="Stop after this many non-finite losses in a row (dropped "
+                               "on the device, counted on log and checkpoint steps).")
     tensorboard: bool = True
     batches_per_epoch: Optional[int] = Field(
         None, ge=1, description="Batches per rank in one pass of the loader (None: one pass over the shards). "

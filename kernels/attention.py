@@ -26,5 +26,6 @@ def region_gram(regions: torch.Tensor, images_per_chunk: int = 64) -> torch.Tens
     inputs), built from chunks of images so that the upcast copy stays small. With it the cosine
     needs no context vector: |c_w|^2 = b_w^T G b_w for c_w = sum_r b_wr y_r."""
     acc = torch.promote_types(regions.dtype, torch.float32)
-    return torch.cat([torch.bmm(chunk.to(acc), chunk.to(acc).transpose(1, 2))
-                      for chunk in regions.split(images_per_chunk)])
+    with torch.autocast(device_type=regions.device.type, enabled=False):  # autocast would round G to 16 bits
+        return torch.cat([torch.bmm(chunk.to(acc), chunk.to(acc).transpose(1, 2))
+                          for chunk in regions.split(images_per_chunk)])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from cmgl_dist.kernel_limits import KERNEL_MAX_GAMMA1, KERNEL_MAX_GAMMA2  # noqa: F401 - one copy, torch-free
+from cmgl_dist.host_reads import check_texts_have_words, words_were_checked
 
 # GLoRIA's cosine_similarity clamps the product of the norms (not each norm) at this eps.
 COSINE_EPS = 1e-8
@@ -30,9 +31,8 @@ def check_local_inputs(words: torch.Tensor, word_mask: torch.Tensor, regions: to
             f"regions {regions.device}")
     if not words.is_floating_point() or not regions.is_floating_point():
         raise ValueError(f"words and regions must be floating point, got {words.dtype}, {regions.dtype}")
-    empty = (~word_mask.any(dim=1)).nonzero().flatten()
-    if empty.numel():
-        raise ValueError(f"texts {empty.tolist()[:10]} have no words (word_mask all False); S would be -inf")
+    if not words_were_checked():  # a training step checks the collated batch on the host instead
+        check_texts_have_words(word_mask)
 
 
 # Word slots vary with every batch; rounded up to this multiple they form the shape bucket that

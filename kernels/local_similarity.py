@@ -13,6 +13,7 @@ its figures and what is not done are explained once, in kernels/README.md ("Kern
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -25,7 +26,7 @@ from cmgl_dist.kernels.attention import region_gram
 from cmgl_dist.kernels.inputs import (COSINE_EPS, KERNEL_MAX_GAMMA1, KERNEL_MAX_GAMMA2, check_local_inputs,
                                       word_bucket)
 from cmgl_dist.kernels.local_similarity_tiles import (_attention_grad, _block_state, _cosine, _cosine_grad,
-                                                       _mma, _region_tile, _scores, _word_weights)
+                                                       _mma, _mma_grad, _region_tile, _scores, _word_weights)
 
 BLOCK_W = 16  # words per block: the N side of every product; the scratch is sized by it
 # The region owner read-modify-writes its [R, D] gradient rows once per word block: 64-word blocks
@@ -48,7 +49,11 @@ PINNED_CONFIGS = {
     9: dict(BLOCK_R=64, BLOCK_D=64, num_warps=8, num_stages=1),
     8: dict(BLOCK_R=64, BLOCK_D=64, num_warps=8, num_stages=1),
 }
-INTERPRETER_CONFIG = dict(BLOCK_R=16, BLOCK_D=16, num_warps=4, num_stages=1)
+# The interpreter runs the GPU's pinned tiles, so tests there cover the tiling the GPU runs
+# (the recipe-shape test: R 361 and D 768 in 6 x 12 tiles of 64). CMGL_KERNEL_INTERPRETER_TILES=small
+# runs 16 x 16 tiles instead (more tile edges in small shapes; 16x the interpreted operations).
+INTERPRETER_CONFIG = (dict(BLOCK_R=16, BLOCK_D=16, num_warps=4, num_stages=1)
+                      if os.environ.get("CMGL_KERNEL_INTERPRETER_TILES") == "small" else dict(PINNED_CONFIGS[9]))
 AUTOTUNE_CONFIGS = [dict(BLOCK_R=br, BLOCK_D=bd, num_warps=nw, num_stages=ns)
                     for br, bd, nw, ns in ((64, 64, 8, 1), (64, 32, 8, 1))]
 
@@ -67,7 +72,7 @@ def _arch_major() -> int:
 
 
 def _configs() -> list[triton.Config]:
-    if _INTERPRETED:  # the interpreter's timings mean nothing: one small config
+    if _INTERPRETED:  # the interpreter's timings mean nothing: one config
         return [_as_config(INTERPRETER_CONFIG)]
     if _AUTOTUNE:
         return [_as_config(c) for c in AUTOTUNE_CONFIGS]
@@ -181,7 +186,7 @@ def _backward_words_kernel(X, MASK, NWORDS, Y, G, S, COLS, DELTA, GS, GX, SCRATC
                            R_STRIDE, stride_xt, stride_xw, stride_mt, stride_yi, stride_yr,
                            gamma1, gamma2, eps,
                            BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-                           DOT_PRECISION: tl.constexpr):
+                           DOT_PRECISION: tl.constexpr, WIDE_GRADS: tl.constexpr):
     """Grid (T, cdiv(W, BLOCK_W)): the program owns dL/dx of text t's word block, over all images."""
     t = tl.program_id(0)
     w0 = tl.program_id(1) * BLOCK_W
@@ -203,8 +208,8 @@ def _backward_words_kernel(X, MASK, NWORDS, Y, G, S, COLS, DELTA, GS, GX, SCRATC
                     offs_r, r_ok, tile = _region_tile(r0, R, BLOCK_R, BLOCK_W)
                     y_t = tl.load(y_ptr + offs_r[None, :] * stride_yr + offs_d[:, None],
                                   mask=r_ok[None, :] & (offs_d < D)[:, None], other=0.0)
-                    p = tl.load(scratch + 3 * R_STRIDE * BLOCK_W + tile).to(y_t.dtype)
-                    d_x = _mma(y_t, p, d_x, DOT_PRECISION)
+                    p = tl.load(scratch + 3 * R_STRIDE * BLOCK_W + tile)
+                    d_x = _mma_grad(y_t, p, d_x, y_t, DOT_PRECISION, WIDE_GRADS)
                 owned = gx_ptr + offs_w[None, :] * D + offs_d[:, None]
                 tl.store(owned, tl.load(owned, mask=keep, other=0.0) + d_x, mask=keep)
 
@@ -215,7 +220,7 @@ def _backward_regions_kernel(X, MASK, NWORDS, Y, G, S, COLS, DELTA, GS, GY, SCRA
                              R_STRIDE, stride_xt, stride_xw, stride_mt, stride_yi, stride_yr,
                              gamma1, gamma2, eps,
                              BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-                             DOT_PRECISION: tl.constexpr):
+                             DOT_PRECISION: tl.constexpr, WIDE_GRADS: tl.constexpr):
     """Grid (I,): the program owns dL/dy of image i, over all (text, word block)s."""
     i = tl.program_id(0)
     scratch = SCRATCH + tl.cast(i, tl.int64) * (4 * R_STRIDE * BLOCK_W)
@@ -238,12 +243,13 @@ def _backward_regions_kernel(X, MASK, NWORDS, Y, G, S, COLS, DELTA, GS, GY, SCRA
                     y_t = tl.load(y_ptr + offs_r[None, :] * stride_yr + offs_d[:, None],
                                   mask=r_ok[None, :] & d_ok[:, None], other=0.0)
                     c_t = _mma(y_t, b.to(y_t.dtype), c_t, DOT_PRECISION)
-                beta_c = tl.trans(beta[None, :] * c_t).to(x.dtype)
+                beta_c = tl.trans(beta[None, :] * c_t)
                 for r0 in range(0, R, BLOCK_R):
                     offs_r, r_ok, tile = _region_tile(r0, R, BLOCK_R, BLOCK_W)
-                    p = tl.load(scratch + 3 * R_STRIDE * BLOCK_W + tile).to(x.dtype)
-                    b = (tl.load(scratch + tile) * inv_z[None, :]).to(x.dtype)
-                    d_y = _mma(b, beta_c, _mma(p, x, None, DOT_PRECISION), DOT_PRECISION)
+                    p = tl.load(scratch + 3 * R_STRIDE * BLOCK_W + tile)
+                    b = tl.load(scratch + tile) * inv_z[None, :]
+                    d_y = _mma_grad(b, beta_c, _mma_grad(p, x, None, x, DOT_PRECISION, WIDE_GRADS), x,
+                                    DOT_PRECISION, WIDE_GRADS)
                     owned = gy_ptr + offs_r[:, None] * D + offs_d[None, :]
                     keep = r_ok[:, None] & d_ok[None, :]
                     tl.store(owned, tl.load(owned, mask=keep, other=0.0) + d_y, mask=keep)
@@ -262,12 +268,30 @@ def _check_inputs(words, word_mask, regions, gamma1, gamma2):
                          "use loss.local_backend=reference for larger ones")
 
 
+# CMGL_KERNEL_POISON=1 fills every buffer the kernels are meant to write (outputs, saved
+# statistics, scratch) with NaN when it is allocated, whatever its size: a value a kernel fails
+# to write then shows up. (Filling freed memory instead misses the caching allocator's small pool.)
+POISON = os.environ.get("CMGL_KERNEL_POISON") == "1"
+
+
+def _empty(*shape: int, device) -> torch.Tensor:
+    """An fp32 buffer the kernels write in full before reading it (NaN-filled under POISON)."""
+    out = torch.empty(*shape, device=device, dtype=torch.float32)
+    return out.fill_(float("nan")) if POISON else out
+
+
+def _on_device(device: torch.device):
+    """Launches go to the current CUDA device: make it the tensors' one (cuda:1 while cuda:0 is
+    current would run the kernel on the wrong device's pointers)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _scratch(R: int, device, *programs_and_block_w: tuple[int, int]) -> tuple[torch.Tensor, int]:
     """Per-program scratch ([programs, 4, R_STRIDE, block_w] fp32, as large as the largest of the
     (programs, block_w) launches that share it) and R_STRIDE."""
     r_stride = -(-R // R_ALIGN) * R_ALIGN
     size = max(programs * SCRATCH_ROWS * r_stride * block_w for programs, block_w in programs_and_block_w)
-    return torch.empty(size, device=device, dtype=torch.float32), r_stride
+    return _empty(size, device=device), r_stride
 
 
 def _launch_args(words, word_mask, regions):
@@ -296,15 +320,18 @@ def local_similarity_forward(words, word_mask, regions, gamma1, gamma2, save_del
     dL/dS = exp(S - |gamma2|) ([T, I, R] fp32, else None)."""
     words, mask, n_words, regions, sizes, strides, meta = _launch_args(words, word_mask, regions)
     T, I, W, R, D = sizes
-    S = torch.empty(T, I, device=words.device, dtype=torch.float32)
-    col_stats = torch.empty(T, I, 2, R, device=words.device, dtype=torch.float32)
-    delta = torch.empty(T, I, R, device=words.device, dtype=torch.float32) if save_delta else None
+    S = _empty(T, I, device=words.device)
+    col_stats = _empty(T, I, 2, R, device=words.device)
+    delta = _empty(T, I, R, device=words.device) if save_delta else None
+    if T == 0 or I == 0:  # no pair: nothing to launch (and no program count to divide by)
+        return S, col_stats, delta
     groups = min(T, -(-FORWARD_PROGRAMS // I))
     scratch, r_stride = _scratch(R, words.device, (I * groups, BLOCK_W))
-    _forward_kernel[(I, groups)](words, mask, n_words, regions, region_gram(regions), S, col_stats,
-                                 col_stats if delta is None else delta, scratch, *sizes, r_stride, groups,
-                                 *strides, float(gamma1), float(gamma2), COSINE_EPS,
-                                 SAVE_DELTA=save_delta, **meta)
+    with _on_device(words.device):
+        _forward_kernel[(I, groups)](words, mask, n_words, regions, region_gram(regions), S, col_stats,
+                                     col_stats if delta is None else delta, scratch, *sizes, r_stride, groups,
+                                     *strides, float(gamma1), float(gamma2), COSINE_EPS,
+                                     SAVE_DELTA=save_delta, **meta)
     return S, col_stats, delta
 
 
@@ -315,14 +342,19 @@ def local_similarity_backward(grad_S, words, word_mask, regions, S, col_stats, d
     T, I, W, R, D = sizes
     grad_words = torch.zeros(T, W, D, device=words.device, dtype=torch.float32)
     grad_regions = torch.zeros(I, R, D, device=words.device, dtype=torch.float32)
-    common = (words, mask, n_words, regions, region_gram(regions), S, col_stats, delta, grad_S.contiguous())
-    hyper = (float(gamma1), float(gamma2), COSINE_EPS)
-    word_blocks = triton.cdiv(W, BLOCK_W)
-    scratch, r_stride = _scratch(R, words.device, (T * word_blocks, BLOCK_W), (I, REGION_OWNER_BLOCK_W))
-    _backward_words_kernel[(T, word_blocks)](*common, grad_words, scratch, *sizes, r_stride, *strides,
-                                             *hyper, **meta)
-    _backward_regions_kernel[(I,)](*common, grad_regions, scratch, *sizes, r_stride, *strides, *hyper,
-                                   **dict(meta, BLOCK_W=REGION_OWNER_BLOCK_W))
+    if T and I:
+        common = (words, mask, n_words, regions, region_gram(regions), S, col_stats, delta, grad_S.contiguous())
+        hyper = (float(gamma1), float(gamma2), COSINE_EPS)
+        word_blocks = triton.cdiv(W, BLOCK_W)
+        scratch, r_stride = _scratch(R, words.device, (T * word_blocks, BLOCK_W), (I, REGION_OWNER_BLOCK_W))
+        # fp16's range ends at 6e-8: P = dL/ds and beta c, cast to fp16 for the products, underflow
+        # there, so with fp16 inputs those products take fp32 operands (tf32 on GPUs).
+        meta = dict(meta, WIDE_GRADS=words.dtype == torch.float16)
+        with _on_device(words.device):
+            _backward_words_kernel[(T, word_blocks)](*common, grad_words, scratch, *sizes, r_stride, *strides,
+                                                     *hyper, **meta)
+            _backward_regions_kernel[(I,)](*common, grad_regions, scratch, *sizes, r_stride, *strides, *hyper,
+                                           **dict(meta, BLOCK_W=REGION_OWNER_BLOCK_W))
     return grad_words[:, :n_slots].to(words.dtype), grad_regions.to(regions.dtype)
 
 

@@ -20,6 +20,15 @@ def _mma(a, b, acc, DOT_PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _mma_grad(a, b, acc, like, DOT_PRECISION: tl.constexpr, WIDE: tl.constexpr):
+    """acc + a @ b where a or b is an fp32 gradient tile: both in `like`'s dtype (bf16 on tensor
+    cores), or with WIDE (fp16 inputs, whose range ends at 6e-8) both in fp32."""
+    if WIDE:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=DOT_PRECISION)
+    return _mma(a.to(like.dtype), b.to(like.dtype), acc, DOT_PRECISION)
+
+
+@triton.jit
 def _region_tile(r0, R, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
     """Region offsets and mask of the tile at r0, and its element offsets in a scratch row set."""
     offs_r = r0 + tl.arange(0, BLOCK_R)

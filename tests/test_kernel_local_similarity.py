@@ -12,7 +12,8 @@ from helpers import DEVICE, assert_close, make_inputs
 
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 # (T, I, W, R, D, word counts per text); a text with 1 word and one with all W words in each.
-# The interpreter's tiles are 16 words by 16 features: W = 20 spans two word blocks.
+# Word blocks are 16 words: W = 20 spans two. (Cross-tile region and feature sweeps at the pinned
+# 64 x 64 tiles: test_kernel_recipe_shape.py.)
 SHAPES = [
     (3, 2, 9, 13, 40, [1, 9, 5]),
     (2, 4, 5, 49, 16, [5, 1]),
@@ -27,6 +28,14 @@ def transcribed_similarity(words, word_mask, regions, gamma1, gamma2):
     for t in range(words.shape[0]):
         packed[t, :counts[t]] = words[t][word_mask[t]]
     return local_similarities(packed, counts.tolist(), regions, gamma1, gamma2)
+
+
+@pytest.fixture(autouse=True)
+def poisoned_buffers(monkeypatch):
+    """Every buffer the kernels write starts as NaN, whatever its size (CMGL_KERNEL_POISON)."""
+    from cmgl_dist.kernels import local_similarity as kernel_module
+
+    monkeypatch.setattr(kernel_module, "POISON", True)
 
 
 def poison_allocator():

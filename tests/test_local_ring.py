@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from model_outputs import random_model_outputs
+from helpers import random_model_outputs
 
 from cmgl_dist.bench.scaling_model import Workload, exchange_bytes
 from cmgl_dist.config import LossConfig

@@ -3,6 +3,7 @@
     cmgl bench step     where a step's time goes, phase by phase (step.py)
     cmgl bench zero     ZeRO stages 0-3 and optimizer offload: time, memory, bytes (zero.py)
     cmgl bench scaling  a weak-scaling model to 512 GPUs, checked on 1 vs 2 ranks (scaling.py)
+    cmgl bench gpu      the GPU check: CUDA tests, kernel benchmark, recipe throughput (gpu.py)
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Optional
 
 from cmgl_dist.logs import init_logger
 
-SUBCOMMANDS = {"step": "cmgl_dist.bench.step", "zero": "cmgl_dist.bench.zero", "scaling": "cmgl_dist.bench.scaling"}
+SUBCOMMANDS = {"step": "cmgl_dist.bench.step", "zero": "cmgl_dist.bench.zero", "scaling": "cmgl_dist.bench.scaling",
+               "gpu": "cmgl_dist.bench.gpu"}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -1,15 +1,18 @@
 """The one benchmark harness: timing (warm-up, CUDA events, p20/p50/p80, peak memory) and results.
 
 Every benchmark (the scripts under `benchmarks/` and `cmgl bench`) times through `measure` and
-records through `append_results`, so numbers are never typed into docs by hand and every row says
-where and when it was measured. All results share one long format (`COLUMNS`): one row per
-(benchmark, config, metric), the config a `key=value;...` string. `pivot` turns those rows back
-into one dict per measured case, for plots and tables.
+records through `append_results` (or `record_results`, which replaces the rows it supersedes), so
+numbers are never typed into docs by hand and every row says where and when it was measured. All
+results share one long format (`COLUMNS`): one row per (benchmark, config, metric), the config a
+`key=value;...` string. `pivot` turns those rows back into one dict per measured case, for plots
+and tables. A row is current unless a later row measured the same case (`case_key`: machine,
+benchmark, config, metric) on the same machine; plots read `current_rows` only.
 """
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import math
 import os
 import platform
@@ -20,6 +23,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
+
+from cmgl_dist.atomic import write_text_atomic
 
 COLUMNS = ("machine", "date", "commit", "benchmark", "config", "metric", "value")
 
@@ -207,6 +212,66 @@ def append_results(csv_path: str | os.PathLike, benchmark: str, config: dict | s
     """Append one measured case: one long row per metric, all with the same stamp (this machine's,
     or `stamp_with` for figures measured elsewhere)."""
     append_rows(csv_path, result_rows(benchmark, config, metrics), stamp_with)
+
+
+# Config keys that say how a run went, not what it measured: a later row of the same case
+# supersedes an earlier one whatever they say (an "ok" re-run replaces an "oom").
+OUTCOME_KEYS = ("status", "rc")
+
+
+def case_key(row: dict) -> tuple:
+    """(machine, benchmark, config without its outcome keys, metric): what a newer row replaces."""
+    config = {k: v for k, v in parse_config(row["config"]).items() if k not in OUTCOME_KEYS}
+    return row["machine"], row["benchmark"], config_string(config), row["metric"]
+
+
+def current_rows(rows: Iterable[dict]) -> list[dict]:
+    """The rows no later row supersedes (latest date per `case_key`; on a tie the later in the
+    file), in file order."""
+    rows = list(rows)
+    latest: dict = {}
+    for index, row in enumerate(rows):
+        key = case_key(row)
+        if key not in latest or row["date"] >= rows[latest[key]]["date"]:
+            latest[key] = index
+    keep = set(latest.values())
+    return [row for index, row in enumerate(rows) if index in keep]
+
+
+def update_rows(csv_path: str | os.PathLike, rows: list[dict], stamp_with: Optional[dict] = None) -> None:
+    """Write `rows` (stamped as `append_rows` does) into csv_path, replacing the rows of the same
+    cases (`case_key`), as Liger-Kernel's update_benchmark_data_csv does; one atomic rewrite."""
+    if not rows:
+        return
+    path = Path(csv_path)
+    fresh = stamp_with or stamp()
+    stamped = [{**fresh, **row} for row in rows]
+    kept, newline = [], "\r\n"  # csv's own line ending, as append_rows writes
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            newline = "\r\n" if f.readline().endswith(b"\r\n") else "\n"  # the file's own, for small diffs
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != COLUMNS:
+                raise ValueError(f"{path}: header {reader.fieldnames} is not the long format {COLUMNS}; convert it "
+                                 "with benchmarks/convert_results.py or write to a new file")
+            replaced = {case_key(row) for row in stamped}
+            kept = [row for row in reader if case_key(row) not in replaced]
+    for row in stamped:
+        if set(row) != set(COLUMNS):
+            raise ValueError(f"{path}: a result row needs exactly the columns {COLUMNS}, got {sorted(row)}")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator=newline)
+    writer.writeheader()
+    writer.writerows(kept + stamped)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, text.getvalue())
+
+
+def record_results(csv_path: str | os.PathLike, benchmark: str, config: dict | str, metrics: dict,
+                   stamp_with: Optional[dict] = None) -> None:
+    """`append_results`, replacing the earlier rows of the same case on the same machine."""
+    update_rows(csv_path, result_rows(benchmark, config, metrics), stamp_with)
 
 
 def read_rows(csv_path: str | os.PathLike) -> list[dict]:

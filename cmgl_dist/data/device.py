@@ -11,4 +11,6 @@ def to_device(batch: dict, device: torch.device, channels_last: bool = False) ->
              for key, value in batch.items()}
     if channels_last:
         moved["images"] = moved["images"].contiguous(memory_format=torch.channels_last)
+    if "input_ids" in batch:  # readable on the host too: the text cache keys rows by them without a device read
+        moved["host_input_ids"], moved["host_attention_mask"] = batch["input_ids"], batch["attention_mask"]
     return moved

@@ -1,10 +1,11 @@
 """The step loop: micro batches -> DeepSpeed engine -> loss -> backward/step, with a NaN/Inf guard.
 
-One optimizer step takes `train.grad_accum` micro batches with a finite loss on every rank. A
-micro batch whose loss is not finite on any rank is dropped by all ranks together (no backward,
-so nothing of it reaches the weights) and counted; more than `train.max_nonfinite` of them in a
-row stop the run after a checkpoint of the last good state (the weights after the last optimizer
-step and the data position before its batches).
+One optimizer step takes `train.grad_accum` micro batches. A micro batch whose loss is not
+finite on any rank is dropped by all ranks together, on the device: its gradients are zeroed
+before they accumulate (`nonfinite.NonFiniteGuard`), so nothing of it reaches the weights. A
+micro step reads nothing on the host (`cmgl_dist.host_reads`); drops are counted on the device
+and read every `train.log_every` steps, where `train.max_nonfinite` of them in a row stop the
+run after a checkpoint.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from cmgl_dist.data.device import to_device
 from cmgl_dist.engine.checkpoint import Checkpointer, TrainState, tag_for
 from cmgl_dist.engine.distributed import World
 from cmgl_dist.engine.metrics import LOSS_PARTS, MetricsProcessor
+from cmgl_dist.engine.nonfinite import NonFiniteGuard
+from cmgl_dist.host_reads import check_texts_have_words, words_checked_on_host
 from cmgl_dist.phases import phase
 
 log = logging.getLogger(__name__)
@@ -66,7 +69,7 @@ class Trainer:
         self.checkpointer = checkpointer
         self.metrics = metrics
         self.resolved_config = resolved_config
-        self.nonfinite_in_row = 0
+        self.guard = NonFiniteGuard(engine.module, world.device)
         self.channels_last = world.cuda and cfg.train.channels_last
 
     def run(self, batches: Batches, state: TrainState) -> TrainState:
@@ -75,47 +78,47 @@ class Trainer:
             lr = self.engine.get_lr()[0]
             self.step(batches, state)
             last = step == cfg.steps
-            if step % cfg.log_every == 0 or last:
+            logged, saved = step % cfg.log_every == 0 or last, step % cfg.ckpt_every == 0 or last
+            if logged or saved:  # the steps that read device values on the host
+                self._check_nonfinite(state)
+            if logged:
                 state.samples_skipped += self.metrics.take_skipped()
                 self.metrics.log(state, lr)
-            if step % cfg.ckpt_every == 0 or last:
+            if saved:
                 self._save(state)
         return state
 
     def step(self, batches: Batches, state: TrainState) -> None:
-        """grad_accum micro batches with a finite loss -> one optimizer step."""
-        good = 0
-        start_position = (state.data_epoch, state.data_batch)
-        while good < self.cfg.train.grad_accum:
+        """grad_accum micro batches -> one optimizer step."""
+        for _ in range(self.cfg.train.grad_accum):
             with phase("data_wait"):
                 waited = time.perf_counter()
                 epoch, position, batch = next(batches)
                 self.metrics.data_waited(time.perf_counter() - waited)
+            # Checks that need values read the collated batch, still in host memory.
+            check_texts_have_words(batch["word_mask"], batch.get("keys"))
             with phase("host_to_device"):
                 on_device = to_device(batch, self.world.device, self.channels_last)
-            # The model's outputs go to the loss in the compute dtype (bf16 under autocast): the
-            # losses run softmaxes and log-sum-exps in fp32 themselves (cmgl_dist.losses).
-            parts = self.loss_fn(self.engine(on_device))
-            with phase("loss_all_reduce"):
-                shared = self._all_reduce(parts, batch.get("skipped", 0))
-            # The one host read per micro batch: the NaN guard must decide before backward, so that
-            # nothing of a dropped micro batch reaches the weights.
-            kept = not bool(shared[_NONFINITE] > 0)
-            self.metrics.micro_batch(shared[:_NONFINITE], shared[_SKIPPED], kept=kept)
-            if not kept:
-                state.nonfinite_skipped += 1
-                self._on_nonfinite(state, start_position, shared)
-                continue
-            self.nonfinite_in_row = 0
-            with phase("backward"):
-                self.engine.backward(parts["loss"])
+            self.micro_step(on_device, batch.get("skipped", 0))
             with phase("optimizer_step"):
                 self.engine.step()
-            good += 1
             state.data_epoch, state.data_batch = epoch, position
         state.step += 1
         state.samples_seen += self.metrics.global_batch
         self.metrics.step_done(self.engine.get_global_grad_norm())
+
+    def micro_step(self, on_device: dict, skipped: int) -> None:
+        """Forward, loss, the guard's all-reduce and backward of one micro batch: no host read."""
+        # The model's outputs go to the loss in the compute dtype (bf16 under autocast): the
+        # losses run softmaxes and log-sum-exps in fp32 themselves (cmgl_dist.losses).
+        with words_checked_on_host():
+            parts = self.loss_fn(self.engine(on_device))
+        with phase("loss_all_reduce"):
+            shared = self._all_reduce(parts, skipped)
+        kept = self.guard.update(shared[_NONFINITE] > 0)
+        self.metrics.micro_batch(shared[:_NONFINITE], shared[_SKIPPED], kept=kept)
+        with phase("backward"):
+            self.engine.backward(torch.where(kept, parts["loss"], 0.0))
 
     def _all_reduce(self, parts: dict, skipped: int) -> torch.Tensor:
         losses = [parts[name].detach().float() for name in LOSS_PARTS]
@@ -129,21 +132,19 @@ class Trainer:
         state.samples_skipped += self.metrics.take_skipped()
         self.checkpointer.save(self.engine, state, self.resolved_config)
 
-    def _on_nonfinite(self, state: TrainState, start_position: tuple[int, int], shared: torch.Tensor) -> None:
-        self.nonfinite_in_row += 1
-        if self.world.rank == 0:
-            log.warning("step %d: non-finite loss (summed over ranks: %s), micro batch dropped (%d in a row, "
-                        "%d in all)", state.step + 1, shared[0].item(), self.nonfinite_in_row, state.nonfinite_skipped)
-        if self.nonfinite_in_row < self.cfg.train.max_nonfinite:
+    def _check_nonfinite(self, state: TrainState) -> None:
+        """On a log step: count the window's dropped micro batches; stop after max_nonfinite in a row."""
+        dropped, longest = self.guard.take()
+        state.nonfinite_skipped += dropped
+        if dropped and self.world.rank == 0:
+            log.warning("steps to %d: %d micro batches with a non-finite loss dropped (%d in a row at most, "
+                        "%d in all)", state.step, dropped, longest, state.nonfinite_skipped)
+        if longest < self.cfg.train.max_nonfinite:
             return
-        # Roll the data position back to the start of the unfinished step: the kept state is the
-        # one after the last optimizer step, so a resume replays this step's batches.
-        state.data_epoch, state.data_batch = start_position
-        tag = tag_for(state.step)
-        if tag not in self.checkpointer.complete_tags():
+        if tag_for(state.step) not in self.checkpointer.complete_tags():
             self._save(state)
         raise NonFiniteLossError(
-            f"{self.nonfinite_in_row} non-finite losses in a row at step {state.step + 1} "
-            f"(train.max_nonfinite={self.cfg.train.max_nonfinite}); the last good state is checkpoint "
-            f"{self.checkpointer.root / tag}. Lower optimizer.lr, raise schedule.warmup_steps or use "
-            f"train.precision=fp32/bf16, then resume with --resume auto")
+            f"{longest} non-finite losses in a row by step {state.step} "
+            f"(train.max_nonfinite={self.cfg.train.max_nonfinite}); no dropped batch reached the weights, kept "
+            f"in checkpoint {self.checkpointer.root / tag_for(state.step)}. Lower optimizer.lr, raise "
+            f"schedule.warmup_steps or use train.precision=fp32/bf16, then resume with --resume auto")

@@ -2,9 +2,10 @@
 
 The loop only reports events (a data wait, a micro batch's all-reduced loss parts, a finished
 optimizer step); this component keeps the window, derives samples/s, step time and data-wait
-share, and hands one record per logged step to the sinks (`Telemetry`). Loss parts, skip counts
-and the grad norm stay on the device until a record is made: one host copy every
-`train.log_every` steps, none per micro batch (after torchtitan's `MetricsProcessor`).
+share, and hands one record per logged step to the sinks (`Telemetry`). Loss parts (the mean over
+the window's kept micro batches), skip counts and the grad norm stay on the device until a record
+is made: one host copy every `train.log_every` steps, none per micro batch (after torchtitan's
+`MetricsProcessor`).
 """
 from __future__ import annotations
 
@@ -36,19 +37,22 @@ class MetricsProcessor:
         self.data_wait_s = 0.0
         self.grad_norm: Optional[torch.Tensor | float] = None
         self._loss_sums = torch.zeros(len(LOSS_PARTS), dtype=torch.float64, device=self.device)
+        self._kept = torch.zeros((), dtype=torch.float64, device=self.device)
 
     # ---- events from the loop ----
     def data_waited(self, seconds: float) -> None:
         self.data_wait_s += seconds
 
-    def micro_batch(self, summed_parts: torch.Tensor, skipped: torch.Tensor, *, kept: bool) -> None:
+    def micro_batch(self, summed_parts: torch.Tensor, skipped: torch.Tensor, *, kept: torch.Tensor | bool) -> None:
         """Loss parts summed over ranks (device tensor) and samples the loader skipped, also summed.
 
-        Skips count whether or not the micro batch was kept; loss parts only when it was.
+        Skips count whether or not the micro batch was kept; loss parts only when it was. `kept`
+        may be a device bool: it is applied on the device (torch.where), never read here.
         """
+        kept = torch.as_tensor(kept, device=self.device)
         self._skipped += skipped.double()
-        if kept:
-            self._loss_sums += summed_parts.double() / (self.world_size * self.grad_accum)
+        self._loss_sums += torch.where(kept, summed_parts.double() / self.world_size, 0.0)
+        self._kept += kept.double()
 
     def step_done(self, grad_norm: Optional[torch.Tensor | float]) -> None:
         self.steps += 1
@@ -65,7 +69,8 @@ class MetricsProcessor:
     def log(self, state, lr: float) -> dict:
         """The window's record, sent to every sink; starts a new window."""
         seconds = time.perf_counter() - self.started
-        parts = (self._loss_sums / max(1, self.steps)).tolist()  # the one host copy of the window
+        *sums, kept = torch.cat([self._loss_sums, self._kept[None]]).tolist()  # the one host copy of the window
+        parts = [total / kept if kept else float("nan") for total in sums]  # nan: every micro batch dropped
         record = {"step": state.step, **dict(zip(LOSS_PARTS, parts)), "lr": float(lr),
                   "grad_norm": _scalar(self.grad_norm),
                   **window_rates(self.steps, self.global_batch, seconds, self.data_wait_s),

@@ -284,6 +284,9 @@ def fit(cfg: CMGLConfig, world: World, urls: Mixture, source: Optional[tuple[Pat
 
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # `auto`'s local backend: timed by rank 0, recorded here, reused when the run resumes.
+    from cmgl_dist.losses.backend_choice import RECORD_FILE, use_record
+    use_record(run_dir / RECORD_FILE)
     model, engine = build_engine(cfg, world, deepspeed_config(cfg, world_size=world.world_size, cuda=world.cuda))
     checkpointer, state = restore(cfg, world, engine, source)
     if world.rank == 0:

@@ -4,7 +4,10 @@ It runs over the reference's memory-bounded blocks of (text, image) pairs with t
 recomputing backward, so memory stays bounded at any T x I (T = I = 512 included), but each
 block is one compiled graph (fused softmaxes, bf16 operands on tensor cores for 16-bit inputs)
 instead of eager kernels. Word slots are padded up to a multiple of `WORD_BUCKET`, so batches
-whose W differs within a bucket reuse the compiled graphs (`dynamic=False`: no recompile).
+whose W differs within a bucket reuse the compiled graphs (`dynamic=False`: no recompile), and
+the blocks of a call have one shape where T and I allow (`local_reference._block_side`): one
+graph per word bucket and direction (forward; backward's recompute with gradients), within
+GRAPH_LIMIT.
 """
 from __future__ import annotations
 
@@ -29,9 +32,36 @@ COMPILER = {"cuda": "inductor"}
 CPU_COMPILER = "aot_eager"
 
 
+# Graphs one compiled function may hold: one per word bucket (W up to 512 tokens: 32 buckets). Past
+# dynamo's default of 8 per code object it would run the block uncompiled, silently.
+GRAPH_LIMIT = 64
+
+
+def _block_forward(words, word_mask, regions, gamma1: float, gamma2: float):
+    return block_similarity(words, word_mask, regions, gamma1, gamma2)
+
+
+def _block_recompute(words, word_mask, regions, gamma1: float, gamma2: float):
+    return block_similarity(words, word_mask, regions, gamma1, gamma2)
+
+
 @functools.cache
+def _compiled(device_type: str) -> tuple:
+    """(forward, backward's recompute): two code objects, so that the grad mode, which differs
+    between them, is no guard that recompiles either."""
+    backend = COMPILER.get(device_type, CPU_COMPILER)
+    return tuple(torch.compile(fn, dynamic=False, backend=backend) for fn in (_block_forward, _block_recompute))
+
+
 def compiled_block_similarity(device_type: str):
-    return torch.compile(block_similarity, dynamic=False, backend=COMPILER.get(device_type, CPU_COMPILER))
+    """block_similarity compiled for `device_type`: one graph per word bucket and direction."""
+    forward, recompute = _compiled(device_type)
+
+    def run(*args):
+        with torch._dynamo.config.patch(recompile_limit=GRAPH_LIMIT):
+            return (recompute if torch.is_grad_enabled() else forward)(*args)
+
+    return run
 
 
 def pad_words(words: torch.Tensor, word_mask: torch.Tensor, n_slots: int):

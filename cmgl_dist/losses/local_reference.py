@@ -64,15 +64,26 @@ def block_similarity(words, word_mask, regions, gamma1: float, gamma2: float,
         return scores.amax(dim=2) if word_pooling == "max" else scores.logsumexp(dim=2)
 
 
+def _block_side(n: int, at_most: int) -> int:
+    """A block side for n items within max(1, at_most): the largest divisor of n when it is at
+    least half the bound (blocks of one shape), else the bound (a last, smaller block; at most
+    twice the blocks a prime n would need otherwise)."""
+    bound = min(n, max(1, at_most))
+    divisor = next(d for d in range(bound, 0, -1) if n % d == 0)
+    return divisor if 2 * divisor >= bound else bound
+
+
 def _blocks(words: torch.Tensor, regions: torch.Tensor, block_elements: int):
     """(text slice, image slice) pairs covering [T, I], each within the element budget
     (a pair's working set is [W, R] scores, attention and attention x Gram)."""
     n_texts, n_words, _ = words.shape
     n_images, n_regions, _ = regions.shape
     pairs = max(1, block_elements // (n_words * 3 * n_regions))
-    # texts first: an image's Gram matrix is then built once per text block, and few text blocks
-    texts_per_block = min(n_texts, pairs)
-    images_per_block = max(1, min(n_images, pairs // texts_per_block))
+    # texts first: an image's Gram matrix is then built once per text block, and few text blocks.
+    # Block sides divide T and I where they can, so blocks have one shape (one compiled graph,
+    # `local_compiled`).
+    texts_per_block = _block_side(n_texts, pairs)
+    images_per_block = _block_side(n_images, pairs // texts_per_block)
     for t0 in range(0, n_texts, texts_per_block):
         for i0 in range(0, n_images, images_per_block):
             yield slice(t0, t0 + texts_per_block), slice(i0, i0 + images_per_block)

@@ -82,17 +82,26 @@ class CMGLModel(nn.Module):
         return img_global, self._scale_local(regions)
 
     def _scale_local(self, features: torch.Tensor) -> torch.Tensor:
-        """Features of norm sqrt(local_scale) (zero rows stay zero), or as they are."""
+        """Features of norm sqrt(local_scale) (zero rows stay zero), or as they are; in the
+        features' dtype (the compute dtype under autocast: bf16 operands for the local loss's
+        products), the norm taken in fp32."""
         if self.local_scale is None:
             return features
-        return F.normalize(features, dim=-1) * self.local_scale ** 0.5
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            scaled = F.normalize(features.float(), dim=-1) * self.local_scale ** 0.5
+        return scaled.to(features.dtype)
 
     def encode_text(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """batch with input_ids, attention_mask, word_ids, word_mask -> (sentence [B, D], words [B, W, D], word_mask [B, W])."""
+        """batch with input_ids, attention_mask, word_ids, word_mask -> (sentence [B, D], words [B, W, D], word_mask [B, W]).
+        Optional host_input_ids / host_attention_mask: the same in host memory (`cmgl_dist.data.device.to_device`)."""
         word_mask = batch["word_mask"]
+        host = (batch["host_input_ids"], batch["host_attention_mask"]) if "host_input_ids" in batch else None
         sentence, words = self.text_backbone(
-            batch["input_ids"], batch["attention_mask"], batch["word_ids"], word_mask.shape[1])
-        words = self._scale_local(self.word_head(words)) * word_mask.unsqueeze(-1).to(words.dtype)
+            batch["input_ids"], batch["attention_mask"], batch["word_ids"], word_mask.shape[1], host)
+        # The head's output dtype (bf16 under autocast), not the backbone's (fp32 after its
+        # LayerNorm): a mask in the backbone's dtype would promote the words back to fp32.
+        words = self._scale_local(self.word_head(words))
+        words = words * word_mask.unsqueeze(-1).to(words.dtype)
         return self.sentence_head(sentence), words, word_mask
 
     def forward(self, batch: dict) -> dict:

@@ -109,19 +109,31 @@ class TextBackbone(nn.Module):
             self.transformer.eval()
         return self
 
-    def token_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Sum of the last `last_layers` hidden states, [B, L, H]."""
+    def token_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, host=None) -> torch.Tensor:
+        """Sum of the last `last_layers` hidden states, [B, L, H]. `host`: (ids, mask) in host
+        memory, for the cache's keys (`FrozenTextCache.token_features`)."""
         if self.cache is not None:
-            return self.cache.token_features(input_ids, attention_mask, self._encode)
+            return self.cache.token_features(input_ids, attention_mask, self._encode, host)
         return self._encode(input_ids, attention_mask)
 
     def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        output = self.transformer(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        output = self.transformer(input_ids=input_ids, attention_mask=self._prepared_mask(attention_mask),
+                                  output_hidden_states=True)
         return torch.stack(output.hidden_states[-self.last_layers:]).sum(dim=0)
 
+    def _prepared_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, 1, 1, L], which transformers passes to attention as it is. From a 2D mask its SDPA
+        path first asks whether any token is padding (`mask.all()`), a host read that waits on
+        the GPU in every step. SDPA takes the boolean mask; eager attention an additive one."""
+        keep = attention_mask[:, None, None, :].bool()
+        if getattr(self.transformer.config, "_attn_implementation", "eager") == "sdpa":
+            return keep
+        dtype = self.transformer.get_input_embeddings().weight.dtype
+        return (~keep).to(dtype) * torch.finfo(dtype).min
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_ids: torch.Tensor,
-                word_count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.token_features(input_ids, attention_mask)
+                word_count: int, host=None) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.token_features(input_ids, attention_mask, host)
         mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
         sentence = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         words = sum_pieces_into_words(tokens, word_ids, word_count)

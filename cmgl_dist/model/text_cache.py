@@ -9,9 +9,11 @@ same numbers as uninterrupted ones). Rows past the byte budget are encoded as us
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
+
+from cmgl_dist.host_reads import host_numpy, host_values, reading_host_values
 
 
 class FrozenTextCache:
@@ -24,15 +26,23 @@ class FrozenTextCache:
         self.hits = self.misses = 0
 
     def token_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """[B, L, H] features of the batch's tokens (zero at padding) from `encode(ids, mask)`."""
-        lengths = attention_mask.sum(dim=1)
-        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-        if not torch.equal(attention_mask.bool(), positions[None, :] < lengths[:, None]):
-            raise ValueError("the text cache needs right-padded batches (attention mask 1...1 0...0)")
-        host_ids = input_ids.cpu().numpy()  # one device-to-host copy per batch, not per row
+                       encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                       host: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """[B, L, H] features of the batch's tokens (zero at padding) from `encode(ids, mask)`.
+
+        `host`: the same ids and mask in host memory (the collated batch), which the keys are read
+        from without waiting on the device; without it they are copied from the device."""
+        if host is None or host[0].device.type != "cpu":  # no host copy: read the device's (a sync)
+            host = (input_ids.cpu(), attention_mask.cpu())
+        host_ids, host_mask = host
+        lengths = host_mask.sum(dim=1)
+        positions = torch.arange(host_mask.shape[1])
+        with reading_host_values():
+            if not torch.equal(host_mask.bool(), positions[None, :] < lengths[:, None]):
+                raise ValueError("the text cache needs right-padded batches (attention mask 1...1 0...0)")
+        host_ids = host_numpy(host_ids)
         rows = []
-        for i, n in enumerate(lengths.tolist()):
+        for i, n in enumerate(host_values(lengths)):
             key = host_ids[i, :n].tobytes()
             row = self.rows.get(key)
             if row is None:
