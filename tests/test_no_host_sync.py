@@ -72,8 +72,9 @@ def _rank_main(rank, port, run_dir, out):
     from cmgl_dist.engine.checkpoint import Checkpointer
     from cmgl_dist.engine.deepspeed_config import deepspeed_config
     from cmgl_dist.engine.distributed import init_distributed
-    from cmgl_dist.engine.loop import Trainer, to_device
-    from cmgl_dist.engine.train import build_engine, make_metrics
+    from cmgl_dist.data.device import to_device
+    from cmgl_dist.engine.loop import Trainer
+    from cmgl_dist.engine.train import build_engine, make_metrics, make_telemetry
     from cmgl_dist.host_reads import check_texts_have_words
     from cmgl_dist.losses import CMGLLoss
 
@@ -82,7 +83,8 @@ def _rank_main(rank, port, run_dir, out):
     world = init_distributed()
     model, engine = build_engine(cfg, world, deepspeed_config(cfg, world_size=WORLD_SIZE, cuda=False))
     run_dir.mkdir(parents=True, exist_ok=True)
-    metrics = make_metrics(cfg, world, run_dir, 0)
+    telemetry = make_telemetry(cfg, world, run_dir, 0)
+    metrics = make_metrics(cfg, world, telemetry)
     trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss), Checkpointer(run_dir / "ckpt", 1, rank), metrics, {})
     engine.train()
     reads, patched = [], []
@@ -104,7 +106,7 @@ def _rank_main(rank, port, run_dir, out):
         finite = all(torch.isfinite(p).all() for p in model.parameters())
         torch.save({"reads": reads, "taken": trainer.guard.take(), "finite": finite}, out / f"rank{rank}.pt")
     finally:
-        metrics.telemetry.close()
+        telemetry.close()
         dist.destroy_process_group()
 
 
@@ -127,7 +129,7 @@ def test_the_text_cache_keys_rows_from_the_host_batch():
     """A locked text encoder's cache (the main job's) keys rows by token ids: read from the host
     copy that `to_device` keeps, not from the device."""
     from cmgl_dist.config import ModelConfig
-    from cmgl_dist.engine.loop import to_device
+    from cmgl_dist.data.device import to_device
     from cmgl_dist.model import build_model
 
     model = build_model(ModelConfig(image_encoder="tiny_cnn", image_pretrained=False, text_encoder="tiny",

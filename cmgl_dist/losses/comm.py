@@ -21,6 +21,8 @@ from collections import Counter
 import torch
 import torch.distributed as dist
 
+from cmgl_dist.host_reads import host_values
+
 KINDS = ("all_gather", "reduce_scatter", "p2p", "host")
 # torch >= 2.14 names the tensor forms *_single (the *_tensor names warn as deprecated)
 _ALL_GATHER = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
@@ -94,4 +96,4 @@ def host_ints(*values: int) -> list[tuple[int, ...]]:
     every = [torch.empty_like(mine) for _ in range(world)]
     _counts["host"] += (world - 1) * _nbytes(mine)
     dist.all_gather(every, mine, group=_host_group())
-    return [tuple(t.tolist()) for t in every]
+    return [tuple(host_values(t)) for t in every]  # CPU tensors: reading them waits on no device
