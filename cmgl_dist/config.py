@@ -75,6 +75,11 @@ class ModelConfig(_Section):
     text_last_layers: int = Field(4, ge=1, description="Aggregate (sum) the last N hidden layers, as GLoRIA.")
     embed_dim: int = Field(256, ge=8, description="Shared projection dimension for global and local features.")
     freeze_text_layers: int = Field(0, ge=0, description="Freeze the embeddings and the first N transformer layers of the text encoder.")
+    sentence_pool_length: Optional[int] = Field(
+        None, ge=1, description="None: the sentence feature is the mean over the text's tokens. N: the sum over the "
+                                "text's tokens divided by N, GLoRIA's sentence feature, which pads every report to "
+                                "its max length (97) and averages over all positions, the zero padding included "
+                                "(set N to data.max_length for GLoRIA's).")
     freeze_image: bool = Field(False, description="Freeze the image backbone (projection heads still train).")
     local_init_gain: float = Field(
         1.0, gt=0, description="Multiplies the initial weights of the region and word heads. Their outputs "

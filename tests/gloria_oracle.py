@@ -120,3 +120,47 @@ def ragged_batch(n_texts, n_images, n_words, n_regions, dim, seed, scale=1.0):
     words = scale * torch.randn(n_texts, n_words, dim, generator=g, dtype=torch.float64)
     regions = scale * torch.randn(n_images, n_regions, dim, generator=g, dtype=torch.float64)
     return words, word_mask, regions, lengths.tolist()
+
+
+def aggregate_tokens(embeddings, caption_ids, idxtoword):
+    """`BertEncoder.aggregate_tokens`: [B, layers, L, H] token features -> the same with each word's
+    pieces summed into one slot ([CLS], the words, [SEP]), then zero padding to L."""
+    batch_size, num_layers, num_words, dim = embeddings.shape
+    embeddings = embeddings.permute(0, 2, 1, 3)
+    agg_embs_batch = []
+    for embs, caption_id in zip(embeddings, caption_ids):
+        agg_embs = []
+        token_bank = []
+        for word_emb, word_id in zip(embs, caption_id):
+            word = idxtoword[word_id.item()]
+            if word == "[SEP]":
+                new_emb = torch.stack(token_bank)
+                new_emb = new_emb.sum(axis=0)
+                agg_embs.append(new_emb)
+                agg_embs.append(word_emb)
+                break
+            if not word.startswith("##"):
+                if len(token_bank) == 0:
+                    token_bank.append(word_emb)
+                else:
+                    new_emb = torch.stack(token_bank)
+                    new_emb = new_emb.sum(axis=0)
+                    agg_embs.append(new_emb)
+                    token_bank = [word_emb]
+            else:
+                token_bank.append(word_emb)
+        agg_embs = torch.stack(agg_embs)
+        padding_size = num_words - len(agg_embs)
+        paddings = torch.zeros(padding_size, num_layers, dim, dtype=agg_embs.dtype)
+        agg_embs_batch.append(torch.cat([agg_embs, paddings]))
+    return torch.stack(agg_embs_batch).permute(0, 2, 1, 3)
+
+
+def sentence_embedding(hidden_states, caption_ids, idxtoword, last_n_layers=4):
+    """`BertEncoder.forward`'s sentence feature before `emb_global` (aggregate_method 'sum'): the last
+    n hidden states, pieces aggregated, the mean over all L positions, summed over the layers."""
+    embeddings = torch.stack(hidden_states[-last_n_layers:])
+    embeddings = embeddings.permute(1, 0, 2, 3)
+    embeddings = aggregate_tokens(embeddings, caption_ids, idxtoword)
+    sent_embeddings = embeddings.mean(axis=2)
+    return sent_embeddings.sum(axis=1)

@@ -198,3 +198,29 @@ def test_evaluate_probes_the_features_eval_probe_features_names(tiny_export, tmp
         expected, _ = fit_predict(train.probe_inputs(choice), train_y, test.probe_inputs(choice), seed=0)
         np.testing.assert_allclose(got, expected)
     assert not np.allclose(scores["backbone"], scores["embedding"])
+
+
+def test_gloria_config_sentence_feature_equals_gloria_bert_encoder(tokenizer):
+    """GLoRIA pads every report to max_length and averages over all of it: the gloria config's
+    model.sentence_pool_length gives the same sentence from cmgl's own (longest) padding."""
+    from gloria_oracle import sentence_embedding
+
+    from cmgl_dist.model.text_backbone import TextBackbone, load_text_backbone
+
+    cfg = load_config("gloria_r50_bert", [])
+    transformer = load_text_backbone("tiny")[0].double().eval()
+    texts = ["Heart size is normal. No pleural effusion.", "Cardiomegaly with bibasilar atelectasis."]
+    padded = tokenizer(texts, padding="max_length", truncation=True, max_length=cfg.data.max_length,
+                       return_tensors="pt")  # GLoRIA's process_text
+    with torch.no_grad():
+        states = transformer(**padded, output_hidden_states=True).hidden_states
+        wanted = sentence_embedding(states, padded["input_ids"], {i: w for w, i in tokenizer.vocab.items()},
+                                    cfg.model.text_last_layers)
+        ours = tokenize_texts(tokenizer, texts, cfg.data.max_length, cfg.data.special_words)
+        backbone = TextBackbone(transformer, cfg.model.text_last_layers, pool_length=cfg.model.sentence_pool_length)
+        sentence, _ = backbone(ours["input_ids"], ours["attention_mask"], ours["word_ids"], ours["word_mask"].shape[1])
+        mean_pooled, _ = TextBackbone(transformer, cfg.model.text_last_layers)(
+            ours["input_ids"], ours["attention_mask"], ours["word_ids"], ours["word_mask"].shape[1])
+    assert ours["input_ids"].shape[1] < cfg.data.max_length  # cmgl pads to the batch's longest text
+    torch.testing.assert_close(sentence, wanted, rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(mean_pooled, wanted)  # the default (mean over the text's tokens) differs

@@ -117,7 +117,8 @@ def build_model(model_cfg: ModelConfig) -> CMGLModel:
     image_backbone = IMAGE_BACKBONES[model_cfg.image_encoder](pretrained=model_cfg.image_pretrained)
     transformer, tokenizer = load_text_backbone(model_cfg.text_encoder)
     freeze_text_layers(transformer, model_cfg.freeze_text_layers)
-    text_backbone = TextBackbone(transformer, model_cfg.text_last_layers, model_cfg.text_cache_mb)
+    text_backbone = TextBackbone(transformer, model_cfg.text_last_layers, model_cfg.text_cache_mb,
+                                 model_cfg.sentence_pool_length)
     return CMGLModel(image_backbone, text_backbone, tokenizer, model_cfg.embed_dim,
                      freeze_image=model_cfg.freeze_image, local_init_gain=model_cfg.local_init_gain,
                      local_scale=model_cfg.local_scale, center_regions=model_cfg.center_regions,

@@ -3,11 +3,14 @@
 Following GLoRIA (`gloria/models/text_model.py`, `BertEncoder`):
 - the last `text_last_layers` hidden states are summed (aggregate_method 'sum');
 - a word's feature is the sum of its sub-word pieces' features (`aggregate_tokens`);
-- the sentence feature is the mean over the tokens ([CLS], pieces and [SEP]). GLoRIA takes
-  that mean over the padded length, so its scale depends on the batch's padding; here the
-  mean runs over the attention mask only (also the pooling all-MiniLM-L6-v2 was trained with).
+- the sentence feature is the mean over the tokens ([CLS], pieces and [SEP]). GLoRIA pads every
+  report to its max length and takes that mean over all positions, the zero padding included
+  (`pool_length` = the max length reproduces it: the tokens' sum over that length); by default
+  the mean runs over the attention mask only (also the pooling all-MiniLM-L6-v2 was trained with).
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import nn
@@ -89,8 +92,10 @@ def freeze_text_layers(transformer: nn.Module, count: int) -> None:
 class TextBackbone(nn.Module):
     """Token ids -> (sentence [B, H], words [B, W, H]) before projection; padded words are zero."""
 
-    def __init__(self, transformer: nn.Module, last_layers: int, cache_mb: int = 0):
+    def __init__(self, transformer: nn.Module, last_layers: int, cache_mb: int = 0,
+                 pool_length: Optional[int] = None):
         super().__init__()
+        self.pool_length = pool_length
         layer_count = transformer.config.num_hidden_layers
         if last_layers > layer_count:
             raise ValueError(f"model.text_last_layers={last_layers} exceeds the text encoder's {layer_count} layers")
@@ -135,7 +140,8 @@ class TextBackbone(nn.Module):
                 word_count: int, host=None) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.token_features(input_ids, attention_mask, host)
         mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
-        sentence = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        positions = mask.sum(dim=1).clamp(min=1.0) if self.pool_length is None else self.pool_length
+        sentence = (tokens * mask).sum(dim=1) / positions
         words = sum_pieces_into_words(tokens, word_ids, word_count)
         return sentence, words
 
