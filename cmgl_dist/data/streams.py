@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import re
 import tarfile
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
@@ -94,9 +95,17 @@ def read_shard(url: str, counter: SkipCounter, spec: StreamSpec) -> Iterator[Uni
     yield from (Lost(url, "unreadable_shard_data", error) for _ in range(lost))
 
 
+_OPENER_EXIT = re.compile(r": exit \d+ \(read\)")  # webdataset.gopen.Pipe.check_status's message
+
+
 def _delivered_nothing(error: Exception) -> Optional[str]:
     """Why a remote shard gave not one byte (an HTTP error such as 404: curl's exit 22; a pipe:
-    command that failed), or None when the error is of another kind (a shard cut short)."""
+    command that failed), or None when the error is of another kind (a shard cut short).
+    Two forms, depending on who notices first: webdataset's Pipe reports the opener's exit status
+    on a read (an OSError "...: exit 22 (read)"), or tarfile sees an empty stream and the status
+    comes when the stream is closed."""
+    if isinstance(error, OSError) and error.args and _OPENER_EXIT.search(str(error.args[0])):
+        return str(error.args[0])
     if not (isinstance(error, tarfile.ReadError) and error.args and error.args[0] == "empty file"):
         return None
     stream = error.args[1] if len(error.args) > 1 else None
