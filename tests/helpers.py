@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import signal
+import socket
 import subprocess
 import tarfile
 import time
@@ -159,3 +160,10 @@ def kill_after_some_shards(command: list[str], out: Path, shards: int, timeout: 
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free now, for a test's process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -2,12 +2,12 @@
 where another rank, timing alone, would have chosen differently; rank 0 records the choice and
 the times in the run folder, and a resumed process reuses the record without timing again."""
 import json
-import socket
 import time
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 
 from cmgl_dist.losses import backend_choice, local_similarity_reference
 from cmgl_dist.losses.backend_choice import RECORD_FILE, choose_backend, use_record
@@ -52,14 +52,9 @@ def _rank_main(rank, port, run_dir, out):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_rank_zero_chooses_for_every_rank_and_the_choice_is_recorded(tmp_path):
-    mp.spawn(_rank_main, args=(_free_port(), tmp_path, tmp_path), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_rank_main, args=(free_port(), tmp_path, tmp_path), nprocs=WORLD_SIZE, join=True)
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
     for result in results:
         assert result["first"] == result["again"] == result["resumed"] == "other"

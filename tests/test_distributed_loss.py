@@ -5,13 +5,12 @@ projection (standing in for model parameters). After backward, the projection's 
 averaged over ranks as DDP / DeepSpeed do; each rank's own inputs are leaves whose gradient the
 gather's backward has already summed over ranks, so it is divided by the world size.
 """
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from helpers import random_model_outputs
+from helpers import free_port, random_model_outputs
 
 from cmgl_dist.config import LossConfig
 from cmgl_dist.losses import CMGLLoss, global_contrastive_loss, local_contrastive_loss, local_similarity_reference
@@ -88,14 +87,9 @@ def _single_process():
     return losses, {key: full[key].grad for key in INPUTS}, projection.grad
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path):
-    mp.spawn(_rank_main, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_rank_main, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
     losses, input_grads, projection_grad = _single_process()
 

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from helpers import free_port
 
 from cmgl_dist.engine.checkpoint import COMPLETE, LATEST, data_fingerprint, tag_for
 from cmgl_dist.engine.schedule import WarmupCosine
@@ -59,11 +59,6 @@ def _check(done: subprocess.CompletedProcess) -> None:
 def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +137,7 @@ def test_sigkill_then_resume_on_two_agents_reproduces_the_run(zero_run, small_sh
     killed_at = int(latest.read_text().strip().removeprefix("step_"))
     assert killed_at < STEPS, "the run finished before the kill"
 
-    port = _free_port()
+    port = free_port()
     agents = [subprocess.Popen(["bash", str(LAUNCH / "torchrun.sh"),
                                 *_train_args(small_shards, run_dir, "train.export=false"), "--resume", "auto"],
                                env=_env(NNODES="2", NPROC_PER_NODE="1", RDZV_ENDPOINT=f"127.0.0.1:{port}",

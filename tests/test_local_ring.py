@@ -8,14 +8,13 @@ rank's own inputs receive the sum over ranks' losses, so both are compared after
 """
 import importlib.util
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from helpers import random_model_outputs
+from helpers import free_port, random_model_outputs
 
 from cmgl_dist.bench.scaling_model import Workload, exchange_bytes
 from cmgl_dist.config import LossConfig
@@ -121,11 +120,6 @@ def _run_single(full, cap, world):
             "grads": {key: leaves[key].grad for key in INPUTS}, "projection": projection.grad}
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module", params=[2, 4])
 def ranks(request, tmp_path_factory):
@@ -134,7 +128,7 @@ def ranks(request, tmp_path_factory):
     interpret = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"  # inherited by the spawned ranks: the Triton kernel on the CPU
     try:
-        mp.spawn(_rank_main, args=(world, _free_port(), str(out)), nprocs=world, join=True)
+        mp.spawn(_rank_main, args=(world, free_port(), str(out)), nprocs=world, join=True)
     finally:
         if interpret is None:
             os.environ.pop("TRITON_INTERPRET")

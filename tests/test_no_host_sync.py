@@ -4,13 +4,13 @@ the NaN guard's all-reduce, backward) under a dispatch mode that fails on every 
 device value on the host (on a GPU each waits for the queue to drain). On the CPU every tensor is
 already on the host, so the mode flags the ops themselves; only `host_values` (host tensors by
 contract) may read. The guard still keeps a non-finite micro batch out of the weights."""
-import socket
 import traceback
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils._python_dispatch import TorchDispatchMode
+from helpers import free_port
 
 from cmgl_dist.config import load_config
 from cmgl_dist.host_reads import host_reads_allowed
@@ -110,14 +110,9 @@ def _rank_main(rank, port, run_dir, out):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_micro_steps_read_nothing_on_the_host(tmp_path):
-    mp.spawn(_rank_main, args=(_free_port(), tmp_path / "run", tmp_path), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_rank_main, args=(free_port(), tmp_path / "run", tmp_path), nprocs=WORLD_SIZE, join=True)
     for rank in range(WORLD_SIZE):
         result = torch.load(tmp_path / f"rank{rank}.pt")
         assert result["reads"] == [], f"rank {rank} read device values in a micro step: {result['reads']}"
