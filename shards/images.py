@@ -216,10 +216,6 @@ def load_image(path: str | Path, size: int) -> Image.Image:
     return resize_longest(open_grey(data, draft_size=size), size)
 
 
-def encode_png(image: Image.Image) -> bytes:
-    return encode_image(image, "png")
-
-
 def encode_image(image: Image.Image, image_format: str, quality: int | None = None) -> bytes:
     """`image` as a shard member in `image_format` (png, jpeg, webp): no timestamps, so equal
     pixels give equal bytes with the same Pillow build (the manifest records its version)."""

@@ -8,8 +8,6 @@ LABEL_KEYS = PATHOLOGIES + ("normal",)
 SPLITS = ("train", "val", "test")
 
 # Members of one sample in a shard (webdataset groups files by the key before the first dot).
-FRONTAL = "frontal.png"
-LATERAL = "lateral.png"
 REPORT = "report.json"
 LABELS = "labels.json"
 META = "meta.json"
