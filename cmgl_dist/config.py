@@ -124,6 +124,11 @@ class LossConfig(_Section):
         "auto", description="auto: on CUDA the fastest of triton / compiled / reference that agrees with "
                             "the reference, timed once per (device, dtype, shape bucket) on its first batch "
                             "and logged; the reference on CPU. A named backend is used as is.")
+    auto_candidates: Optional[list[Literal["reference", "compiled", "triton"]]] = Field(
+        None, min_length=1, description="The backends local_backend=auto times (the reference is always one). "
+                                        "None: by device (CUDA: triton, compiled, reference; elsewhere the "
+                                        "reference alone). On the CPU, [compiled, reference] makes the choice "
+                                        "run as it runs on a GPU (tests).")
     gather_negatives: bool = Field(True, description="Use every rank's samples as negatives (features gathered with gradient).")
     local_negatives: Optional[int] = Field(
         None, ge=1, description="Cap on the gathered texts each rank's images are scored against in the local loss "

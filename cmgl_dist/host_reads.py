@@ -9,9 +9,13 @@ what needs a value reads host data instead:
 - `words_checked_on_host()`: the caller checked every text's word count on the host (the
   collated batch), so the local-similarity input check skips its own read of the device mask.
 Values that are only logged are read every `train.log_every` steps (engine/metrics.py).
+
+`CMGL_DEVICE_PATHS=1` makes CPU tensors take the branches an accelerator's take (`device_paths`):
+the tests run the GPU's control flow, and find its reads, on CPU ranks.
 """
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -19,6 +23,17 @@ from typing import Iterator
 import torch
 
 _state = threading.local()
+DEVICE_PATHS_ENV = "CMGL_DEVICE_PATHS"
+
+
+def device_paths_forced() -> bool:
+    """CPU tensors take the accelerator's branches (`CMGL_DEVICE_PATHS=1`)."""
+    return os.environ.get(DEVICE_PATHS_ENV) == "1"
+
+
+def device_paths(tensor: torch.Tensor) -> bool:
+    """Whether code handling `tensor` takes the accelerator's branch: on an accelerator, or forced."""
+    return tensor.device.type != "cpu" or device_paths_forced()
 
 
 @contextmanager
@@ -72,11 +87,13 @@ def words_were_checked() -> bool:
     return getattr(_state, "words", False)
 
 
-def check_texts_have_words(word_mask: torch.Tensor, keys=None) -> None:
+def check_texts_have_words(word_mask: torch.Tensor, keys=None, on_host: bool = False) -> None:
     """Raises ValueError naming the texts (by sample key where given) whose word_mask is all
-    False: their S would be -inf. A host read: call it on host data, or outside training steps."""
+    False: their S would be -inf. `on_host`: the mask is host data by contract (a collated batch);
+    otherwise a device mask is read from the device, which waits for it: call it outside
+    training steps."""
     empty = [row for row, has in enumerate(host_values(word_mask.any(dim=1))) if not has] \
-        if word_mask.device.type == "cpu" else (~word_mask.any(dim=1)).nonzero().flatten().tolist()
+        if on_host or not device_paths(word_mask) else (~word_mask.any(dim=1)).nonzero().flatten().tolist()
     if empty:
         names = [keys[row] for row in empty] if keys is not None else empty
         raise ValueError(f"texts {names[:10]} have no words (word_mask all False); S would be -inf")

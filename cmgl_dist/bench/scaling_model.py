@@ -10,17 +10,25 @@ host-to-device, data wait: measured at one rank by `cmgl bench step`)
     the gradients and all-gather the updated partition, stage 3 adds a parameter all-gather in
     backward (each (n-1)/n P per rank)
   + the loss's exchange (`exchange_bytes`, counted byte for byte by `losses.comm` on real ranks):
-      gather  all-gathers of the global vectors, the words (+ mask) and the local score rows
-              [B, nB], each with a reduce-scatter backward; nothing overlaps them
+      gather  one all-gather of the global vectors (image and sentence fused), the words
+              (+ mask) and the local score rows [B, nB], each with a reduce-scatter backward;
+              nothing overlaps them; the word counts all-gathered over the host network
       ring    the global vectors as above; word blocks hop rank to rank while the previous block
               is scored, so a step pays max(compute, hop) per block plus the fill (the small
-              sends home that wait on nothing to overlap with)
-Collective times (NCCL's cost model): a ring pays (n-1) latencies and (n-1)/n of the volume per
-pass at the bus bandwidth; an all-reduce takes the faster of the ring and the double binary tree
-(2 log2(n) latencies, the volume twice at the bus bandwidth), as NCCL's tuner picks by size.
-Between nodes NCCL runs a ring per NIC (channels), so a collective's inter-node bus bandwidth per
-GPU is the node's NIC aggregate over its GPUs; the slower of that and NVLink sets the pace. A
-point-to-point hop between two nodes goes through one NIC.
+              sends home that wait on nothing to overlap with); the word counts of the ranks it
+              visits in one round of host messages
+      window  modelled only: a capped gather that fetches just the ceil(K / B) blocks it scores,
+              i.e. the ring's bytes with nothing overlapped; gather and ring then differ by
+              overlap alone
+Collective times follow NCCL's tuner (src/graph/tuning.cc, `ncclTopoTuneModel`): a ring pays
+(n-1)/n of the volume per pass at the bus bandwidth and one latency per step, at network latency
+only for the steps that cross a node (nodes - 1 of the n - 1 steps of an all-gather, twice that
+for an all-reduce), NVLink latency for the rest; an all-reduce takes the faster of the ring and
+the tree (2 ((n/nodes - 1) NVLink + log2(nodes) network latencies), the volume twice at the bus
+bandwidth), as the tuner picks by size. Between nodes NCCL runs a ring per NIC (channels), so a
+collective's inter-node bus bandwidth per GPU is the node's NIC aggregate over its GPUs; the
+slower of that and NVLink sets the pace. The loss's own ring moves in lock step, so each of its
+hops is paced by the slowest, node-crossing one: one NIC.
 
 Defaults (`Network`), per link, H100/H200 HGX nodes with NDR InfiniBand:
   NVLink 4: 900 GB/s bidirectional per GPU; NCCL's all-reduce bus bandwidth inside an HGX node
@@ -29,7 +37,14 @@ Defaults (`Network`), per link, H100/H200 HGX nodes with NDR InfiniBand:
   NDR:      one ConnectX-7 400 Gb/s NIC per GPU, 8 per node: ~45 GB/s of 50 per NIC achievable
             (nccl-tests busbw on NDR), so 8 x 45 = 360 GB/s per node shared by its 8 GPUs' rings
             (45 GB/s per GPU per ring, 8 rings); ~8 us per hop
+  host:     gloo over the hosts' TCP network, ~30 us per small message between nodes (a kernel
+            TCP round trip on a datacenter network is tens of microseconds; an estimate, not an
+            nccl-tests figure)
 Replace them with a cluster's own nccl-tests figures (`--nvlink-gbps`, `--nic-gbps`, ...).
+
+Memory (`exchange_memory_mb`): what the exchange holds per GPU at once, the backend's working
+set included (`local_reference.DEFAULT_BLOCK_ELEMENTS`: ~3 blocks of fp32 intermediates alive in
+backward, its upcasts among them).
 """
 from __future__ import annotations
 
@@ -37,13 +52,17 @@ import math
 from dataclasses import dataclass
 
 from cmgl_dist.bench.profiler import COLLECTIVE_PHASES
+from cmgl_dist.losses.local_reference import DEFAULT_BLOCK_ELEMENTS
 
 GRADIENT_PASSES = {0: ("all_reduce",), 1: ("reduce_scatter", "all_gather"), 2: ("reduce_scatter", "all_gather"),
                    3: ("reduce_scatter", "all_gather", "all_gather")}
 LOSS_PHASES = ("local_loss", "global_loss")
 COMM_PHASES = COLLECTIVE_PHASES
-EXCHANGES = ("gather", "ring")
-HOST_INTS = 2  # batch size and word slots, agreed per step over the host group (losses.comm.host_ints)
+EXCHANGES = ("gather", "window", "ring")  # window: modelled only (see above)
+HOST_INTS = 2  # batch size and word slots, sent per step over the host group (losses.comm)
+# The reference backend's working set: ~3 blocks of DEFAULT_BLOCK_ELEMENTS fp32 values alive in backward.
+BACKEND_WORKING_BYTES = 3 * DEFAULT_BLOCK_ELEMENTS * 4
+CARRY_BYTES = 4  # the ring's travelling word gradient: float32 at least (losses.local_ring.carry_dtype)
 
 
 @dataclass(frozen=True)
@@ -54,6 +73,7 @@ class Network:
     nic_gbps: float = 45.0       # GB/s achievable per NIC (NDR 400 Gb/s)
     nics_per_node: int = 8
     nic_latency_us: float = 8.0
+    host_latency_us: float = 30.0  # one small gloo message between nodes over TCP
 
     def bus(self, gpus: int) -> tuple[float, float]:
         """(bytes/s per GPU, latency s) of a collective's slowest link over `gpus`."""
@@ -61,6 +81,13 @@ class Network:
             return self.nvlink_gbps * 1e9, self.nvlink_latency_us * 1e-6
         # one ring per NIC, each carrying 1/nics of the data across the node boundary
         return min(self.nvlink_gbps, self.nics_per_node * self.nic_gbps) * 1e9, self.nic_latency_us * 1e-6
+
+    def nodes(self, gpus: int) -> int:
+        return math.ceil(gpus / self.gpus_per_node)
+
+    def ring_latency(self, steps: int, crossing: int) -> float:
+        """Seconds of latency of `steps` ring steps of which `crossing` cross a node."""
+        return (steps - crossing) * self.nvlink_latency_us * 1e-6 + crossing * self.nic_latency_us * 1e-6
 
     def hop(self, gpus: int) -> tuple[float, float]:
         """(bytes/s, latency s) of the slowest point-to-point hop of a ring over `gpus`."""
@@ -84,18 +111,23 @@ class Workload:
     feature_bytes: int = 4      # the global vectors as sent
     score_bytes: int = 4        # the local scores and their sums (float32 for 16/32-bit inputs)
     ring_recompute: float = 0.25  # forward's share of the local loss, recomputed by the ring's backward
+    backend_working_bytes: float = BACKEND_WORKING_BYTES
 
 
 def collective_ms(kind: str, volume_bytes: float, gpus: int, net: Network) -> float:
-    """One collective; `volume_bytes` is the full (gathered / reduced) tensor."""
+    """One collective as NCCL's tuner prices it; `volume_bytes` is the full (gathered / reduced) tensor."""
     if gpus == 1:
         return 0.0
-    bandwidth, latency = net.bus(gpus)
-    ring = (gpus - 1) / gpus * volume_bytes / bandwidth + (gpus - 1) * latency
+    bandwidth, _ = net.bus(gpus)
+    nodes = net.nodes(gpus)
+    passes = 2 if kind == "all_reduce" else 1
+    ring = (passes * (gpus - 1) / gpus * volume_bytes / bandwidth
+            + net.ring_latency(passes * (gpus - 1), passes * (nodes - 1)))
     if kind != "all_reduce":
         return ring * 1e3
-    tree = 2 * volume_bytes / bandwidth + 2 * math.log2(gpus) * latency
-    return min(2 * ring, tree) * 1e3
+    tree = 2 * volume_bytes / bandwidth + 2 * ((gpus // nodes - 1) * net.nvlink_latency_us
+                                               + int(math.log2(nodes)) * net.nic_latency_us) * 1e-6
+    return min(ring, tree) * 1e3
 
 
 def blocks(w: Workload, gpus: int) -> int:
@@ -108,24 +140,39 @@ def texts_scored(w: Workload, gpus: int) -> int:
     return everyone if w.local_negatives is None else min(everyone, w.local_negatives)
 
 
+def _carry_bytes(w: Workload) -> int:
+    return max(w.word_bytes, CARRY_BYTES)
+
+
 def _block(w: Workload, grad: bool = False) -> int:
-    """Bytes of one word block [B, W, D] (+ its mask [B, W] as bytes unless it is a gradient)."""
+    """Bytes of one word block [B, W, D] (+ its mask [B, W] as bytes), or of its travelling gradient."""
     b, words = w.micro_batch, w.words
-    return b * words * w.embed_dim * w.word_bytes + (0 if grad else b * words)
+    if grad:
+        return b * words * w.embed_dim * _carry_bytes(w)
+    return b * words * w.embed_dim * w.word_bytes + b * words
 
 
-def _hops(w: Workload) -> tuple[int, int, int]:
+def _hops(w: Workload, exchange: str = "ring") -> tuple[int, int, int]:
     """Bytes of the ring's messages: a forward hop (block + text sums), a backward hop (owner's sums
     and loss gradient + the words' gradient, + the block again unless the forward kept it: with a
     cap), a fill message (B sums)."""
     sums = w.micro_batch * w.score_bytes
-    again = 0 if _keeps_blocks(w) else _block(w)
+    again = 0 if _keeps_blocks(w, exchange) else _block(w)
     return _block(w) + sums, again + sums + w.score_bytes + _block(w, grad=True), sums
 
 
-def _keeps_blocks(w: Workload) -> bool:
-    """The ring keeps the visited blocks for backward when a cap bounds them (`local_ring`)."""
-    return w.local_negatives is not None
+def _keeps_blocks(w: Workload, exchange: str = "ring") -> bool:
+    """The ring keeps the visited blocks for backward when a cap bounds them (`local_ring`); the
+    window always holds what it fetched."""
+    return exchange == "window" or w.local_negatives is not None
+
+
+def _host_hops(w: Workload, gpus: int, exchange: str) -> int:
+    """Messages of HOST_INTS ints this rank sends per step: gather all-gathers every rank's; the ring
+    sends to the ranks that visit it (at least one: its left neighbour checks its batch)."""
+    if exchange == "gather":
+        return gpus - 1
+    return max(1, blocks(w, gpus) - 1)
 
 
 def _gather_parts(w: Workload, gpus: int) -> tuple[tuple[str, float], ...]:
@@ -143,7 +190,7 @@ def exchange_bytes(w: Workload, gpus: int, exchange: str) -> dict[str, int]:
     counts = dict.fromkeys(("all_gather", "reduce_scatter", "p2p", "host"), 0)
     if n == 1:
         return counts
-    counts["host"] = (n - 1) * HOST_INTS * 8
+    counts["host"] = _host_hops(w, n, exchange) * HOST_INTS * 8
     counts["all_gather"] = counts["reduce_scatter"] = (n - 1) * 2 * b * d * w.feature_bytes
     if exchange == "gather":
         for kind, size in _gather_parts(w, n):
@@ -151,33 +198,52 @@ def exchange_bytes(w: Workload, gpus: int, exchange: str) -> dict[str, int]:
         return counts
     hops = blocks(w, n) - 1
     if hops:  # the fill: the sums home after the forward, the owner's sums (+ loss gradient) back
-        forward, backward, sums = _hops(w)
+        forward, backward, sums = _hops(w, exchange)
         counts["p2p"] = hops * (forward + backward) + 2 * sums + w.score_bytes
     return counts
 
 
+def _hop_ms(w: Workload, gpus: int, net: Network, exchange: str) -> list[float]:
+    """ms of a forward hop, a backward hop and a fill message at the pace of the slowest hop."""
+    bandwidth, latency = net.hop(gpus)
+    return [(size / bandwidth + latency) * 1e3 for size in _hops(w, exchange)]
+
+
 def ring_exposed_ms(w: Workload, gpus: int, net: Network) -> float:
     """The ring's exchange the scoring does not hide: per hop max(0, hop - compute of a block),
-    forward and backward, plus the fill (the sums home and the owner's sums back: latency-bound)."""
+    forward and backward (the backward posts its hop before recomputing: it overlaps all of the
+    block's work), plus the fill (the sums home and the owner's sums back: latency-bound)."""
     hops = blocks(w, gpus) - 1
     if hops == 0:
         return 0.0
-    bandwidth, latency = net.hop(gpus)
-    seconds = [(size / bandwidth + latency) * 1e3 for size in _hops(w)]
+    seconds = _hop_ms(w, gpus, net, "ring")
     block_forward = w.loss_ms * w.ring_recompute
     block_backward = w.loss_ms * (1 - w.ring_recompute) + (0 if _keeps_blocks(w) else block_forward)
     return (hops * (max(0.0, seconds[0] - block_forward) + max(0.0, seconds[1] - block_backward))
             + 2 * seconds[2])
 
 
+def window_exposed_ms(w: Workload, gpus: int, net: Network) -> float:
+    """The window's fetches: the ring's hops with nothing to hide them behind."""
+    hops = blocks(w, gpus) - 1
+    if hops == 0:
+        return 0.0
+    seconds = _hop_ms(w, gpus, net, "window")
+    return hops * (seconds[0] + seconds[1]) + 2 * seconds[2]
+
+
 def exchange_ms(w: Workload, gpus: int, net: Network, exchange: str) -> float:
-    """Exposed time of the loss's exchange."""
+    """Exposed time of the loss's exchange: the host ints, the fused global vectors' all-gather and
+    its reduce-scatter, and the local loss's exchange."""
     if gpus == 1:
         return 0.0
-    n, vector = gpus, w.micro_batch * w.embed_dim * w.feature_bytes
-    total = 2 * (collective_ms("all_gather", n * vector, n, net) + collective_ms("reduce_scatter", n * vector, n, net))
+    n, vectors = gpus, 2 * w.micro_batch * w.embed_dim * w.feature_bytes
+    host = (n - 1 if exchange == "gather" else 1) * net.host_latency_us * 1e-3  # the ring's host messages: one round
+    total = host + collective_ms("all_gather", n * vectors, n, net) + collective_ms("reduce_scatter", n * vectors, n, net)
     if exchange == "ring":
         return total + ring_exposed_ms(w, n, net)
+    if exchange == "window":
+        return total + window_exposed_ms(w, n, net)
     return total + sum(collective_ms(kind, n * size, n, net) for kind, size in _gather_parts(w, n))
 
 
@@ -192,13 +258,25 @@ def loss_compute_ms(w: Workload, gpus: int, exchange: str) -> float:
 
 
 def exchange_memory_mb(w: Workload, gpus: int, exchange: str) -> float:
-    """Word buffers the local loss's exchange holds at once per rank: gather, every rank's words and
-    their gradient; ring, the block held, the next in flight, the gradient in, out and its own part
-    (5), with a cap the kept blocks instead of the held one (at most ceil(K / B), whatever N)."""
+    """What the local loss's exchange holds per rank at once, the backend's working set included:
+      gather  every rank's words and their gradient, the gathered score rows [nB, nB] (fp32) and
+              their gradient, with a cap the window's copy of the words and its gradient
+      ring    three word blocks (held, in flight, this rank's gradient part), three carried
+              gradients (in, out, the sum; float32 at least), with a cap the kept blocks
+      window  every fetched block and its gradient"""
     if gpus == 1:
         return 0.0
-    held = 2 * gpus if exchange == "gather" else 4 + (blocks(w, gpus) if _keeps_blocks(w) else 1)
-    return held * w.micro_batch * w.words * w.embed_dim * w.word_bytes / 1e6
+    b, words, d = w.micro_batch, w.words, w.embed_dim
+    block, carried = b * words * d * w.word_bytes, b * words * d * _carry_bytes(w)
+    if exchange == "gather":
+        held = 2 * gpus * block + 2 * (gpus * b) ** 2 * w.score_bytes
+        if w.local_negatives is not None:
+            held += 2 * texts_scored(w, gpus) * words * d * w.word_bytes
+    elif exchange == "window":
+        held = blocks(w, gpus) * (block + carried)
+    else:
+        held = 3 * block + 3 * carried + ((blocks(w, gpus) - 1) * block if _keeps_blocks(w) else 0)
+    return (held + w.backend_working_bytes) / 1e6
 
 
 def predict(w: Workload, gpus: int, net: Network, exchange: str = "ring") -> dict:

@@ -116,7 +116,7 @@ def run_rank(cfg, args) -> None:
     Path(cfg.train.run_dir).mkdir(parents=True, exist_ok=True)
     telemetry = make_telemetry(cfg, world, Path(cfg.train.run_dir), 0)
     metrics = make_metrics(cfg, world, telemetry)
-    trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss), None, metrics, cfg.model_dump(mode="json"))
+    trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss, cfg.data.max_length), None, metrics, cfg.model_dump(mode="json"))
     engine.train()
     state = TrainState()
     batches = epoch_batches(epoch_loaders(cfg, training_mixture(cfg.data), model.tokenizer, world), state)

@@ -22,7 +22,7 @@ from cmgl_dist.engine.checkpoint import Checkpointer, TrainState, tag_for
 from cmgl_dist.engine.distributed import World
 from cmgl_dist.engine.metrics import LOSS_PARTS, MetricsProcessor
 from cmgl_dist.engine.nonfinite import NonFiniteGuard
-from cmgl_dist.host_reads import check_texts_have_words, words_checked_on_host
+from cmgl_dist.host_reads import check_texts_have_words, device_paths_forced, words_checked_on_host
 from cmgl_dist.phases import phase
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Trainer:
         self.metrics = metrics
         self.resolved_config = resolved_config
         self.guard = NonFiniteGuard(engine.module, world.device)
-        self.channels_last = world.cuda and cfg.train.channels_last
+        self.channels_last = (world.cuda or device_paths_forced()) and cfg.train.channels_last
 
     def run(self, batches: Batches, state: TrainState) -> TrainState:
         cfg = self.cfg.train
@@ -96,7 +96,7 @@ class Trainer:
                 epoch, position, batch = next(batches)
                 self.metrics.data_waited(time.perf_counter() - waited)
             # Checks that need values read the collated batch, still in host memory.
-            check_texts_have_words(batch["word_mask"], batch.get("keys"))
+            check_texts_have_words(batch["word_mask"], batch.get("keys"), on_host=True)
             with phase("host_to_device"):
                 on_device = to_device(batch, self.world.device, self.channels_last)
             self.micro_step(on_device, batch.get("skipped", 0))

@@ -292,7 +292,7 @@ def fit(cfg: CMGLConfig, world: World, urls: Mixture, source: Optional[tuple[Pat
     if world.rank == 0:
         save_config(cfg, run_dir / "config.yaml")
     with closing(make_telemetry(cfg, world, run_dir, state.step)) as telemetry:
-        trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss), checkpointer, make_metrics(cfg, world, telemetry),
+        trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss, cfg.data.max_length), checkpointer, make_metrics(cfg, world, telemetry),
                           cfg.model_dump(mode="json"))
         engine.train()
         state = trainer.run(epoch_batches(epoch_loaders(cfg, urls, model.tokenizer, world), state), state)

@@ -1,6 +1,8 @@
 """CMGLLoss: GLoRIA's global + local contrastive losses, with every rank's samples as negatives."""
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 from torch import nn
 
@@ -9,9 +11,12 @@ from cmgl_dist.phases import phase
 
 from .contrastive import global_logits, symmetric_cross_entropy
 from . import comm
-from .distributed import gather_with_grad, gather_words, rank_and_world_size
+from cmgl_dist.kernels.inputs import WORD_BUCKET, word_bucket
+
+from .backend_choice import agree_backends
+from .distributed import gather_features, gather_with_grad, gather_words, rank_and_world_size
 from .local_ring import RingPlan, ring_local_loss
-from .similarity import local_similarity
+from .similarity import RUN, auto_candidates, common_dtype, local_similarity, resolve_backend
 
 
 class CMGLLoss(nn.Module):
@@ -30,12 +35,18 @@ class CMGLLoss(nn.Module):
       gather  every rank's words are all-gathered, then the [B, N * B] column blocks are
               gathered with gradient to give each rank the rows of its own texts (the reference)
     Both give the same loss and gradients. Nothing in forward or backward reads a device value:
-    word counts and batch sizes come from shapes, agreed over the host group (`comm.host_ints`).
+    word counts and batch sizes come from shapes, sent over the host group (`comm`): the ring asks
+    only the ranks whose blocks it will hold, the gather every rank.
+
+    With `local_backend=auto` and several candidates, every rank runs one backend per word bucket,
+    from a table agreed before the first exchange for every bucket up to `max_words` (the run's
+    `data.max_length`): `backend_choice.agree_backends`.
     """
 
-    def __init__(self, loss_cfg: LossConfig):
+    def __init__(self, loss_cfg: LossConfig, max_words: Optional[int] = None):
         super().__init__()
         self.cfg = loss_cfg
+        self.max_words = max_words
 
     def forward(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cfg = self.cfg
@@ -49,15 +60,13 @@ class CMGLLoss(nn.Module):
             raise ValueError(f"loss.local_negatives={cfg.local_negatives} is below the batch of {batch}: each image "
                              "must at least be scored against its own rank's texts (set it >= the micro batch)")
         rank, world_size = rank_and_world_size() if cfg.gather_negatives else (0, 1)
-        words_per_rank = (words.shape[1],)
+        ring = world_size > 1 and cfg.local_exchange == "ring"
+        plan = RingPlan.make(rank, world_size, batch, cfg.local_negatives) if ring else None
+        words_of = {rank: words.shape[1]}
         if world_size > 1:
             with phase("feature_all_gather"):
-                sizes = comm.host_ints(batch, words.shape[1])
-                if any(b != batch for b, _ in sizes):
-                    raise ValueError(f"every rank needs the same batch size to gather negatives, got "
-                                     f"{[b for b, _ in sizes]}; the loader must yield equal batches on every rank")
-                words_per_rank = tuple(w for _, w in sizes)
-                all_img, all_txt = gather_with_grad(img), gather_with_grad(sentence)
+                words_of = self._word_slots(batch, words.shape[1], rank, world_size, plan)
+                all_img, all_txt = gather_features(img, sentence)
         else:
             all_img, all_txt = img, sentence
         offset = rank * batch
@@ -70,28 +79,68 @@ class CMGLLoss(nn.Module):
 
         if cfg.local_weight > 0:
             with phase("local_loss"):
-                if world_size > 1 and cfg.local_exchange == "ring":
-                    plan = RingPlan.make(rank, world_size, batch, words_per_rank, cfg.local_negatives)
-                    loss_local = ring_local_loss(words, word_mask, regions, plan, self._score, cfg.gamma3)
+                texts = batch if ring else min(cfg.local_negatives or world_size * batch, world_size * batch)
+                score = self._scorer(words, word_mask, regions, texts)
+                if ring:
+                    loss_local = ring_local_loss(words, word_mask, regions, plan.with_words(words_of), score, cfg.gamma3)
                 else:
-                    loss_local = self._local_loss_gathered(words, word_mask, regions, offset, words_per_rank)
+                    loss_local = self._local_loss_gathered(words, word_mask, regions, offset, words_of, score)
         else:  # a global-only run does not pay for the local similarity
             loss_local = loss_global.new_zeros(())
 
         loss = cfg.global_weight * loss_global + cfg.local_weight * loss_local
         return {"loss": loss, "loss_global": loss_global, "loss_local": loss_local}
 
-    def _score(self, words, word_mask, regions):
-        """S [texts, images] by the configured backend."""
-        cfg = self.cfg
-        return local_similarity(words, word_mask, regions, cfg.gamma1, cfg.gamma2, backend=cfg.local_backend)
+    def _word_slots(self, batch: int, n_words: int, rank: int, world_size: int,
+                    plan: Optional[RingPlan]) -> dict[int, int]:
+        """{rank: word slots} of every rank whose words this rank will hold, after checking that
+        their batches equal this rank's: the ring asks the ranks it visits (at least its right
+        neighbour, whose batch it checks), the gather every rank."""
+        if plan is not None or self.cfg.local_weight == 0:
+            hops = max(1, plan.blocks - 1) if plan is not None else 1
+            sizes = comm.neighbour_ints((batch, n_words), [(rank + k) % world_size for k in range(1, hops + 1)],
+                                        [(rank - k) % world_size for k in range(1, hops + 1)])
+        else:
+            sizes = dict(enumerate(comm.host_ints(batch, n_words)))
+        if any(b != batch for b, _ in sizes.values()):
+            raise ValueError(f"every rank needs the same batch size to gather negatives: rank {rank} has {batch}, "
+                             f"ranks {sorted(sizes)} have {[sizes[r][0] for r in sorted(sizes)]}; the loader must "
+                             "yield equal batches on every rank")
+        return {rank: n_words, **{r: w for r, (_, w) in sizes.items()}}
 
-    def _local_loss_gathered(self, words, word_mask, regions, offset, words_per_rank):
+    def _scorer(self, words, word_mask, regions, texts: int) -> Callable[..., torch.Tensor]:
+        """score(words, mask, regions) -> S [texts, images] by the configured backend; for `auto`
+        with several candidates, by the backend every rank agreed for the words' bucket."""
         cfg = self.cfg
-        batch, world_size = words.shape[0], len(words_per_rank)
+        gammas = (cfg.gamma1, cfg.gamma2)
+        words, regions = common_dtype(words, regions)
+        name = resolve_backend(cfg.local_backend, words.device, words.dtype, cfg.auto_candidates)
+        if name != "auto":
+            return lambda w, m, r: local_similarity(w, m, r, *gammas, backend=name)
+        if self.max_words is None and rank_and_world_size()[1] > 1:
+            raise ValueError("loss.local_backend=auto with several candidates over ranks needs CMGLLoss(max_words=) "
+                             "(data.max_length), so that every rank agrees one backend per word bucket up front")
+        # every rank's table must be the same: from the run's limit, never from this rank's batch
+        top = word_bucket(self.max_words if self.max_words is not None else words.shape[1])
+        with_grad = torch.is_grad_enabled() and (words.requires_grad or regions.requires_grad)
+        candidates = {key: RUN[key] for key in auto_candidates(words.device, words.dtype, cfg.auto_candidates)}
+        table = agree_backends(candidates, "reference", words, word_mask, regions, gammas, texts,
+                               range(WORD_BUCKET, top + 1, WORD_BUCKET), with_grad)
+
+        def score(w, m, r):
+            slots = word_bucket(w.shape[1])
+            if slots not in table:
+                raise ValueError(f"texts of {w.shape[1]} word slots exceed the backend table's {top} "
+                                 f"(CMGLLoss max_words={self.max_words}): raise data.max_length's share of it")
+            return local_similarity(w, m, r, *gammas, backend=table[slots])
+        return score
+
+    def _local_loss_gathered(self, words, word_mask, regions, offset, words_of, score):
+        cfg = self.cfg
+        batch, world_size = words.shape[0], len(words_of)
         if world_size > 1:
             with phase("feature_all_gather"):
-                all_words, all_mask = gather_words(words, word_mask, max(words_per_rank))
+                all_words, all_mask = gather_words(words, word_mask, max(words_of.values()))
         else:
             all_words, all_mask = words, word_mask
         total = all_words.shape[0]
@@ -101,7 +150,7 @@ class CMGLLoss(nn.Module):
             # so every text is scored by the images of the k/B ranks before it, positives included.
             texts = (offset + torch.arange(min(cfg.local_negatives, total), device=all_words.device)) % total
             all_words, all_mask = all_words[texts], all_mask[texts]
-        image_rows = self._score(all_words, all_mask, regions).T
+        image_rows = score(all_words, all_mask, regions).T
         if texts is not None:  # unscored pairs take no part in either softmax
             image_rows = image_rows.new_full((batch, total), float("-inf")).index_copy(1, texts, image_rows)
         with phase("feature_all_gather"):

@@ -5,18 +5,21 @@ Counted per kind, as this rank's payload under the ring algorithms NCCL runs (wh
   all_gather      (N - 1) x this rank's part               (features forward)
   reduce_scatter  (N - 1) x this rank's part of the result (their backward)
   p2p             the bytes of every tensor sent           (the ring's blocks, partial sums)
-  host            the host-side ints agreed over the CPU group (not on the accelerators' links)
+  host            the host-side ints sent over the CPU group (not on the accelerators' links)
 `take_counts()` returns the counts since the last call and clears them (`cmgl bench step` reads
 them once per step). The counts are host-side sums of tensor sizes: no device is read.
 
 Word counts differ per rank and per batch, and a receiver must know a block's shape before it
 arrives. Reading them from a device tensor would stall the host on the device every step, so the
-shapes (host ints already) are exchanged over a CPU (gloo) group, created once per process group:
-a few dozen bytes per step over the host network, and no padding of every batch to a worst case.
+shapes (host ints already) go over a CPU (gloo) group, created once per process group, and no
+batch is padded to a worst case. The ring asks only the ranks whose blocks it will hold
+(`neighbour_ints`: one round of point-to-point messages, whatever the world size); the gathered
+form needs every rank's (`host_ints`: an all-gather, (N - 1) hops of the host network per step).
 """
 from __future__ import annotations
 
 from collections import Counter
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -24,6 +27,7 @@ import torch.distributed as dist
 from cmgl_dist.host_reads import host_values
 
 KINDS = ("all_gather", "reduce_scatter", "p2p", "host")
+HOST_TAG = 7  # host ints' point-to-point messages; the ring's own tags are below it
 # torch >= 2.14 names the tensor forms *_single (the *_tensor names warn as deprecated)
 _ALL_GATHER = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
 _REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
@@ -97,3 +101,18 @@ def host_ints(*values: int) -> list[tuple[int, ...]]:
     _counts["host"] += (world - 1) * _nbytes(mine)
     dist.all_gather(every, mine, group=_host_group())
     return [tuple(host_values(t)) for t in every]  # CPU tensors: reading them waits on no device
+
+
+def neighbour_ints(values: tuple[int, ...], sources: Sequence[int], destinations: Sequence[int]) -> dict[int, tuple]:
+    """The host ints of each rank in `sources`, {rank: values}; this rank's `values` go to each rank
+    in `destinations` (point to point over the CPU group, one round: no device read, no hop count
+    that grows with the world)."""
+    group = _host_group()
+    mine = torch.tensor(values, dtype=torch.long)
+    theirs = {source: torch.empty_like(mine) for source in sources}
+    ops = [dist.P2POp(dist.isend, mine, peer, group=group, tag=HOST_TAG) for peer in destinations]
+    ops += [dist.P2POp(dist.irecv, buffer, peer, group=group, tag=HOST_TAG) for peer, buffer in theirs.items()]
+    _counts["host"] += len(destinations) * _nbytes(mine)
+    for work in dist.batch_isend_irecv(ops) if ops else []:
+        work.wait()
+    return {source: tuple(host_values(buffer)) for source, buffer in theirs.items()}

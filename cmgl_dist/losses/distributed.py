@@ -46,6 +46,15 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return _GatherWithGrad.apply(x)
 
 
+def gather_features(*features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`gather_with_grad` of several [B, D_i] tensors as one collective (one latency, not one each):
+    concatenated along dim 1, gathered, split again."""
+    if len(features) == 1 or rank_and_world_size()[1] == 1:
+        return tuple(gather_with_grad(f) for f in features)
+    joined = gather_with_grad(torch.cat(features, dim=1))
+    return tuple(part.to(f.dtype) for part, f in zip(joined.split([f.shape[1] for f in features], dim=1), features))
+
+
 def gather_words(words: torch.Tensor, word_mask: torch.Tensor, n_words: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Every rank's words [B, W, D] and mask [B, W], padded to n_words (>= every rank's W)."""
     pad = n_words - words.shape[1]

@@ -11,7 +11,11 @@ while the block of rank r + k + 1 is already on its way from rank r + 1 (point-t
               home (one send of B numbers), where the texts' cross-entropy is taken
   backward    the mirror pass: the blocks travel the other way round, each with its owner's
               text log-sum-exps and loss gradient, and the gradient of its words accumulates on
-              the way and arrives home with the block's last visit (its owner).
+              the way and arrives home with the block's last visit (its owner). Each step posts
+              its exchange before it recomputes the block's S, so the transfer overlaps all of
+              it; the travelling gradient is carried in float32 (at least), rounded to the
+              words' dtype once, at home (`carry`): rounding it to bf16 at every hop would
+              compound to ~3e-2 relative error over hundreds of hops.
   memory      without a cap, the forward keeps only the [B] sums and the backward recomputes
               each block's S (one more forward of the similarity per block), so memory does not
               grow with N. With a cap the visited blocks are at most ceil(K / B) whatever N, so
@@ -23,16 +27,19 @@ gathered form does: ceil(K / B) blocks visit, the last one in part (its other te
 of both softmaxes). The loss of rank r is the mean over its own rows, as `CMGLLoss`'s gathered
 form: the same value and the same gradients, exactly (tests/test_local_ring.py).
 
-Word counts differ per rank; a block's shape is known on the host from `comm.host_ints`, so
-nothing is read from the device. Blocks are sent in the dtype the words arrive in.
+Word counts differ per rank; a block's shape is known on the host (`RingPlan.words`, sent by the
+ranks it visits, `comm.neighbour_ints`), so nothing is read from the device. Blocks are sent in
+the dtype the words arrive in.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Optional
 
 import torch
 from torch.autograd.function import once_differentiable
 
+from cmgl_dist.host_reads import words_checked_on_host
 from cmgl_dist.phases import phase
 
 from . import comm
@@ -46,16 +53,22 @@ class RingPlan:
     rank: int
     world: int
     batch: int
-    words: tuple[int, ...]   # word slots of every rank's texts
     blocks: int              # blocks visited (own included)
     last_texts: int          # texts of the last block inside the window
     keep: bool               # keep the visited blocks' graphs for backward (bounded by the cap)
+    words: Optional[dict] = field(default=None, compare=False)  # {owner: word slots} of the blocks visited
 
     @classmethod
-    def make(cls, rank: int, world: int, batch: int, words: tuple[int, ...], local_negatives: int | None):
+    def make(cls, rank: int, world: int, batch: int, local_negatives: int | None):
         texts = world * batch if local_negatives is None else min(local_negatives, world * batch)
         blocks = -(-texts // batch)
-        return cls(rank, world, batch, words, blocks, texts - (blocks - 1) * batch, local_negatives is not None)
+        return cls(rank, world, batch, blocks, texts - (blocks - 1) * batch, local_negatives is not None)
+
+    def with_words(self, words: dict[int, int]) -> "RingPlan":
+        missing = [self.owner(step) for step in range(self.blocks) if self.owner(step) not in words]
+        if missing:
+            raise ValueError(f"the ring's plan lacks the word slots of ranks {missing}")
+        return replace(self, words=dict(words))
 
     def owner(self, step: int) -> int:
         """The rank whose block rank `rank` scores at forward step `step`."""
@@ -125,6 +138,7 @@ class RingLocalLoss(torch.autograd.Function):
         grad_regions = torch.zeros_like(regions, dtype=image_lse.dtype)
         stats = _stats_of_last_block(torch.cat([text_lse, grad_loss.to(text_lse.dtype).reshape(1)]), plan)
         grad_words = None
+        carried = carry_dtype(words.dtype)
         for back_step in range(plan.blocks):
             step = plan.blocks - 1 - back_step  # the forward step of the block held now
             sends, recvs, nxt = [], [], None
@@ -136,24 +150,37 @@ class RingLocalLoss(torch.autograd.Function):
                     nxt += _block_buffers(plan, plan.owner(step - 1), words, word_mask)
                     sends += [(blk_words, plan.peer(1), WORDS), (blk_mask.view(torch.uint8), plan.peer(1), MASK)]
                     recvs += [(nxt[1], plan.peer(-1), WORDS), (nxt[2], plan.peer(-1), MASK)]
-            graph = kept[step] if plan.keep else _graph(score, blk_words, blk_mask, regions, gamma3)
+            grad_in = None
             if back_step > 0:  # the previous block's gradient goes on; this block's arrives
-                grad_in = torch.empty_like(graph[1])
+                grad_in = words.new_empty((plan.batch, plan.words[plan.owner(step)], words.shape[2]), dtype=carried)
                 sends.append((grad_words, plan.peer(1), GRAD))
                 recvs.append((grad_in, plan.peer(-1), GRAD))
             with phase("local_exchange"):
-                works = comm.exchange(sends, recvs)
-            mine = _block_grads(graph, plan, step, grad_loss, image_lse, stats)
+                works = comm.exchange(sends, recvs)  # posted before the recompute: the transfer overlaps it
+            # The forward scored (and checked) these very blocks: no word check again.
+            with words_checked_on_host():
+                graph = kept[step] if plan.keep else _graph(score, blk_words, blk_mask, regions, gamma3)
+                mine = _block_grads(graph, plan, step, grad_loss, image_lse, stats)
             grad_regions += mine[1]
             with phase("local_exchange"):
                 comm.wait(works)
-            grad_words = mine[0] if back_step == 0 else (grad_in.to(mine[0].dtype) + mine[0])
-            grad_words = grad_words.to(words.dtype)
+            grad_words = carry(grad_in, mine[0])
             if nxt is not None:
                 stats = nxt[0]
                 if not plan.keep:
                     blk_words, blk_mask = nxt[1], nxt[2].view(torch.bool)
-        return grad_words, grad_regions.to(regions.dtype), None, None, None, None
+        return grad_words.to(words.dtype), grad_regions.to(regions.dtype), None, None, None, None
+
+
+def carry_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the words' gradient travels in: float32, or the words' own if wider."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def carry(arrived: Optional[torch.Tensor], mine: torch.Tensor) -> torch.Tensor:
+    """The travelling gradient of a block's words after this rank adds its part, in `carry_dtype`."""
+    mine = mine.to(carry_dtype(mine.dtype))
+    return mine if arrived is None else arrived + mine
 
 
 def _graph(score, words, mask, regions, gamma3):

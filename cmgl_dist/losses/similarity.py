@@ -8,7 +8,9 @@ float32 (float64 for float64 inputs):
              tensors under TRITON_INTERPRET=1 (tests)
   auto       CPU: the reference (the interpreter and CPU compiles are never worth it there);
              CUDA: the fastest of triton / compiled / reference that agrees with the reference,
-             timed once per (device, dtype, shape bucket) on its first batch (`backend_choice`)
+             timed once per (device, dtype, shape bucket) (`backend_choice`). `loss.auto_candidates`
+             names the candidates instead, on any device: on the CPU it makes the choice run in
+             tests as it runs on a GPU
 Words and regions of different dtypes are brought to a common one first (16-bit stays 16-bit:
 the products then run on tensor cores; softmaxes and sums run in float32 inside every backend).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Optional, Sequence
 
 import torch
 
@@ -40,22 +43,30 @@ def _triton(words, word_mask, regions, gamma1, gamma2):
 RUN = {"reference": local_similarity_reference, "compiled": local_similarity_compiled, "triton": _triton}
 
 
-def auto_candidates(device: torch.device, dtype: torch.dtype) -> tuple[str, ...]:
-    """What `auto` times on `device` for `dtype` (the reference, the always-correct fallback, last)."""
+def auto_candidates(device: torch.device, dtype: torch.dtype,
+                    named: Optional[Sequence[str]] = None) -> tuple[str, ...]:
+    """What `auto` times on `device` for `dtype` (the reference, the always-correct fallback, last):
+    `named` where given (each must run there), else by device."""
+    if named is not None:
+        for name in named:
+            resolve_backend(name, device, dtype)
+        return (*dict.fromkeys(name for name in named if name != "reference"), "reference")
     if device.type != "cuda":
         return ("reference",)
     kernel = ("triton",) if dtype in KERNEL_DTYPES and _triton_installed() else ()
     return (*kernel, "compiled", "reference")
 
 
-def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = torch.float32,
+                    candidates: Optional[Sequence[str]] = None) -> str:
     """The backend `local_similarity` runs for `backend` on `device`; "auto" where `auto` has
-    several candidates to time. Raises for a forced backend that cannot run there."""
+    several candidates to time (`candidates`: `auto_candidates`' `named`). Raises for a forced
+    backend that cannot run there."""
     if backend not in BACKENDS:
         raise ValueError(f"local similarity backend {backend!r} is not one of {BACKENDS}")
     if backend == "auto":
-        candidates = auto_candidates(device, dtype)
-        return candidates[0] if len(candidates) == 1 else "auto"
+        names = auto_candidates(device, dtype, candidates)
+        return names[0] if len(names) == 1 else "auto"
     if backend == "triton":
         if not _triton_installed():
             raise RuntimeError("backend='triton' needs the triton package: `pip install triton`, "
