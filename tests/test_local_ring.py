@@ -81,9 +81,34 @@ def _rank_main(rank, world, port, out_dir):
             CMGLLoss(CFG.model_copy(update={"local_exchange": exchange}))(leaves)["loss"].backward()
             results["bf16 bytes", exchange] = comm.take_counts()
             results["bf16 grad", exchange] = leaves["words"].grad
+        if world == 2:
+            results["order"] = _backward_order(batch)
         torch.save(results, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def _backward_order(batch):
+    """The ring's events in order, forward and backward, uncapped: each exchange (its message tags)
+    and each scoring of a block (with gradients: the backward's recompute)."""
+    from cmgl_dist.losses import cmgl_loss
+
+    events, exchange, score = [], comm.exchange, cmgl_loss.local_similarity
+
+    def recorded_exchange(sends, recvs):
+        events.append(("exchange", tuple(sorted({tag for *_, tag in sends + recvs}))))
+        return exchange(sends, recvs)
+
+    def recorded_score(*args, **kwargs):
+        events.append(("score", torch.is_grad_enabled()))
+        return score(*args, **kwargs)
+
+    comm.exchange, cmgl_loss.local_similarity = recorded_exchange, recorded_score
+    try:
+        _run(batch, CFG.model_copy(update={"local_exchange": "ring"}))
+    finally:
+        comm.exchange, cmgl_loss.local_similarity = exchange, score
+    return events
 
 
 def _single_process(world, cap):
@@ -199,7 +224,8 @@ def test_bytes_sent_are_the_scaling_models_prediction(ranks):
         for exchange in ("gather", "ring"):
             assert r["bf16 bytes", exchange] == exchange_bytes(work, world, exchange), (world, exchange)
             assert r["bf16 grad", exchange].dtype == torch.bfloat16
-        # a few bf16 roundings apart: the ring rounds the gradient to bf16 at every hop, as the reduce-scatter does
+        # a few bf16 roundings apart: the ring carries the gradient in float32 and rounds it once, at home;
+        # the gather's reduce-scatter sums bf16 parts
         torch.testing.assert_close(r["bf16 grad", "ring"], r["bf16 grad", "gather"], rtol=2e-2, atol=8e-3)
     ring, gather = results[0]["bytes", None, "ring"], results[0]["bytes", None, "gather"]
     assert ring["p2p"] > 0 and gather["p2p"] == 0
@@ -209,3 +235,38 @@ def test_a_cap_below_the_batch_is_refused_by_the_loss_itself():
     batch = random_model_outputs(PER_RANK, 4, N_REGIONS, DIM, seed=1)
     with pytest.raises(ValueError, match="local_negatives=2 is below the batch of 3"):
         CMGLLoss(CFG.model_copy(update={"local_negatives": 2}))(batch)
+
+
+def test_the_backward_posts_each_exchange_before_it_recomputes_the_block(ranks):
+    """2 ranks, no cap: the forward scores 2 blocks without gradients; the backward, for each block,
+    first posts its exchange (the next block's sums and words, then the travelling gradient), then
+    recomputes the block's S, so the transfer overlaps the whole recompute."""
+    world, results = ranks
+    if world != 2:
+        pytest.skip("run on 2 ranks")
+    from cmgl_dist.losses.local_ring import GRAD, MASK, SUMS, WORDS
+
+    for r in results:
+        backward = r["order"][r["order"].index(("score", True)) - 1:]
+        assert backward == [("exchange", (WORDS, MASK, SUMS)), ("score", True), ("exchange", (GRAD,)), ("score", True)]
+
+
+def test_the_travelling_word_gradient_is_carried_in_float32():
+    """511 hops (a 512-rank ring) of bf16 block gradients: summed in float32 and rounded once, the
+    result is within bf16 rounding of the float64 sum; rounded to bf16 at every hop, it drifts."""
+    from cmgl_dist.losses.local_ring import carry
+
+    g = torch.Generator().manual_seed(0)
+    parts = torch.randn(512, 4096, generator=g).to(torch.bfloat16)
+    exact = parts.double().sum(dim=0)
+    carried, rounded = None, None
+    for part in parts:
+        carried = carry(carried, part)
+        rounded = part if rounded is None else (rounded.float() + part.float()).to(torch.bfloat16)
+    assert carried.dtype == torch.float32
+
+    def relative(x):
+        return float((x.double() - exact).norm() / exact.norm())
+
+    assert relative(carried.to(torch.bfloat16)) < 3e-3  # one bf16 rounding: ~2e-3
+    assert relative(rounded) > 3 * relative(carried.to(torch.bfloat16))

@@ -1,9 +1,13 @@
 """A training micro step never waits on the device: two gloo ranks run real micro steps (the debug
-model in a DeepSpeed engine, CMGLLoss gathering negatives across ranks with different word counts,
-the NaN guard's all-reduce, backward) under a dispatch mode that fails on every op that reads a
-device value on the host (on a GPU each waits for the queue to drain). On the CPU every tensor is
-already on the host, so the mode flags the ops themselves; only `host_values` (host tensors by
-contract) may read. The guard still keeps a non-finite micro batch out of the weights."""
+model in a DeepSpeed engine, CMGLLoss's ring local loss across ranks with different word counts,
+forward and backward, the NaN guard's all-reduce) under a dispatch mode that fails on every op
+that reads a device value on the host (on a GPU each waits for the queue to drain). On the CPU
+every tensor is already on the host, so the mode flags the ops themselves; only `host_values`
+(host tensors by contract) may read. The ranks run with the GPU's branches forced on
+(CMGL_DEVICE_PATHS=1: word checks read device masks, channels-last images) and with `auto`
+choosing between two backends, as on CUDA; the choice is made once, in a first micro step
+outside the mode (as cuDNN's benchmark mode times its first call). The guard still keeps a
+non-finite micro batch out of the weights."""
 import traceback
 
 import torch
@@ -66,8 +70,11 @@ def _batch(tokenizer, rank, nan_images=False):
 def _rank_main(rank, port, run_dir, out):
     import os
 
+    from cmgl_dist.host_reads import DEVICE_PATHS_ENV
+
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
                       LOCAL_WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ[DEVICE_PATHS_ENV] = "1"
     torch.set_num_threads(1)
     from cmgl_dist.engine.checkpoint import Checkpointer
     from cmgl_dist.engine.deepspeed_config import deepspeed_config
@@ -78,20 +85,24 @@ def _rank_main(rank, port, run_dir, out):
     from cmgl_dist.host_reads import check_texts_have_words
     from cmgl_dist.losses import CMGLLoss
 
-    cfg = load_config("debug", [f"train.run_dir={run_dir}", "train.micro_batch=3", "train.grad_accum=2",
-                                "train.tensorboard=false"])
+    cfg = load_config("debug", [f"train.run_dir={run_dir}", "train.micro_batch=3", "train.grad_accum=3",
+                                "train.tensorboard=false", "loss.local_exchange=ring",
+                                'loss.auto_candidates=["compiled", "reference"]'])
     world = init_distributed()
     model, engine = build_engine(cfg, world, deepspeed_config(cfg, world_size=WORLD_SIZE, cuda=False))
     run_dir.mkdir(parents=True, exist_ok=True)
     telemetry = make_telemetry(cfg, world, run_dir, 0)
     metrics = make_metrics(cfg, world, telemetry)
-    trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss), Checkpointer(run_dir / "ckpt", 1, rank), metrics, {})
+    trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss, cfg.data.max_length), Checkpointer(run_dir / "ckpt", 1, rank),
+                      metrics, {})
     engine.train()
     reads, patched = [], []
     try:
+        warm_up = _batch(model.tokenizer, rank)  # agrees the backend table: timing reads, once per run
+        trainer.micro_step(to_device(warm_up, world.device), warm_up["skipped"])
         for nan in (False, True):  # one optimizer step: a finite micro batch, then a non-finite one
             batch = _batch(model.tokenizer, rank, nan_images=nan and rank == 1)
-            check_texts_have_words(batch["word_mask"], batch["keys"])  # collate side: host data
+            check_texts_have_words(batch["word_mask"], batch["keys"], on_host=True)  # collate side: host data
             mode = NoHostSync()
             _forbid_host_copies(patched, reads)
             try:
