@@ -1,6 +1,7 @@
-"""`auto`'s backend choice is one for all ranks: rank 0 times the candidates and broadcasts, even
-where another rank, timing alone, would have chosen differently; rank 0 records the choice and
-the times in the run folder, and a resumed process reuses the record without timing again."""
+"""`auto`'s backend table is one for all ranks: rank 0 times the candidates for every word bucket and
+broadcasts the table, even where another rank, timing alone, would have chosen differently; rank 0
+records the choices and the times in the run folder, and a resumed process reuses the record
+without timing again. Within one process, `choose_backend` decides alone (no collective)."""
 import json
 import time
 
@@ -10,7 +11,7 @@ import torch.multiprocessing as mp
 from helpers import free_port
 
 from cmgl_dist.losses import backend_choice, local_similarity_reference
-from cmgl_dist.losses.backend_choice import RECORD_FILE, choose_backend, use_record
+from cmgl_dist.losses.backend_choice import RECORD_FILE, agree_backends, choose_backend, use_record
 
 WORLD_SIZE = 2
 
@@ -40,12 +41,17 @@ def _rank_main(rank, port, run_dir, out):
     try:
         use_record(run_dir / RECORD_FILE)
         calls = []
-        first = choose_backend(_candidates(rank, calls), "reference", *_inputs(), (4.0, 5.0))
-        again = choose_backend(_candidates(rank, calls), "reference", *_inputs(), (4.0, 5.0))
+
+        def agree():
+            return agree_backends(_candidates(rank, calls), "reference", *_inputs(), (4.0, 5.0), texts=3,
+                                  buckets=(16,), with_grad=False)[16]
+
+        first = agree()
+        again = agree()
         timed_calls = list(calls)
         use_record(run_dir / RECORD_FILE)  # a resumed run: a new process state, the same run folder
         calls.clear()
-        resumed = choose_backend(_candidates(rank, calls), "reference", *_inputs(), (4.0, 5.0))
+        resumed = agree()
         torch.save({"first": first, "again": again, "resumed": resumed, "timed_calls": timed_calls,
                     "resumed_calls": list(calls)}, out / f"rank{rank}.pt")
     finally:
