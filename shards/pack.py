@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=bounded("limit"), help="pack a stratified subset of this many reports (development, tests)")
     p.add_argument("--format", dest="image_format", default=DEFAULT_IMAGE_FORMAT, choices=tuple(IMAGE_FORMATS),
                    help="shard image encoding: png (lossless, default), jpeg or webp (lossy, smaller, faster to "
-                        "decode; see the README's rates)")
+                        "decode; rates in docs/PERFORMANCE.md)")
     p.add_argument("--quality", type=bounded("quality"), help=f"jpeg/webp quality 1-100 (default {DEFAULT_QUALITY})")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run the shard jobs as Ray tasks: on the cluster at ADDRESS, or (no ADDRESS) the one "
