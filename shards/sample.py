@@ -17,10 +17,13 @@ from cmgl_dist.shards.writer import json_bytes, npz_bytes
 
 
 def _meta(spec: SampleSpec, frontal: str, lateral: str | None, source: str, size) -> dict:
+    """meta.json. Every field name is fixed (data values are never keys), so that columnar readers
+    of the shards (Hugging Face `datasets`' webdataset builder) see one schema across samples."""
     report = spec.report
+    views = [{"image_id": image_id, "view_position": view} for image_id, view in spec.views.items()]
     return {"uid": report.uid, "split": spec.split, "image_source": source,
             "mesh_major": list(report.mesh_major), "mesh_automatic": list(report.mesh_automatic),
-            "image_ids": list(report.image_ids), "view_positions": spec.views, "view_rule": spec.view_rule,
+            "image_ids": list(report.image_ids), "view_positions": views, "view_rule": spec.view_rule,
             "frontal_image": frontal, "lateral_image": lateral, "frontal_size": list(size)}
 
 
