@@ -108,4 +108,4 @@ def test_test_modules_import_only_the_shared_ones():
     tests = {p.stem for p in (ROOT / "tests").glob("*.py")}
     for path in sorted((ROOT / "tests").glob("*.py")):
         others = {n.split(".")[0] for n in imported_names(path)} & tests - SHARED_TEST_MODULES - {path.stem}
-        assert not others, f"{path.name} imports the test module(s) {sorted(others)}: move what they share to helpers.py"
+        assert not others, f"{path.name} imports test module(s) {sorted(others)}: move what they share to helpers.py"
