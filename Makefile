@@ -32,7 +32,8 @@ $(STAMP): setup.py $(LOCK)
 
 # The lock is resolved for this machine's platform and Python (Linux x86_64, CPython 3.11 here);
 # torch is PyPI's CUDA build with its nvidia-* wheels. pip-tools lives in its own venv so that it
-# never enters the project's.
+# never enters the project's. pip-compile does not read a constraint file set in pip's configuration
+# (a machine that caps torch, say): pass it as LOCK_ARGS="-c FILE".
 lock:
 	test -x $(LOCK_VENV)/bin/pip-compile || \
 		($(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/python -m pip install -q $(PIP_TOOLS))
