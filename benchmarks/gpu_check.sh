@@ -11,7 +11,7 @@
 #   make gpu-check [OUT=DIR] [OFFLINE=WHEELS]    # or: cmgl bench gpu --out DIR [--offline WHEELS]
 #   DRY=1 make gpu-check                         # on a CPU: every stage's entry point, tiny (< 2 min)
 #
-# OFFLINE: a folder of wheels (`pip download -d WHEELS -e '.[offline,test]'` on a machine with
+# OFFLINE: a folder of wheels (`pip download -d WHEELS -c requirements.lock -e '.[offline,test]'` on a machine with
 # internet) from which the project is installed first, for GPU nodes without internet.
 # Each stage is one function under its own `timeout` (seconds from the environment, *_S) and
 # copies its results to $OUT as it goes, so a stage that dies leaves the others' results. $OUT
@@ -44,7 +44,7 @@ export PYTHONSAFEPATH=1
 
 stage_setup() {  # the project from the wheels in $OFFLINE when given; versions and the GPU to the log
     if [ -n "$OFFLINE" ]; then
-        $PY -m pip install -q --no-index --find-links "$OFFLINE" -e ".[offline,test]" || return 1
+        $PY -m pip install -q --no-index --find-links "$OFFLINE" -c requirements.lock -e ".[offline,test]" || return 1
     fi
     export OMP_NUM_THREADS=4
     $PY -P -c "import torch, triton, cmgl_dist.kernels; print(torch.__version__, triton.__version__,

@@ -13,7 +13,8 @@ COMMANDS = {
     "predict": ("cmgl_dist.predict", "main", "zero-shot scores and attention overlays for image files, from an export"),
     "sweep": ("cmgl_dist.evaluate.sweep", "main", "fan evaluation jobs out over Ray"),
     "main": ("cmgl_dist.pipeline", "main", "the whole job: pack, train, sweep, report"),
-    "bench": ("cmgl_dist.bench", "main", "profile a step, compare ZeRO stages, model scaling"),
+    "bench": ("cmgl_dist.bench", "main",
+              "step|zero|scaling|gpu: profile a step, compare ZeRO stages, model scaling, the GPU check"),
 }
 
 

@@ -118,7 +118,7 @@ class LossConfig(_Section):
     gamma2: float = Field(5.0, gt=0, description="Log-sum-exp aggregation over words.")
     gamma3: float = Field(10.0, gt=0, description="Scale of the local similarities in the cross-entropy.")
     global_temperature: float = Field(0.1, gt=0, description="Global InfoNCE temperature (GLoRIA: cosine x 10).")
-    local_weight: float = Field(1.0, ge=0, description="Weight of the local loss; the global loss has weight 1.")
+    local_weight: float = Field(1.0, ge=0, description="Weight of the local loss (the global loss's is global_weight); 0 skips it.")
     global_weight: float = Field(1.0, ge=0, description="Weight of the global loss.")
     local_backend: Literal["auto", "reference", "compiled", "triton"] = Field(
         "auto", description="auto: on CUDA the fastest of triton / compiled / reference that agrees with "

@@ -34,7 +34,8 @@ BLOCK_W = 16  # words per block: the N side of every product; the scratch is siz
 # for a third more rows in its products; 255 registers, no spills on sm_90).
 REGION_OWNER_BLOCK_W = 64
 R_ALIGN = 128  # scratch rows per word block: R rounded up to this; every BLOCK_R divides it
-SCRATCH_ROWS = 4  # e, s, h = G b and P = dL/ds, each [R_STRIDE, BLOCK_W] fp32
+# e, s, h = G b and P = dL/ds, each [R_STRIDE, BLOCK_W] fp32; a constexpr, so the kernels may read it
+SCRATCH_ROWS = tl.constexpr(4)
 FORWARD_PROGRAMS = 512  # forward programs to aim for (image x text group); bounds the scratch
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -77,6 +78,12 @@ def _configs() -> list[triton.Config]:
     if _AUTOTUNE:
         return [_as_config(c) for c in AUTOTUNE_CONFIGS]
     return [_as_config(PINNED_CONFIGS.get(_arch_major(), PINNED_CONFIGS[8]))]
+
+
+@triton.jit
+def _program_scratch(SCRATCH, slot, R_STRIDE, BLOCK_W: tl.constexpr):
+    """The scratch of program `slot`: its SCRATCH_ROWS row sets, each [R_STRIDE, BLOCK_W] fp32."""
+    return SCRATCH + slot * (SCRATCH_ROWS * R_STRIDE * BLOCK_W)
 
 
 @triton.jit
@@ -141,7 +148,7 @@ def _forward_kernel(X, MASK, NWORDS, Y, G, S, COLS, DELTA, SCRATCH, T, I, W, R, 
     i = tl.program_id(0)
     group = tl.program_id(1)
     slot = tl.cast(i, tl.int64) * TEXT_GROUPS + group
-    scratch = SCRATCH + slot * (4 * R_STRIDE * BLOCK_W)
+    scratch = _program_scratch(SCRATCH, slot, R_STRIDE, BLOCK_W)
     for t in range(group, T, TEXT_GROUPS):
         _forward_pair(X, MASK, NWORDS, Y, G, S, COLS, DELTA, scratch, t, i, I, W, R, D, R_STRIDE,
                       stride_xt, stride_xw, stride_mt, stride_yi, stride_yr, gamma1, gamma2, eps,
@@ -192,7 +199,7 @@ def _backward_words_kernel(X, MASK, NWORDS, Y, G, S, COLS, DELTA, GS, GX, SCRATC
     w0 = tl.program_id(1) * BLOCK_W
     if w0 < tl.load(NWORDS + t):
         slot = tl.cast(t, tl.int64) * tl.num_programs(1) + tl.program_id(1)
-        scratch = SCRATCH + slot * (4 * R_STRIDE * BLOCK_W)
+        scratch = _program_scratch(SCRATCH, slot, R_STRIDE, BLOCK_W)
         gx_ptr = GX + tl.cast(t, tl.int64) * W * D  # GX is [T, W, D] fp32, contiguous
         for i in range(0, I):
             offs_w, w_ok, x_ptr, y_ptr, inv_z, beta, gamma = _block_gradient(
@@ -223,7 +230,7 @@ def _backward_regions_kernel(X, MASK, NWORDS, Y, G, S, COLS, DELTA, GS, GY, SCRA
                              DOT_PRECISION: tl.constexpr, WIDE_GRADS: tl.constexpr):
     """Grid (I,): the program owns dL/dy of image i, over all (text, word block)s."""
     i = tl.program_id(0)
-    scratch = SCRATCH + tl.cast(i, tl.int64) * (4 * R_STRIDE * BLOCK_W)
+    scratch = _program_scratch(SCRATCH, tl.cast(i, tl.int64), R_STRIDE, BLOCK_W)
     gy_ptr = GY + tl.cast(i, tl.int64) * R * D  # GY is [I, R, D] fp32, contiguous
     for t in range(0, T):
         for w0 in range(0, tl.load(NWORDS + t), BLOCK_W):
@@ -287,10 +294,10 @@ def _on_device(device: torch.device):
 
 
 def _scratch(R: int, device, *programs_and_block_w: tuple[int, int]) -> tuple[torch.Tensor, int]:
-    """Per-program scratch ([programs, 4, R_STRIDE, block_w] fp32, as large as the largest of the
+    """Per-program scratch ([programs, SCRATCH_ROWS, R_STRIDE, block_w] fp32, as large as the largest of the
     (programs, block_w) launches that share it) and R_STRIDE."""
     r_stride = -(-R // R_ALIGN) * R_ALIGN
-    size = max(programs * SCRATCH_ROWS * r_stride * block_w for programs, block_w in programs_and_block_w)
+    size = max(programs * SCRATCH_ROWS.value * r_stride * block_w for programs, block_w in programs_and_block_w)
     return _empty(size, device=device), r_stride
 
 

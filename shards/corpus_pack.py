@@ -9,20 +9,14 @@ shards of an interrupted run kept (`.progress/`, as IU-RR) -> manifest.json, las
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
-import multiprocessing
-import sys
 import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-
-from tqdm import tqdm
 
 from cmgl_dist.atomic import atomic_path
 from cmgl_dist.shards import schema
@@ -34,7 +28,7 @@ from cmgl_dist.shards.outdir import STAGED_IMAGES, claim, one_writer, remove_sta
 from cmgl_dist.shards.patient_split import patient_splits
 from cmgl_dist.shards.provenance import CONTENT_ARGUMENTS, pack_inputs
 from cmgl_dist.shards.reports import Skip
-from cmgl_dist.shards.sample import encode, pack_task
+from cmgl_dist.shards.shard_jobs import code_digest, encode, run_tasks
 from cmgl_dist.shards.sources import SOURCES, CorpusRecord, Exclusions, SourceError, SourceInput
 from cmgl_dist.shards.sources.record import distinct_keys
 from cmgl_dist.shards.split import uid_hash
@@ -43,6 +37,8 @@ from cmgl_dist.shards.writer import json_bytes, sha256_file, write_json_atomic
 log = logging.getLogger("cmgl.pack")
 
 TEXT_FILES = (".csv", ".gz", ".txt")
+# The modules that produce a corpus shard's bytes: a task's fingerprint covers their source.
+CODE = ("images", "shard_jobs", "writer", "corpus_pack")
 
 
 @dataclass(frozen=True)
@@ -60,18 +56,11 @@ class CorpusShardTask:
         """Changes whenever anything that goes into the shard's bytes changes, code included."""
         contents = [sha256_file(r.image) if Path(r.image).is_file() else None for r in self.records]
         spec = {"records": [dataclasses.asdict(r) for r in self.records], "contents": contents,
-                "size": self.image_size, "code": _code_digest(), "format": [self.image_format, self.quality]}
+                "size": self.image_size, "code": code_digest(*CODE), "format": [self.image_format, self.quality]}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
-
-@functools.cache
-def _code_digest() -> str:
-    from cmgl_dist.shards import images, sample, writer
-
-    digest = hashlib.sha256()
-    for module in (images, sample, writer, sys.modules[__name__]):
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()
+    def __len__(self) -> int:
+        return len(self.records)
 
 
 def corpus_members(record: CorpusRecord, task: CorpusShardTask, image) -> dict[str, bytes]:
@@ -91,7 +80,7 @@ def corpus_members(record: CorpusRecord, task: CorpusShardTask, image) -> dict[s
 
 
 def render_corpus_shard(task: CorpusShardTask) -> tuple[list, list[dict], int, list[Skip]]:
-    """A corpus shard's samples, their records, the images written and the skips (`sample.pack_task`)."""
+    """A corpus shard's samples, their records, the images written and the skips (`shard_jobs.Rendered`)."""
     samples, written, skips = [], [], []
     for record in task.records:
         try:
@@ -234,25 +223,3 @@ def pack_corpus(*, source: str, images: str, out: str | Path, labels: str | None
     log.info("packed %d %s samples into %d shards; left out: %s; skipped: %s", manifest["samples_written"], source,
              len(results), excluded, manifest["skip_reasons"])
     return manifest
-
-
-def run_tasks(render, tasks: list, workers: int, ray_address: str | None = None) -> list[dict]:
-    """Every task's progress record: shards rendered by `render` and written (`sample.pack_task`) on a
-    forkserver pool (in this process for one worker or one task), or rendered as Ray tasks on a
-    cluster when `ray_address` is given ("" starts or joins the default one) and written here."""
-    sizes = {t.name: len(getattr(t, "records", getattr(t, "samples", ()))) for t in tasks}
-    parallel = workers > 1 and len(tasks) > 1
-    pool = multiprocessing.get_context("forkserver").Pool(workers) if parallel else contextlib.nullcontext()
-    worker = functools.partial(pack_task, render)
-    results = []
-    with tqdm(total=sum(sizes.values()), unit="sample", desc="pack", disable=None, file=sys.stderr) as bar, pool:
-        if ray_address is not None:
-            from cmgl_dist.shards.ray_pack import pack_on_ray
-
-            done = pack_on_ray(render, tasks, ray_address)
-        else:
-            done = pool.imap_unordered(worker, tasks) if parallel else map(worker, tasks)
-        for record in done:
-            results.append(record)
-            bar.update(sizes[record["name"]])
-    return results

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cmgl_dist.locks import LOCK_FILE, folder_lock
 from cmgl_dist.shards.provenance import differences
-from cmgl_dist.shards.sample import PROGRESS_DIR
+from cmgl_dist.shards.shard_jobs import PROGRESS_DIR
 from cmgl_dist.shards.schema import MANIFEST, SHARD_FILE
 from cmgl_dist.shards.writer import write_json_atomic
 from cmgl_dist.untrusted import json_loads

@@ -20,7 +20,6 @@ from cmgl_dist.logs import init_logger
 from cmgl_dist.shards.iurr_kaggle import (KaggleLayoutError, index_kaggle_images, kaggle_tables, kaggle_views,
                                           read_kaggle_reports)
 from cmgl_dist.shards.bounds import OutOfBounds, bounded, check_bounds, check_format
-from cmgl_dist.shards.corpus_pack import run_tasks
 from cmgl_dist.shards.download import default_reports, packaged_file
 from cmgl_dist.shards.images import DEFAULT_QUALITY, extract_archive, index_folder
 from cmgl_dist.shards.manifest import build_manifest, describe_skips
@@ -31,6 +30,7 @@ from cmgl_dist.shards.plan import plan_samples, plan_shards
 from cmgl_dist.shards.provenance import CONTENT_ARGUMENTS, pack_inputs
 from cmgl_dist.shards.reports import read_reports
 from cmgl_dist.shards.sample import render_shard
+from cmgl_dist.shards.shard_jobs import run_tasks
 from cmgl_dist.shards.schema import DEFAULT_IMAGE_FORMAT, IMAGE_FORMATS, MANIFEST
 from cmgl_dist.shards.sources import SOURCE_NAMES, UNCERTAIN_POLICIES
 from cmgl_dist.shards.writer import write_json_atomic
@@ -39,7 +39,8 @@ log = logging.getLogger("cmgl.pack")
 
 
 class NothingUsable(RuntimeError):
-    """The inputs hold nothing that can be packed (the only case with a non-zero exit)."""
+    """The inputs hold nothing that can be packed. `main` exits 1 on it, as on a refused --out or a
+    bad --format/--quality; 2 is a busy folder or (argparse) an argument outside its bounds."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=bounded("limit"), help="pack a stratified subset of this many reports (development, tests)")
     p.add_argument("--format", dest="image_format", default=DEFAULT_IMAGE_FORMAT, choices=tuple(IMAGE_FORMATS),
                    help="shard image encoding: png (lossless, default), jpeg or webp (lossy, smaller, faster to "
-                        "decode; see the README's rates)")
+                        "decode; rates in docs/PERFORMANCE.md)")
     p.add_argument("--quality", type=bounded("quality"), help=f"jpeg/webp quality 1-100 (default {DEFAULT_QUALITY})")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run the shard jobs as Ray tasks: on the cluster at ADDRESS, or (no ADDRESS) the one "

@@ -5,7 +5,6 @@ and a rerun recomputes the same plan and can tell which shards are already finis
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -14,8 +13,12 @@ from pathlib import Path
 from cmgl_dist.shards.metadata import choose_views
 from cmgl_dist.shards.reports import Report, Skip, labels_from_mesh
 from cmgl_dist.shards.schema import PATHOLOGIES, SPLITS, shard_name
+from cmgl_dist.shards.shard_jobs import code_digest
 from cmgl_dist.shards.split import assign_splits, uid_hash
 from cmgl_dist.shards.writer import sha256_file
+
+# The modules that produce an IU-RR shard's bytes: a task's fingerprint covers their source.
+CODE = ("images", "phantom", "sample", "shard_jobs", "writer")
 
 
 @dataclass(frozen=True)
@@ -47,20 +50,12 @@ class ShardTask:
         Images count by content (sha256), not by path or size."""
         files = {i: sha256_file(p) if Path(p).is_file() else None for i, p in sorted(self.image_paths.items())}
         spec = {"samples": [asdict(s) for s in self.samples], "size": self.image_size, "seed": self.seed,
-                "images": self.images, "files": files, "code": _code_digest(),
+                "images": self.images, "files": files, "code": code_digest(*CODE),
                 "format": [self.image_format, self.quality]}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
-
-@functools.cache
-def _code_digest() -> str:
-    """sha256 over the modules that produce a shard's bytes."""
-    from cmgl_dist.shards import images, phantom, sample, writer
-
-    digest = hashlib.sha256()
-    for module in (images, phantom, sample, writer):
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()
+    def __len__(self) -> int:
+        return len(self.samples)
 
 
 def plan_samples(reports: list[Report], views: dict[str, str], image_paths: dict[str, str] | None

@@ -1,32 +1,29 @@
-"""One shard's work, run in a worker process: render or load each sample's images, write the tar.
-
-A finished shard leaves a sidecar `.progress/<shard>.json` (its task fingerprint, sha256 and
-per-sample record), written before the shard is renamed into place: a shard counts as done
-only when both agree, so an interrupted pack resumes without redoing finished shards.
+"""An IU-RR shard's content, computed in a worker: each sample's images (rendered phantoms or
+loaded files), report, labels and meta. Writing it is `shard_jobs`' job, the same for every corpus.
 """
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
 from PIL import Image
 
 from cmgl_dist.shards import schema
-from cmgl_dist.shards.images import ImageError, encode_image, load_image
+from cmgl_dist.shards.images import ImageError, load_image
 from cmgl_dist.shards.phantom import phantom_for_report
 from cmgl_dist.shards.plan import SampleSpec, ShardTask
 from cmgl_dist.shards.reports import Skip
-from cmgl_dist.shards.writer import json_bytes, npz_bytes, sha256_file, write_json_atomic, write_shard
-from cmgl_dist.untrusted import json_loads
-
-PROGRESS_DIR = ".progress"
+from cmgl_dist.shards.shard_jobs import encode
+from cmgl_dist.shards.writer import json_bytes, npz_bytes
 
 
 def _meta(spec: SampleSpec, frontal: str, lateral: str | None, source: str, size) -> dict:
+    """meta.json. Every field name is fixed (data values are never keys), so that columnar readers
+    of the shards (Hugging Face `datasets`' webdataset builder) see one schema across samples."""
     report = spec.report
+    views = [{"image_id": image_id, "view_position": view} for image_id, view in spec.views.items()]
     return {"uid": report.uid, "split": spec.split, "image_source": source,
             "mesh_major": list(report.mesh_major), "mesh_automatic": list(report.mesh_automatic),
-            "image_ids": list(report.image_ids), "view_positions": spec.views, "view_rule": spec.view_rule,
+            "image_ids": list(report.image_ids), "view_positions": views, "view_rule": spec.view_rule,
             "frontal_image": frontal, "lateral_image": lateral, "frontal_size": list(size)}
 
 
@@ -37,11 +34,6 @@ def phantom_sample(spec: SampleSpec, task: ShardTask) -> dict[str, bytes]:
     meta["phantom_findings"] = [asdict(f) for f in findings]
     return {schema.image_member("frontal", task.image_format): encode(Image.fromarray(image), task),
             schema.MASKS: npz_bytes(masks), schema.META: json_bytes(meta)}
-
-
-def encode(image: Image.Image, task) -> bytes:
-    """One image member in the task's --format (and --quality)."""
-    return encode_image(image, task.image_format, task.quality)
 
 
 def real_sample(spec: SampleSpec, task: ShardTask, skips: list[Skip]) -> dict[str, bytes] | None:
@@ -68,52 +60,6 @@ def real_sample(spec: SampleSpec, task: ShardTask, skips: list[Skip]) -> dict[st
     meta = _meta(spec, frontal[0], lateral[0] if lateral else None, "real", frontal[1].size)
     members[schema.META] = json_bytes(meta)
     return members
-
-
-def progress_record(out: Path, name: str) -> dict | None:
-    """The progress record of shard `name` when both it and the shard are on disk, else None."""
-    shard, sidecar = out / name, out / PROGRESS_DIR / f"{name}.json"
-    if not (shard.exists() and sidecar.exists()):
-        return None
-    try:
-        record = json_loads(sidecar.read_bytes())
-    except ValueError:  # a damaged record vouches for nothing: the shard is redone
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def finished_record(out: Path, name: str, fingerprint: str) -> dict | None:
-    """The progress record of a shard already written for this exact task, else None."""
-    record = progress_record(out, name)
-    if record and record.get("fingerprint") == fingerprint and record.get("sha256") == sha256_file(out / name):
-        return {**record, "resumed": True}
-    return None
-
-
-def commit_shard(out: Path, name: str, split: str, fingerprint: str, samples: list, written: list[dict],
-                 images: int, skips: list[Skip]) -> dict:
-    """Write the tar under a temporary name, then its progress record, then rename it into place.
-    Only the pack folder's writer (the process holding its claim) calls this."""
-    sidecar = out / PROGRESS_DIR / f"{name}.json"
-    sidecar.parent.mkdir(exist_ok=True)
-    tmp_shard = out / f".{name}.unrenamed"
-    sha256 = write_shard(tmp_shard, samples)
-    record = {"name": name, "split": split, "fingerprint": fingerprint, "sha256": sha256,
-              "bytes": tmp_shard.stat().st_size, "samples": written, "images_written": images,
-              "skips": [s.to_json() for s in skips]}
-    write_json_atomic(sidecar, record)
-    tmp_shard.replace(out / name)
-    return {**record, "resumed": False}
-
-
-def pack_task(render, task) -> dict:
-    """Write one shard (unless already finished) and return its progress record. `render(task)`
-    computes the shard's content, (samples, written, images, skips), without writing anything."""
-    out = Path(task.out_dir)
-    fingerprint = task.fingerprint()
-    if (record := finished_record(out, task.name, fingerprint)) is not None:
-        return record
-    return commit_shard(out, task.name, task.split, fingerprint, *render(task))
 
 
 def render_shard(task: ShardTask) -> tuple[list, list[dict], int, list[Skip]]:

@@ -60,6 +60,26 @@ def local_similarities(words, cap_lens, regions, gamma1=4.0, gamma2=5.0):
     return torch.cat(columns, 1).t()
 
 
+def masked_local_similarities(words, word_mask, regions, gamma1=4.0, gamma2=5.0):
+    """`local_similarities` for cmgl's layout: words [T, W, D] whose real slots are `word_mask`
+    (not necessarily a prefix); the real words are gathered to the front first."""
+    counts = word_mask.sum(1)
+    packed = torch.zeros_like(words)
+    for t in range(words.shape[0]):
+        packed[t, :counts[t]] = words[t][word_mask[t]]
+    return local_similarities(packed, counts.tolist(), regions, gamma1, gamma2)
+
+
+def local_similarities_with_grads(words, word_mask, regions, grad, gamma1=4.0, gamma2=5.0):
+    """S [T, I] and dL/dwords, dL/dregions for dL/dS = grad, all in float64 on the CPU: the oracle
+    every backend's output and gradients are held to."""
+    words = words.detach().double().cpu().requires_grad_(True)
+    regions = regions.detach().double().cpu().requires_grad_(True)
+    S = masked_local_similarities(words, word_mask.cpu(), regions, gamma1, gamma2)
+    S.backward(grad.double().cpu())
+    return S.detach(), words.grad, regions.grad
+
+
 def get_local_similarities(words, cap_lens, regions, gamma1=4.0, gamma2=5.0):
     """gloria_model.get_local_similarities, as S [T, I]: slots 1..cap_len, log of the max over them."""
     columns = [torch.log(torch.max(row_sim.mul(gamma2).exp(), dim=1, keepdim=True).values)

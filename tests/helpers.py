@@ -140,12 +140,28 @@ def make_inputs(T, I, W, R, D, counts, dtype, holes=False, seed=0):
     return words, word_mask.to(DEVICE), regions
 
 
-def assert_close(actual, wanted, tol, what):
+def assert_close(actual, wanted, tol, what, shown=5):
+    """`actual` within `tol` of `wanted` relative to max |wanted|, element by element; on failure
+    the message says how many values are off and where, as Liger-Kernel's
+    `assert_verbose_allclose` does: a value is off when its error exceeds the bound, or when it
+    is NaN or infinite where `wanted` is not (a kernel's unwritten, NaN-poisoned buffer)."""
     actual = actual.detach().double().cpu()
-    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    scale = wanted.abs().max().clamp(min=1e-6)
-    err = (actual - wanted).abs().max() / scale
-    assert err <= tol, f"{what}: max error {err:.2e} relative to max |value| > {tol:.0e}"
+    wanted = wanted.detach().double().cpu()
+    assert actual.shape == wanted.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(wanted.shape)}"
+    bound = tol * wanted.abs().max().clamp(min=1e-30).item() if wanted.numel() else 0.0
+    error = (actual - wanted).abs()
+    off = ~(error <= bound) & ~(actual.isnan() & wanted.isnan()) & ~((actual == wanted) & actual.isinf())
+    if not off.any():
+        return
+    where = off.nonzero()[:shown].tolist()
+    examples = "; ".join(f"{tuple(i)}: {actual[tuple(i)].item():.6g} vs {wanted[tuple(i)].item():.6g}" for i in where)
+    non_finite = int((off & ~actual.isfinite()).sum())
+    finite_error = error[off & actual.isfinite()]
+    largest = f"{finite_error.max().item() / max(bound / tol, 1e-30):.2e}" if finite_error.numel() else "-"
+    raise AssertionError(
+        f"{what}: {int(off.sum())} of {off.numel()} values ({100 * off.float().mean().item():.2f} %) off by more "
+        f"than {tol:.0e} of max |wanted|, {non_finite} of them NaN/inf; largest relative error {largest}; "
+        f"first at {examples}")
 
 
 def kill_after_some_shards(command: list[str], out: Path, shards: int, timeout: float = 60.0) -> None:

@@ -1,6 +1,6 @@
 """The one-call GPU check parses, names only stages it defines, and its e2e summary reads a
 run's metrics.jsonl (torn last line included) into one row. The full DRY=1 run takes minutes on
-two cores, so it is run by hand (README), not here."""
+two cores, so it is run by hand (docs/GPU_CHECK.md), not here."""
 import importlib.util
 import json
 import re

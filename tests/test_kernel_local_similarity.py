@@ -3,7 +3,7 @@ and against `local_similarity_reference`: outputs and gradients, ragged and hole
 T != I, fp32/bf16/fp16. Runs on CUDA when present, else in Triton's interpreter (tiny shapes)."""
 import pytest
 import torch
-from gloria_oracle import local_similarities
+from gloria_oracle import local_similarities_with_grads
 
 from cmgl_dist.kernels import local_attention_maps, local_similarity_triton
 from cmgl_dist.kernels.inputs import KERNEL_MAX_GAMMA1, KERNEL_MAX_GAMMA2
@@ -19,15 +19,6 @@ SHAPES = [
     (2, 4, 5, 49, 16, [5, 1]),
     (3, 1, 20, 7, 16, [20, 1, 17]),
 ]
-
-
-def transcribed_similarity(words, word_mask, regions, gamma1, gamma2):
-    """S [T, I] in float64 from GLoRIA's loop (tests/gloria_oracle.py); real words gathered to the front."""
-    counts = word_mask.sum(1)
-    packed = torch.zeros_like(words)
-    for t in range(words.shape[0]):
-        packed[t, :counts[t]] = words[t][word_mask[t]]
-    return local_similarities(packed, counts.tolist(), regions, gamma1, gamma2)
 
 
 @pytest.fixture(autouse=True)
@@ -54,21 +45,13 @@ def run_kernel(words, word_mask, regions, grad, gamma1, gamma2):
     return S.detach(), words.grad, regions.grad
 
 
-def expected(words, word_mask, regions, grad, gamma1, gamma2):
-    words = words.detach().double().cpu().requires_grad_(True)
-    regions = regions.detach().double().cpu().requires_grad_(True)
-    S = transcribed_similarity(words, word_mask.cpu(), regions, gamma1, gamma2)
-    S.backward(grad.double().cpu())
-    return S.detach(), words.grad, regions.grad
-
-
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])))
 def test_fp32_output_and_gradients_match_float64_transcription(shape):
     T, I, W, R, D, counts = shape
     words, word_mask, regions = make_inputs(T, I, W, R, D, counts, torch.float32)
     grad = torch.randn(T, I, device=DEVICE)
     S, g_words, g_regions = run_kernel(words, word_mask, regions, grad, 4.0, 5.0)
-    S_ref, g_words_ref, g_regions_ref = expected(words, word_mask, regions, grad, 4.0, 5.0)
+    S_ref, g_words_ref, g_regions_ref = local_similarities_with_grads(words, word_mask, regions, grad, 4.0, 5.0)
     assert S.dtype == torch.float32 and S.shape == (T, I)
     assert_close(S, S_ref, TOLERANCE[torch.float32], "S")
     assert_close(g_words, g_words_ref, TOLERANCE[torch.float32], "dL/dwords")
@@ -82,7 +65,7 @@ def test_half_precision_within_tolerance(dtype):
     words, word_mask, regions = make_inputs(T, I, W, R, D, counts, dtype, seed=1)
     grad = torch.randn(T, I, device=DEVICE)
     S, g_words, g_regions = run_kernel(words, word_mask, regions, grad, 4.0, 5.0)
-    S_ref, g_words_ref, g_regions_ref = expected(words, word_mask, regions, grad, 4.0, 5.0)
+    S_ref, g_words_ref, g_regions_ref = local_similarities_with_grads(words, word_mask, regions, grad, 4.0, 5.0)
     assert g_words.dtype == dtype and g_regions.dtype == dtype
     assert_close(S, S_ref, TOLERANCE[dtype], "S")
     assert_close(g_words, g_words_ref, TOLERANCE[dtype], "dL/dwords")
@@ -98,7 +81,7 @@ def test_gammas_at_the_kernels_limits_match_float64_transcription():
     grad = torch.randn(T, I, device=DEVICE)
     gammas = (KERNEL_MAX_GAMMA1, KERNEL_MAX_GAMMA2)
     S, g_words, g_regions = run_kernel(words, word_mask, regions, grad, *gammas)
-    S_ref, g_words_ref, g_regions_ref = expected(words, word_mask, regions, grad, *gammas)
+    S_ref, g_words_ref, g_regions_ref = local_similarities_with_grads(words, word_mask, regions, grad, *gammas)
     assert_close(S, S_ref, TOLERANCE[torch.float32], "S")
     assert_close(g_words, g_words_ref, TOLERANCE[torch.float32], "dL/dwords")
     assert_close(g_regions, g_regions_ref, TOLERANCE[torch.float32], "dL/dregions")
@@ -119,7 +102,7 @@ def test_one_forward_program_scoring_every_text_of_its_image(monkeypatch):
     words, word_mask, regions = make_inputs(3, 2, W, 37, 16, [W, 1, W - 3], torch.float32, holes=True, seed=6)
     grad = torch.randn(3, 2, device=DEVICE)
     S, g_words, g_regions = run_kernel(words, word_mask, regions, grad, 4.0, 5.0)
-    S_ref, g_words_ref, g_regions_ref = expected(words, word_mask, regions, grad, 4.0, 5.0)
+    S_ref, g_words_ref, g_regions_ref = local_similarities_with_grads(words, word_mask, regions, grad, 4.0, 5.0)
     assert_close(S, S_ref, TOLERANCE[torch.float32], "S")
     assert_close(g_words, g_words_ref, TOLERANCE[torch.float32], "dL/dwords")
     assert_close(g_regions, g_regions_ref, TOLERANCE[torch.float32], "dL/dregions")
@@ -136,7 +119,7 @@ def test_padded_words_change_nothing_and_holes_are_masked():
     torch.testing.assert_close(S2, S, rtol=0, atol=0)
     torch.testing.assert_close(g_regions2, g_regions, rtol=0, atol=0)
     assert (g_words[~word_mask] == 0).all() and (g_words2[~word_mask] == 0).all()
-    S_ref, g_words_ref, _ = expected(words, word_mask, regions, grad, 3.0, 7.0)
+    S_ref, g_words_ref, _ = local_similarities_with_grads(words, word_mask, regions, grad, 3.0, 7.0)
     assert_close(S, S_ref, TOLERANCE[torch.float32], "S with holes")
     assert_close(g_words, g_words_ref, TOLERANCE[torch.float32], "dL/dwords with holes")
 

@@ -1,20 +1,20 @@
 """The fused kernel at the GLoRIA recipe's shape: R 361 regions (19 x 19) and D 768 features,
 so every region sweep crosses tiles and the D loop runs 12 times at the pinned 64 x 64 config.
 Word counts 1..112 with holes; every buffer the kernels write starts as NaN (`POISON`); fp32 at
-the gamma limits and bf16 against the float64 reference. On CUDA: T 6, I 5, and two runs must
+the gamma limits and bf16 against the float64 GLoRIA transcription (tests/gloria_oracle.py). On CUDA: T 6, I 5, and two runs must
 agree bit for bit (the race test of the per-program scratch). In the interpreter: T 3, I 1 (the
 texts with 1 and 112 words), one run per dtype (fp32 ~20 s, bf16 ~30 s on a loaded 2-core CPU).
 Also: no images (I = 0), fp16 gradients that would underflow in fp16, the device guard."""
 import pytest
 import torch
+from gloria_oracle import local_similarities_with_grads
+from helpers import DEVICE, assert_close
 
 from cmgl_dist.kernels import local_similarity as kernel_module
 from cmgl_dist.kernels import local_similarity_triton
 from cmgl_dist.kernels.inputs import KERNEL_MAX_GAMMA1, KERNEL_MAX_GAMMA2
-from cmgl_dist.losses import local_similarity_reference
 
 CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if CUDA else "cpu"
 R, D, W = 361, 768, 112
 COUNTS = [1, 112, 45, 77, 17, 64] if CUDA else [1, 112]
 IMAGES = 5 if CUDA else 1
@@ -38,21 +38,6 @@ def _kernel(words, mask, regions, grad, gammas):
     return S.detach(), words.grad, regions.grad
 
 
-def _oracle(words, mask, regions, grad, gammas):
-    words = words.detach().double().cpu().requires_grad_()
-    regions = regions.detach().double().cpu().requires_grad_()
-    S = local_similarity_reference(words, mask.cpu(), regions, *gammas)
-    S.backward(grad.double().cpu())
-    return S.detach(), words.grad, regions.grad
-
-
-def _assert_close(got, wanted, tol, what):
-    got = got.double().cpu()
-    assert torch.isfinite(got).all(), f"{what}: non-finite values (an unwritten NaN-poisoned buffer?)"
-    err = ((got - wanted).abs().max() / wanted.abs().max().clamp(min=1e-30)).item()
-    assert err <= tol, f"{what}: max error {err:.2e} of the largest value > {tol}"
-
-
 @pytest.fixture
 def poisoned(monkeypatch):
     monkeypatch.setattr(kernel_module, "POISON", True)
@@ -63,9 +48,9 @@ def poisoned(monkeypatch):
 def test_recipe_shape_against_float64(dtype, gammas, poisoned):
     words, mask, regions, grad = _inputs(COUNTS, IMAGES, dtype)
     got = _kernel(words, mask, regions, grad, gammas)
-    wanted = _oracle(words, mask, regions, grad, gammas)
+    wanted = local_similarities_with_grads(words, mask, regions, grad, *gammas)
     for name, g, w in zip(("S", "dL/dwords", "dL/dregions"), got, wanted):
-        _assert_close(g, w, TOLERANCE[dtype], f"{dtype} {name}")
+        assert_close(g, w, TOLERANCE[dtype], f"{dtype} {name}")
     if CUDA:  # a second run, bit for bit: no race on the scratch, no order-dependent sum
         again = _kernel(words, mask, regions, grad, gammas)
         assert all(torch.equal(a, b) for a, b in zip(got, again)), "two runs differ"
@@ -85,9 +70,9 @@ def test_fp16_gradients_do_not_underflow(poisoned):
     words, mask, regions, grad = _inputs([5, 3], 2, torch.float16, dim=32, n_slots=5)
     grad = grad * 1e-4
     got = _kernel(words, mask, regions, grad, (4.0, 5.0))
-    wanted = _oracle(words, mask, regions, grad, (4.0, 5.0))
+    wanted = local_similarities_with_grads(words, mask, regions, grad, 4.0, 5.0)
     for name, g, w in zip(("S", "dL/dwords", "dL/dregions"), got, wanted):
-        _assert_close(g, w, 1e-2, f"fp16 {name}")
+        assert_close(g, w, 1e-2, f"fp16 {name}")
 
 
 @pytest.mark.skipif(not CUDA or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
@@ -96,6 +81,6 @@ def test_launches_follow_the_tensors_device():
                                                                  dim=64, n_slots=5))
     with torch.cuda.device(0):
         got = _kernel(words, mask, regions, grad, (4.0, 5.0))
-    wanted = _oracle(words, mask, regions, grad, (4.0, 5.0))
+    wanted = local_similarities_with_grads(words, mask, regions, grad, 4.0, 5.0)
     for name, g, w in zip(("S", "dL/dwords", "dL/dregions"), got, wanted):
-        _assert_close(g, w, TOLERANCE[torch.bfloat16], f"cuda:1 {name}")
+        assert_close(g, w, TOLERANCE[torch.bfloat16], f"cuda:1 {name}")

@@ -66,6 +66,33 @@ def test_plain_webdataset_reads_every_sample(small_shards):
     assert positives == manifest["positives"]
 
 
+def _mappings(value, path="", found=None):
+    """path -> the field names of the mapping there, for every mapping in a JSON value
+    (`a.b`; `a[]` for the items of a list)."""
+    found = {} if found is None else found
+    if isinstance(value, dict):
+        found.setdefault(path, set()).add(frozenset(value))
+        for key, item in value.items():
+            _mappings(item, f"{path}.{key}", found)
+    elif isinstance(value, list):
+        for item in value:
+            _mappings(item, f"{path}[]", found)
+    return found
+
+
+def test_json_members_have_one_schema_across_samples(small_shards):
+    """Columnar readers (Hugging Face `datasets`' webdataset builder) make one column per field:
+    a mapping keyed by data values (image ids) would give each sample columns of its own."""
+    manifest = _manifest(small_shards)
+    urls = [str(small_shards / s["name"]) for s in manifest["shards"]]
+    found = {}
+    for sample in wds.WebDataset(urls, shardshuffle=False):
+        for member in ("meta.json", "labels.json", "report.json"):
+            _mappings(json.loads(sample[member]), member, found)
+    assert {path: len(names) for path, names in found.items() if len(names) > 1} == {}
+    assert found["meta.json.view_positions[]"] == {frozenset({"image_id", "view_position"})}
+
+
 def test_same_inputs_and_seed_give_identical_bytes_serial_or_parallel(small_shards, tmp_path, reports_tgz, metadata_csv):
     pack(reports=reports_tgz, images="phantom", metadata=metadata_csv, out=tmp_path,
          image_size=SMALL_SHARDS_IMAGE_SIZE, samples_per_shard=SMALL_SHARDS_PER_SHARD, seed=0,

@@ -145,7 +145,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """scaling.csv as a Markdown table, the exchanges side by side (for docs: pasted from here)."""
+    """scaling.csv as a Markdown table, the exchanges side by side (docs/PERFORMANCE.md pastes it)."""
     by = {(r["kind"], r["gpus"], r["exchange"]): r for r in rows}
     exchanges = [e for e in EXCHANGES if any(r["exchange"] == e for r in rows)]
     keys = sorted({(r["kind"], r["gpus"]) for r in rows}, key=lambda k: (k[0] != "predicted", k[0], k[1]))

@@ -20,7 +20,8 @@ Chunking alone does not bound memory under autograd (every block's intermediates
 for backward), so a custom autograd function saves only the inputs and recomputes each block in
 backward.
 
-Half-precision inputs are computed in float32 (autocast off); S comes back in the compute dtype.
+Autocast is off: the two products take the inputs' dtype, everything else runs in float32 (float64
+for float64 inputs), and S comes back in that accumulation dtype: float32 for 16-bit inputs.
 """
 from __future__ import annotations
 
