@@ -1,5 +1,9 @@
 """`make_loader`: shard URLs -> batches, the same number on every rank, resumable mid-epoch.
 
+Training reads in one of two orders (data.order): the world-size-free global order of
+`cmgl_dist.data.order` (local shards, random access; the default for them), or the streaming
+order described here, where each rank and worker reads its own split of the shards (remote packs).
+
 Per (rank, DataLoader worker) the pipeline is open_clip's `get_wds_dataset` shape:
 shards split by rank and worker -> samples (a bad one is counted, logged and skipped) ->
 shuffle buffer -> decode + augment -> batch (+ tokenize) -> cut at this worker's share of the epoch.
@@ -42,6 +46,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cmgl_dist.config import DataConfig
 from cmgl_dist.data.device_decode import views_on_device
+from cmgl_dist.data.order import OrderedBatches, index_mixture, uses_global_order
 from cmgl_dist.data.samples import SkipCounter, to_example
 from cmgl_dist.data.shardlist import Mixture, shard_sample_counts
 from cmgl_dist.data.streams import StreamSpec, mixed_records, stream_sample_counts
@@ -195,7 +200,8 @@ class ShardLoader:
 def make_loader(urls: Sequence[str] | Mixture, data_cfg: DataConfig, tokenizer, *, train: bool, batch_size: int,
                 seed: int, rank: int = 0, world_size: int = 1, epoch: int = 0, start_batch: int = 0,
                 batches_per_epoch: Optional[int] = None, num_samples: Optional[int] = None,
-                persistent_workers: bool = False, decode_device: Optional[torch.device | str] = None) -> ShardLoader:
+                persistent_workers: bool = False, decode_device: Optional[torch.device | str] = None,
+                global_batch: Optional[int] = None) -> ShardLoader:
     """One epoch of `rank`'s batches (see the module docstring). For the next epoch build a new
     loader, or, with `persistent_workers`, call `set_epoch` on this one to keep its workers.
 
@@ -208,6 +214,9 @@ def make_loader(urls: Sequence[str] | Mixture, data_cfg: DataConfig, tokenizer, 
     `start_batch` on); `batches_per_epoch` holds the whole epoch's count.
 
     With data.decode=gpu, batches are decoded on `decode_device` (default: the current CUDA device).
+
+    `global_batch` (training, global order): samples per optimizer step over all ranks, so the
+    default epoch ends on a whole step (default: world_size * batch_size, no accumulation).
     """
     device = _decode_device(data_cfg, decode_device)
     mixture = urls if isinstance(urls, Mixture) else Mixture.single(urls)
@@ -229,6 +238,11 @@ def make_loader(urls: Sequence[str] | Mixture, data_cfg: DataConfig, tokenizer, 
             math.ceil(counts[dataset.spec(w).stream] / batch_size) for w in range(dataset.workers))
         return ShardLoader(dataset, num_batches, decode_device=device)
 
+    if uses_global_order(data_cfg, mixture.urls):
+        return _global_order_loader(mixture, data_cfg, tokenizer, batch_size=batch_size, seed=seed, rank=rank,
+                                    world_size=world_size, epoch=epoch, start_batch=start_batch,
+                                    batches_per_epoch=batches_per_epoch, global_batch=global_batch,
+                                    persistent_workers=persistent_workers, decode_device=device)
     if batches_per_epoch is None:
         if num_samples is None:
             if shard_counts is None:
@@ -244,6 +258,28 @@ def make_loader(urls: Sequence[str] | Mixture, data_cfg: DataConfig, tokenizer, 
                          f"(got {batches_per_epoch}, {start_batch})")
     dataset = ShardBatches(mixture, data_cfg, tokenizer, batches_per_epoch=batches_per_epoch, **common)
     return ShardLoader(dataset, batches_per_epoch - start_batch, persistent_workers, device)
+
+
+def _global_order_loader(mixture: Mixture, data_cfg: DataConfig, tokenizer, *, batch_size: int, seed: int, rank: int,
+                         world_size: int, epoch: int, start_batch: int, batches_per_epoch: Optional[int],
+                         global_batch: Optional[int], persistent_workers: bool,
+                         decode_device: Optional[torch.device]) -> ShardLoader:
+    corpora = index_mixture(mixture, data_cfg.on_missing_shard)
+    samples = sum(len(c) for c in corpora)
+    per_micro_step = world_size * batch_size
+    step = global_batch or per_micro_step
+    if step % per_micro_step:
+        raise ValueError(f"global batch {step} is not a multiple of {world_size} rank(s) x batch size {batch_size}")
+    if batches_per_epoch is None:
+        batches_per_epoch = samples // step * (step // per_micro_step)
+        if batches_per_epoch == 0:
+            raise ValueError(f"{samples} readable samples make no global batch of {step}: lower the batch size")
+    if not 0 <= start_batch <= batches_per_epoch:
+        raise ValueError(f"need 0 <= start_batch <= batches_per_epoch (got {start_batch}, {batches_per_epoch})")
+    dataset = OrderedBatches(corpora, [w for _, w in mixture.parts], data_cfg, tokenizer, batch_size=batch_size,
+                             seed=seed, rank=rank, world_size=world_size, epoch=epoch, start_batch=start_batch,
+                             batches_per_epoch=batches_per_epoch)
+    return ShardLoader(dataset, batches_per_epoch - start_batch, persistent_workers, decode_device)
 
 
 def _decode_device(data_cfg: DataConfig, device: Optional[torch.device | str]) -> Optional[torch.device]:
