@@ -49,8 +49,8 @@ class DataConfig(_Section):
                             "eval.zero_shot_special_words): none (cmgl), cls (GLoRIA's training slots: [CLS] + "
                             "the words), sep (GLoRIA's zero-shot slots 1..cap_len: the words + [SEP]), cls_sep "
                             "([CLS], the words, [SEP]).")
-    shuffle_buffer: int = Field(1000, ge=0, description="Sample shuffle buffer per worker (0 disables).")
-    shard_shuffle: bool = Field(True, description="Shuffle the shard order each epoch (seeded).")
+    shuffle_buffer: int = Field(1000, ge=0, description="Sample shuffle buffer per worker (0 disables); data.order=stream only.")
+    shard_shuffle: bool = Field(True, description="Shuffle the shard order each epoch (seeded); data.order=stream only.")
     resample: bool = Field(False, description="Sample shards with replacement (infinite stream, fixed epoch length).")
     workers: int = Field(2, ge=0, description="DataLoader worker processes per rank.")
     persistent_workers: bool = Field(

@@ -8,6 +8,7 @@
 #   RDZV_ID         job id shared by all nodes (default cmgl)
 #   RDZV_IS_HOST    1 on the node that hosts the rendezvous, 0 on the others: needed when a node's
 #                   host name does not match RDZV_ENDPOINT's host (default: torchrun compares them)
+#   RDZV_CONF       more rendezvous settings, key=value,... (e.g. last_call_timeout=10,join_timeout=300)
 #   PYTHON          interpreter with cmgl installed (default python)
 #
 #   launch/torchrun.sh --config iurr_offline --resume auto
@@ -31,12 +32,14 @@ if [ "$NNODES" = 1 ] && [ -z "${RDZV_ENDPOINT:-}" ]; then
 else
   args+=(--rdzv-backend c10d --rdzv-endpoint "${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port of the first node}"
          --rdzv-id "${RDZV_ID:-cmgl}")
+  conf=${RDZV_CONF:-}
   case "${RDZV_IS_HOST:-}" in
-    1|true) args+=(--rdzv-conf is_host=true) ;;
-    0|false) args+=(--rdzv-conf is_host=false) ;;
+    1|true) conf=${conf:+$conf,}is_host=true ;;
+    0|false) conf=${conf:+$conf,}is_host=false ;;
     "") ;;
     *) echo "torchrun.sh: RDZV_IS_HOST=$RDZV_IS_HOST: use 1 (this node hosts the rendezvous) or 0" >&2; exit 2 ;;
   esac
+  if [ -n "$conf" ]; then args+=(--rdzv-conf "$conf"); fi
 fi
 # Workers restarted at another world size continue from the last complete checkpoint.
 train=("$@")

@@ -149,7 +149,9 @@ def model_state_bytes(engine) -> int:
     """
     import torch
 
-    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # ZeRO wraps torch's optimizer
+    from cmgl_dist.engine.universal import inner_optimizer
+
+    inner = inner_optimizer(engine)
     tensors = [getattr(p, "ds_tensor", None) if getattr(p, "ds_tensor", None) is not None else p.data
                for p in engine.module.parameters()]
     tensors += [p.data for group in inner.param_groups for p in group["params"]]

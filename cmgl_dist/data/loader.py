@@ -37,7 +37,6 @@ samples the manifest lists for it that it did not yield; a missing shard fails t
 from __future__ import annotations
 
 import math
-import multiprocessing
 from itertools import islice
 from typing import Iterator, Optional, Sequence
 
@@ -46,7 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cmgl_dist.config import DataConfig
 from cmgl_dist.data.device_decode import views_on_device
-from cmgl_dist.data.order import OrderedBatches, index_mixture, uses_global_order
+from cmgl_dist.data.order import EpochPosition, OrderedBatches, index_mixture, uses_global_order
 from cmgl_dist.data.samples import SkipCounter, to_example
 from cmgl_dist.data.shardlist import Mixture, shard_sample_counts
 from cmgl_dist.data.streams import StreamSpec, mixed_records, stream_sample_counts
@@ -69,7 +68,7 @@ def collate(examples: list[dict], tokenizer, max_length: int, skipped: int, spec
     }
 
 
-class ShardBatches(IterableDataset):
+class ShardBatches(EpochPosition, IterableDataset):
     """Batches of one rank; in a DataLoader each worker process yields its logical worker's share."""
 
     def __init__(self, mixture: Mixture, data_cfg: DataConfig, tokenizer, *, train: bool, batch_size: int,
@@ -82,24 +81,11 @@ class ShardBatches(IterableDataset):
         self.train = train
         self.batch_size = batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        # (epoch, start_batch) in shared memory: persistent workers keep this object from the first
-        # epoch on, and read the position that `ShardLoader.set_epoch` wrote when the next epoch starts.
-        self._position = multiprocessing.Array("q", [epoch, start_batch], lock=False)
+        self._init_position(epoch, start_batch)
         self.batches_per_epoch = batches_per_epoch
         # samples per shard URL (from the manifest), so a broken shard counts what it held
         self.samples_by_url = None if shard_samples is None else dict(zip(mixture.urls, shard_samples))
         self.workers = max(1, data_cfg.workers)
-
-    @property
-    def epoch(self) -> int:
-        return self._position[0]
-
-    @property
-    def start_batch(self) -> int:
-        return self._position[1]
-
-    def set_position(self, epoch: int, start_batch: int) -> None:
-        self._position[0], self._position[1] = epoch, start_batch
 
     def spec(self, logical_worker: int, part: int = 0) -> StreamSpec:
         """The stream of one logical worker over one corpus of the mixture."""

@@ -110,7 +110,26 @@ def rank_positions(batch: int, rank: int, world_size: int, micro_batch: int) -> 
     return range(start, start + micro_batch)
 
 
-class OrderedBatches(IterableDataset):
+class EpochPosition:
+    """(epoch, start_batch) in shared memory: persistent loader workers keep their dataset object from
+    the first epoch on, and read the position `ShardLoader.set_epoch` wrote when the next epoch starts."""
+
+    def _init_position(self, epoch: int, start_batch: int) -> None:
+        self._position = multiprocessing.Array("q", [epoch, start_batch], lock=False)
+
+    @property
+    def epoch(self) -> int:
+        return self._position[0]
+
+    @property
+    def start_batch(self) -> int:
+        return self._position[1]
+
+    def set_position(self, epoch: int, start_batch: int) -> None:
+        self._position[0], self._position[1] = epoch, start_batch
+
+
+class OrderedBatches(EpochPosition, IterableDataset):
     """One rank's batches of the world-size-free order; the same interface as `loader.ShardBatches`
     (position in shared memory for persistent workers, `cfg`, `start_batch`)."""
 
@@ -123,21 +142,10 @@ class OrderedBatches(IterableDataset):
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self._position = multiprocessing.Array("q", [epoch, start_batch], lock=False)
+        self._init_position(epoch, start_batch)
         self.batches_per_epoch = batches_per_epoch
         self.workers = max(1, data_cfg.workers)
         self._reader = SampleReader()
-
-    @property
-    def epoch(self) -> int:
-        return self._position[0]
-
-    @property
-    def start_batch(self) -> int:
-        return self._position[1]
-
-    def set_position(self, epoch: int, start_batch: int) -> None:
-        self._position[0], self._position[1] = epoch, start_batch
 
     def order(self) -> list[tuple[int, int, int]]:
         length = self.batches_per_epoch * self.world_size * self.batch_size
