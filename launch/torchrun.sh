@@ -26,6 +26,12 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / NPROC_PER_NODE > 0 ? $(
 elastic=0
 case "$NNODES" in *:*) elastic=1 ;; esac
 MAX_RESTARTS=${MAX_RESTARTS:-$(( elastic ? 3 : 0 ))}
+if [ "$elastic" = 1 ]; then
+  # The agents' shared TCP store (torch >= 2.4) publishes the workers' store address in the first
+  # round only: a node joining a later round waits for it forever. Each round publishes its own
+  # when sharing is off.
+  export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
+fi
 args=(--nnodes "$NNODES" --nproc-per-node "$NPROC_PER_NODE" --max-restarts "$MAX_RESTARTS")
 if [ "$NNODES" = 1 ] && [ -z "${RDZV_ENDPOINT:-}" ]; then
   args+=(--standalone)   # a free local port, nothing to configure

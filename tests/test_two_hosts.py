@@ -65,6 +65,10 @@ def two_hosts():
         for name in made:
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
             shutil.rmtree(Path("/etc/netns") / name, ignore_errors=True)
+        try:
+            Path("/etc/netns").rmdir()  # only when no other namespace has a hosts file there
+        except OSError:
+            pass
 
 
 def start_agent(namespace: str, host: str, args: list[str], log: Path) -> subprocess.Popen:
@@ -77,11 +81,15 @@ def start_agent(namespace: str, host: str, args: list[str], log: Path) -> subpro
                             env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def kill(agent: subprocess.Popen) -> None:
-    try:
-        os.killpg(agent.pid, signal.SIGKILL)  # the agent and its worker: a host that vanishes
-    except ProcessLookupError:
-        pass
+def kill_host(namespace: str, agent: subprocess.Popen) -> None:
+    """SIGKILL every process of the host (agent and workers: torchrun starts its workers in sessions
+    of their own, so the agent's process group alone would leave them running)."""
+    pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, timeout=20).stdout
+    for pid in [agent.pid, *map(int, pids.split())]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     agent.wait(timeout=30)
 
 
@@ -95,6 +103,18 @@ def world_by_step(run_dir: Path) -> dict[int, int]:
             continue  # a line being written
         ranks[record["step"]] = max(ranks.get(record["step"], 0), record["rank"] + 1)
     return ranks
+
+
+def checkpoint_worlds(run_dir: Path, after: int) -> set[int]:
+    """World sizes of the complete checkpoints past step `after`."""
+    worlds = set()
+    for marker in (run_dir / "checkpoints").glob("step_*/COMPLETE"):
+        try:
+            if int(marker.parent.name.removeprefix("step_")) > after:
+                worlds.add(json.loads(marker.read_text())["world_size"])
+        except (OSError, ValueError):
+            continue  # being written
+    return worlds
 
 
 def wait_for(what: str, condition, deadline: float, agents) -> None:
@@ -124,23 +144,22 @@ def test_a_host_leaves_and_comes_back_and_every_sample_is_trained_once(small_sha
                       start_agent(ns1, "host1", args, tmp_path / "host1.log")]
             wait_for("4 steps on 2 ranks", lambda: sum(w == 2 for w in world_by_step(run_dir).values()) >= 4,
                      deadline, agents)
-            kill(agents[1])
+            kill_host(ns1, agents[1])
             killed_at = max(world_by_step(run_dir))
             assert killed_at < epoch_steps, "the run reached the end of the epoch before host 1 was killed"
-            wait_for("2 steps on host 0 alone", lambda: sum(w == 1 for w in world_by_step(run_dir).values()) >= 2,
+            wait_for("a checkpoint written by host 0 alone", lambda: 1 in checkpoint_worlds(run_dir, after=killed_at),
                      deadline, agents)
+            rejoined_at = max(world_by_step(run_dir))
             agents[1] = start_agent(ns1, "host1", args, tmp_path / "host1.log")
-            worlds = lambda: list(world_by_step(run_dir).values())  # noqa: E731
-            wait_for("the group back at 2", lambda: 1 in worlds() and worlds()[-1] == 2 and
-                     worlds().index(1) < len(worlds()) - 1, deadline, agents)
+            wait_for("the group back at 2", lambda: 2 in checkpoint_worlds(run_dir, after=rejoined_at), deadline, agents)
             agents[0].wait(timeout=max(1.0, deadline - time.monotonic()))
         except BaseException:
             logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in tmp_path.glob("*.log"))
             print(logs)
             raise
         finally:
-            for agent in agents:
-                kill(agent)
+            for namespace, agent in zip((ns0, ns1), agents):
+                kill_host(namespace, agent)
     assert agents[0].returncode == 0, (tmp_path / "host0.log").read_text(errors="replace")[-4000:]
     lines = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     steps: dict[int, list[str]] = {}
@@ -148,8 +167,8 @@ def test_a_host_leaves_and_comes_back_and_every_sample_is_trained_once(small_sha
         steps.setdefault(line["step"], []).extend(line["keys"])
     assert sorted(steps) == list(range(1, 2 * epoch_steps + 1))  # each step once: resumes cut the file back
     worlds = [world_by_step(run_dir)[s] for s in sorted(steps)]
-    first_alone = worlds.index(1)
-    assert 2 in worlds[:first_alone] and 2 in worlds[first_alone:]  # 2, then 1, then 2 again
+    alone = [i for i, w in enumerate(worlds) if w == 1 and 2 in worlds[:i]]
+    assert alone and 2 in worlds[alone[0]:], worlds  # 2, then 1, then 2 again
     epoch = [key for s in range(1, epoch_steps + 1) for key in steps[s]]
     assert len(epoch) == epoch_steps * GLOBAL_BATCH == len(set(epoch))  # every sample of the epoch once
     assert train_samples - len(epoch) < GLOBAL_BATCH  # only the last partial batch is left out
