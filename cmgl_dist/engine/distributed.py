@@ -81,9 +81,11 @@ def init_distributed(timeout_s: float = 600) -> World:
         _skip_shm_allreduce_build()
     backend = "nccl" if cuda else "gloo"
     store = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
-    log.info("rank %d of %d on %s joins the process group: store %s, %s, this rank advertises %s, timeout %gs",
-             layout["rank"], layout["world_size"], socket.gethostname(), store, backend, advertised_address(),
-             timeout_s)
+    # Every rank says where it waits, before it waits: the other ranks log warnings only (logs.py), and
+    # this line is what tells a hung join's address and port.
+    log.log(logging.INFO if layout["rank"] == 0 else logging.WARNING,
+            "rank %d of %d on %s joins the process group: store %s, %s, this rank advertises %s, timeout %gs",
+            layout["rank"], layout["world_size"], socket.gethostname(), store, backend, advertised_address(), timeout_s)
     try:
         deepspeed.init_distributed(dist_backend=backend, timeout=dt.timedelta(seconds=timeout_s))
     except (RuntimeError, OSError, TimeoutError) as err:  # DistError and gloo's errors are RuntimeErrors
