@@ -72,7 +72,7 @@ def test_two_ranks_resumed_on_one_continue_the_one_rank_run(runs):
         assert abs(got[step] - want[step]) <= 1e-3 * abs(want[step]), (step, got[step], want[step])
 
 
-def _reshard_check(rank: int, port: int, shards: Path, source: Path, out: Path) -> None:
+def _reshard_check(rank: int, port: int, shards: Path, source: Path, out: Path, stage: int = 1) -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -84,7 +84,7 @@ def _reshard_check(rank: int, port: int, shards: Path, source: Path, out: Path) 
     from cmgl_dist.engine.universal import consolidated_tensors, optimizer_step, read_consolidated
 
     cfg = load_config("debug", [f"data.shards={shards}", f"train.run_dir={out / 'run'}", *COMMON,
-                                "train.micro_batch=8"])
+                                "train.micro_batch=8", f"zero.stage={stage}"])
     world = init_distributed()
     try:
         built = build_trainer(cfg, world, out / "run", None, (source.parent, source.name))
@@ -104,6 +104,17 @@ def _reshard_check(rank: int, port: int, shards: Path, source: Path, out: Path) 
 def test_the_resharded_optimizer_state_equals_the_consolidated_checkpoint(runs, small_shards, tmp_path):
     source = runs["two"] / "checkpoints" / tag_for(4)
     mp.spawn(_reshard_check, args=(free_port(), small_shards, source, tmp_path), nprocs=1, join=True)
+    check = torch.load(tmp_path / "check.pt")
+    assert check["same_keys"] and check["different"] == [] and check["moments"] > 0
+    assert check["step"] == (4, 4) and check["lr"] == (4, 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_2_and_3_reshard_exactly_too(small_shards, tmp_path, stage):
+    launch(small_shards, tmp_path / "two", 2, "train.micro_batch=4", "train.steps=4", f"zero.stage={stage}")
+    source = tmp_path / "two" / "checkpoints" / tag_for(4)
+    mp.spawn(_reshard_check, args=(free_port(), small_shards, source, tmp_path, stage), nprocs=1, join=True)
     check = torch.load(tmp_path / "check.pt")
     assert check["same_keys"] and check["different"] == [] and check["moments"] > 0
     assert check["step"] == (4, 4) and check["lr"] == (4, 4)

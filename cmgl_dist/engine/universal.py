@@ -119,10 +119,13 @@ def create_adam_state(engine, step: int) -> None:
     """Adam's state for every fp32 partition, as torch's AdamW creates it at its first step (it is
     lazy: a fresh engine has none to write into), with the saved step count."""
     inner = inner_optimizer(engine)
+    # ZeRO-3 hands its flat fp32 partitions to the optimizer only while it steps them
+    flats = getattr(engine.optimizer, "fp32_partitioned_groups_flat", None) or \
+        [flat for group in inner.param_groups for flat in group["params"]]
+    for flat in flats:
+        inner.state[flat] = {"step": torch.tensor(float(step), dtype=torch.float32),
+                             **{key: torch.zeros_like(flat, memory_format=torch.preserve_format) for key in MOMENTS}}
     for group in inner.param_groups:
-        for flat in group["params"]:
-            inner.state[flat] = {"step": torch.tensor(float(step), dtype=torch.float32),
-                                 **{key: torch.zeros_like(flat, memory_format=torch.preserve_format) for key in MOMENTS}}
         if "step" in group:  # optimizers that count steps per group
             group["step"] = step
     link = getattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
