@@ -76,7 +76,7 @@ def test_the_order_and_augmentation_do_not_depend_on_ranks_or_workers(pack, toke
     assert len(reference_keys) == 21 // GLOBAL_BATCH and all(len(k) == GLOBAL_BATCH for k in reference_keys)
     flat = [k for step in reference_keys for k in step]
     assert len(set(flat)) == len(flat)  # one pass: no sample twice in an epoch
-    for world_size, workers in [(2, 0), (4, 0), (1, 1), (2, 2), (4, 1)]:
+    for world_size, workers in [(w, k) for w in (1, 2, 4) for k in (0, 1, 2) if (w, k) != (1, 0)]:
         keys, images, texts = steps(pack, tokenizer, world_size, workers)
         assert keys == reference_keys, (world_size, workers)
         assert texts == reference_texts
