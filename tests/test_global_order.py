@@ -128,3 +128,15 @@ def test_a_truncated_shard_keeps_the_samples_before_the_break(tmp_path):
     Path(urls[0]).write_bytes(data[: len(data) // 2])
     index = index_shard(urls[0])
     assert 0 < len(index.samples) < PER_SHARD and index.error
+
+
+def test_a_truncated_shards_lost_samples_are_counted_once_per_epoch(tmp_path, tokenizer):
+    urls = write_pack(tmp_path / "pack")
+    data = Path(urls[2]).read_bytes()
+    Path(urls[2]).write_bytes(data[: len(data) // 2])
+    kept = len(index_shard(urls[2]).samples)
+    per_rank = [list(make_loader(urls, data_cfg(0), tokenizer, train=True, batch_size=2, seed=5, rank=r, world_size=2))
+                for r in range(2)]
+    assert sum(b["skipped"] for rank in per_rank for b in rank) == PER_SHARD - kept
+    assert {k for rank in per_rank for b in rank for k in b["keys"]} <= \
+        {f"CXR{i}" for i in range(2 * PER_SHARD + kept)}

@@ -250,7 +250,7 @@ def _global_order_loader(mixture: Mixture, data_cfg: DataConfig, tokenizer, *, b
                          world_size: int, epoch: int, start_batch: int, batches_per_epoch: Optional[int],
                          global_batch: Optional[int], persistent_workers: bool,
                          decode_device: Optional[torch.device]) -> ShardLoader:
-    corpora = index_mixture(mixture, data_cfg.on_missing_shard)
+    corpora, lost = index_mixture(mixture, data_cfg.on_missing_shard, shard_sample_counts(mixture.urls))
     samples = sum(len(c) for c in corpora)
     per_micro_step = world_size * batch_size
     step = global_batch or per_micro_step
@@ -264,7 +264,7 @@ def _global_order_loader(mixture: Mixture, data_cfg: DataConfig, tokenizer, *, b
         raise ValueError(f"need 0 <= start_batch <= batches_per_epoch (got {start_batch}, {batches_per_epoch})")
     dataset = OrderedBatches(corpora, [w for _, w in mixture.parts], data_cfg, tokenizer, batch_size=batch_size,
                              seed=seed, rank=rank, world_size=world_size, epoch=epoch, start_batch=start_batch,
-                             batches_per_epoch=batches_per_epoch)
+                             batches_per_epoch=batches_per_epoch, lost=lost)
     return ShardLoader(dataset, batches_per_epoch - start_batch, persistent_workers, decode_device)
 
 

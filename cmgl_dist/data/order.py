@@ -22,7 +22,9 @@ remote packs keep the streaming order (`streams`), whose order depends on the wo
 
 A slot whose sample cannot be used (malformed, undecodable, unreadable) is filled with a repeat of
 the next usable sample of the same micro batch and counted as a skip, so every rank still gets a
-full batch and the following positions do not move.
+full batch and the following positions do not move. Samples the manifest lists but the shards lack
+(a missing shard under data.on_missing_shard=skip, a truncated tar) are not in the order; they are
+counted once per epoch, in rank 0's first batch.
 """
 from __future__ import annotations
 
@@ -58,11 +60,14 @@ def uses_global_order(data_cfg: DataConfig, urls: Sequence[str]) -> bool:
     return data_cfg.order == "auto" and not remote and not data_cfg.resample
 
 
-def index_mixture(mixture: Mixture, on_missing_shard: str) -> list[list[tuple[str, SampleEntry]]]:
-    """Per corpus, its samples as (shard url, entry) in manifest order. A missing shard fails
-    (ShardMissingError) unless data.on_missing_shard=skip; a shard that breaks off keeps what was
-    indexed before the break. Both are logged with what was lost."""
-    corpora = []
+def index_mixture(mixture: Mixture, on_missing_shard: str,
+                  expected: Optional[Sequence[int]] = None) -> tuple[list[list[tuple[str, SampleEntry]]], int]:
+    """Per corpus, its samples as (shard url, entry) in manifest order, and how many samples the
+    manifest lists (`expected`, per url) that are not there. A missing shard fails (ShardMissingError)
+    unless data.on_missing_shard=skip; a shard that breaks off keeps what was indexed before the
+    break. Both are logged; the lost samples are counted once per epoch (`OrderedBatches`)."""
+    corpora, lost = [], 0
+    expected_by_url = dict(zip(mixture.urls, expected)) if expected is not None else {}
     for urls, _ in mixture.parts:
         samples = []
         for url in urls:
@@ -73,13 +78,15 @@ def index_mixture(mixture: Mixture, on_missing_shard: str) -> list[list[tuple[st
                     raise ShardMissingError(f"shard {url} is missing: repack, or set data.on_missing_shard=skip "
                                             "to go on without it") from None
                 log.warning("shard %s is missing: its samples are left out of the epoch order", url)
+                lost += expected_by_url.get(url, 0)
                 continue
             if index.error:
                 log.warning("shard %s breaks off after %d samples (%s): the rest are left out of the epoch order",
                             url, len(index.samples), index.error)
             samples.extend((url, entry) for entry in index.samples)
+            lost += max(0, expected_by_url.get(url, 0) - len(index.samples))
         corpora.append(samples)
-    return corpora
+    return corpora, lost
 
 
 def epoch_order(sizes: Sequence[int], weights: Sequence[float], seed: int, epoch: int,
@@ -135,7 +142,7 @@ class OrderedBatches(EpochPosition, IterableDataset):
 
     def __init__(self, corpora: list[list[tuple[str, SampleEntry]]], weights: Sequence[float], data_cfg: DataConfig,
                  tokenizer, *, batch_size: int, seed: int, rank: int, world_size: int, epoch: int, start_batch: int,
-                 batches_per_epoch: int):
+                 batches_per_epoch: int, lost: int = 0):
         super().__init__()
         self.corpora, self.weights = corpora, tuple(weights)
         self.cfg = data_cfg
@@ -146,6 +153,7 @@ class OrderedBatches(EpochPosition, IterableDataset):
         self.batches_per_epoch = batches_per_epoch
         self.workers = max(1, data_cfg.workers)
         self._reader = SampleReader()
+        self.lost = lost  # samples the manifest lists but the shards lack: counted in rank 0's first batch
 
     def order(self) -> list[tuple[int, int, int]]:
         length = self.batches_per_epoch * self.world_size * self.batch_size
@@ -161,6 +169,8 @@ class OrderedBatches(EpochPosition, IterableDataset):
         order = self.order()
         for batch in range(self.start_batch + worker, self.batches_per_epoch, self.workers):
             counter = SkipCounter()
+            for _ in range(self.lost if batch == 0 and self.rank == 0 else 0):
+                counter.skip("missing_or_broken_shard", "-", "listed in the manifest, not in the shards")
             slots = [self._example(order[p], counter) for p in rank_positions(batch, self.rank, self.world_size,
                                                                                self.batch_size)]
             yield collate(fill_unusable(slots, batch), self.tokenizer, self.cfg.max_length, counter.take(),
