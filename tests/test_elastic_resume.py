@@ -132,3 +132,21 @@ def test_the_consolidated_masters_equal_deepspeeds_own_consolidation(runs):
     for key in trainable:
         name = key.removeprefix("exp_avg/")
         assert torch.equal(ours[f"module/{name}"], theirs[name].float()), name
+
+
+def _client(folder: Path, config: dict) -> tuple[Path, str]:
+    folder.mkdir(parents=True)
+    (folder / "client.json").write_text(json.dumps({"state": {"step": 4}, "config": config, "data": None}))
+    return folder.parent, folder.name
+
+
+def test_a_checkpoint_from_before_the_global_order_continues_streaming(tmp_path):
+    from cmgl_dist.config import ConfigError
+    from cmgl_dist.engine.resume import resumed_order
+
+    old = _client(tmp_path / "old" / tag_for(4), {"train": {"micro_batch": 4}})  # no data.order: it streamed
+    assert resumed_order(old, "auto", "global") == "stream"
+    with pytest.raises(ConfigError, match="trained in the stream data order, data.order=global"):
+        resumed_order(old, "global", "global")
+    new = _client(tmp_path / "new" / tag_for(4), {"data": {"order": "global"}})
+    assert resumed_order(new, "auto", "global") == "global"

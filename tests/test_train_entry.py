@@ -46,7 +46,7 @@ def test_resume_fields_match_exactly_and_sections_by_prefix():
 
 
 def test_the_process_group_is_destroyed_when_training_fails(monkeypatch, tmp_path):
-    def one_rank_world():
+    def one_rank_world(*_timeout):
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
         return distributed.World(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"))
 

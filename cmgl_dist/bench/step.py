@@ -99,6 +99,7 @@ def run_rank(cfg, args) -> None:
     from cmgl_dist.bench.profiler import DeepSpeedComms, PhaseTimer, enable_deepspeed_comm_logging
     from cmgl_dist.data.shardlist import training_mixture
     from cmgl_dist.engine.build import build_trainer, epoch_loaders
+    from cmgl_dist.engine.checkpoint import Checkpointer
     from cmgl_dist.engine.distributed import init_distributed
     from cmgl_dist.engine.loop import epoch_batches
     from cmgl_dist.engine.telemetry import peak_memory_mb
@@ -110,7 +111,8 @@ def run_rank(cfg, args) -> None:
     cfg.train.steps = args.warmup + args.steps + 2
     world = init_distributed()
     enable_deepspeed_comm_logging()
-    built = build_trainer(cfg, world, Path(cfg.train.run_dir))
+    run_dir = Path(cfg.train.run_dir)
+    built = build_trainer(cfg, world, run_dir, Checkpointer(run_dir / "checkpoints", cfg.train.keep_last, world.rank))
     model, engine, trainer, telemetry, state = built.model, built.engine, built.trainer, built.telemetry, built.state
     batches = epoch_batches(epoch_loaders(cfg, training_mixture(cfg.data), model.tokenizer, world), state)
     for _ in range(args.warmup):

@@ -27,6 +27,8 @@ RESUME_APPLIES = frozenset({"name", "train.steps", "train.log_every", "train.ckp
                             "train.max_nonfinite", "train.tensorboard", "train.export", "train.run_dir",
                             "train.dist_timeout_s"})
 RESUME_APPLIES_SECTIONS = ("eval.",)
+# Compared by what it resolved to, not literally (`resumed_order`).
+RESOLVED_ELSEWHERE = frozenset({"data.order"})
 # How the global batch is split may change when train.global_batch keeps it (checked in check_world_change).
 BATCH_SPLIT = frozenset({"train.micro_batch", "train.grad_accum", "train.global_batch"})
 
@@ -66,7 +68,7 @@ def check_resumable_config(source: tuple[Path, str], cfg: CMGLConfig) -> None:
     now = flat(cfg.model_dump(mode="json"))
     split_may_change = now["train.global_batch"] == saved_global_batch(root / tag)
     changed = sorted(k for k in saved.keys() | now.keys()
-                     if saved.get(k) != now.get(k) and not resume_applies(k)
+                     if saved.get(k) != now.get(k) and not resume_applies(k) and k not in RESOLVED_ELSEWHERE
                      and not (split_may_change and k in BATCH_SPLIT))
     if changed:
         listed = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in changed)
@@ -74,6 +76,24 @@ def check_resumable_config(source: tuple[Path, str], cfg: CMGLConfig) -> None:
                           f"only {', '.join(sorted(RESUME_APPLIES))}, {', '.join(s + '*' for s in RESUME_APPLIES_SECTIONS)} "
                           "(and train.micro_batch when train.global_batch keeps the checkpoint's global batch): set the changed fields back, or "
                           "start a new run in another train.run_dir")
+
+
+def resumed_order(source: tuple[Path, str], asked: str, resolved: str) -> str:
+    """The data order a resume continues in: the one its checkpoint was trained in. A run's config
+    records the order it resolved (global or stream); a checkpoint whose config says `auto` (or
+    nothing) predates the global order and was trained streaming. data.order=auto follows the
+    checkpoint; an explicit other order is refused (the position would point into another order)."""
+    folder = source[0] / source[1]
+    saved = saved_config(folder)["data.order"]
+    saved = "stream" if saved == "auto" else saved
+    if saved == resolved:
+        return resolved
+    if asked == "auto" and saved == "stream":
+        log.warning("%s was trained in the streaming data order: the run continues in it (it resumes only on "
+                    "its own world size; a new run reads the global order)", folder)
+        return saved
+    raise ConfigError(f"--resume from {folder}: trained in the {saved} data order, data.order={asked} now resolves "
+                      f"to {resolved}: set data.order={saved} (or auto), or start a new run in another train.run_dir")
 
 
 def check_resume_matches(source: tuple[Path, str], cfg: CMGLConfig, world_size: int, global_order: bool) -> None:

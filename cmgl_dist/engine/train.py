@@ -35,7 +35,7 @@ from cmgl_dist.engine.deepspeed_config import deepspeed_config
 from cmgl_dist.engine.distributed import JoinError, World, init_distributed, launch_env
 from cmgl_dist.engine.loop import NonFiniteLossError, epoch_batches
 from cmgl_dist.engine.optim import require_apex
-from cmgl_dist.engine.resume import check_resumable_config, check_resume_matches
+from cmgl_dist.engine.resume import check_resumable_config, check_resume_matches, resumed_order
 from cmgl_dist.locks import FolderBusy, describe_holder, folder_lock
 from cmgl_dist.logs import init_logger
 
@@ -59,7 +59,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def preflight(cfg: CMGLConfig, resume: Optional[str]) -> tuple[Mixture, Optional[tuple[Path, str]]]:
     """Checks that need the machine, not only the config. Returns the train shards (a Mixture) and
-    the checkpoint to resume from (root, tag), if any."""
+    the checkpoint to resume from (root, tag), if any; sets data.order to the order the run reads."""
     require_apex(cfg.optimizer)
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.precision=fp16 needs CUDA (DeepSpeed's loss scaling runs on GPUs): "
@@ -86,9 +86,12 @@ def preflight(cfg: CMGLConfig, resume: Optional[str]) -> tuple[Mixture, Optional
         source = resolve_resume(resume, checkpoints)
     except (RuntimeError, FileNotFoundError) as err:
         raise ConfigError(str(err)) from None
+    order = "global" if global_order else "stream"
     if source is not None:
         check_resumable_config(source, cfg)
-        check_resume_matches(source, cfg, launch_env()["world_size"], global_order)
+        order = resumed_order(source, cfg.data.order, order)
+        check_resume_matches(source, cfg, launch_env()["world_size"], order == "global")
+    cfg.data.order = order  # what the run reads, recorded in config.yaml and every checkpoint
     return urls, source
 
 
