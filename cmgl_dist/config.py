@@ -49,8 +49,8 @@ class DataConfig(_Section):
                             "eval.zero_shot_special_words): none (cmgl), cls (GLoRIA's training slots: [CLS] + "
                             "the words), sep (GLoRIA's zero-shot slots 1..cap_len: the words + [SEP]), cls_sep "
                             "([CLS], the words, [SEP]).")
-    shuffle_buffer: int = Field(1000, ge=0, description="Sample shuffle buffer per worker (0 disables).")
-    shard_shuffle: bool = Field(True, description="Shuffle the shard order each epoch (seeded).")
+    shuffle_buffer: int = Field(1000, ge=0, description="Sample shuffle buffer per worker (0 disables); data.order=stream only.")
+    shard_shuffle: bool = Field(True, description="Shuffle the shard order each epoch (seeded); data.order=stream only.")
     resample: bool = Field(False, description="Sample shards with replacement (infinite stream, fixed epoch length).")
     workers: int = Field(2, ge=0, description="DataLoader worker processes per rank.")
     persistent_workers: bool = Field(
@@ -61,6 +61,13 @@ class DataConfig(_Section):
         "cpu", description="Where images are decoded and augmented: cpu (loader workers, any shard format), or gpu "
                            "(JPEG shards only: batches decoded with nvJPEG and augmented on the training device; "
                            "the workers only parse and tokenize).")
+    order: Literal["auto", "global", "stream"] = Field(
+        "auto", description="Training sample order. global: one seeded permutation of the epoch, the same at any "
+                            "world size and loader worker count (local shards, read by member offsets: "
+                            "cmgl_dist/data/order.py), needed to resume on another world size. stream: "
+                            "shards split over ranks and workers with a shuffle buffer (remote packs; the order "
+                            "depends on the world size). auto: global for local packs, stream for remote ones "
+                            "and with data.resample.")
     on_missing_shard: Literal["fail", "skip"] = Field(
         "fail", description="A shard listed in the manifest but absent: fail the run (before training, or when "
                             "it goes missing mid-run), or skip it and count its manifest samples as skipped.")
@@ -176,6 +183,18 @@ class TrainConfig(_Section):
     steps: int = Field(1000, ge=1, description="Optimizer steps.")
     micro_batch: int = Field(16, ge=1, description="Samples per rank per micro step.")
     grad_accum: int = Field(1, ge=1, description="Micro steps per optimizer step.")
+    global_batch: Optional[int] = Field(
+        None, ge=1, description="Samples per optimizer step over all ranks. Set: train.grad_accum is derived as "
+                                "global_batch / (micro_batch x world size), which must divide, so a run keeps its "
+                                "global batch when it resumes on another world size (it may change micro_batch "
+                                "too). None: micro_batch x grad_accum x world size.")
+    dist_timeout_s: int = Field(
+        600, ge=10, description="Process-group timeout (gloo and NCCL): how long joining the group, or any "
+                                "collective, waits for a peer before this rank fails. A dead peer ends the survivors "
+                                "within it, so an elastic launch can restart them at another world size.")
+    record_samples: bool = Field(
+        False, description="Write <run_dir>/samples.jsonl: per optimizer step and rank the sample keys trained "
+                           "on (an audit of the data order; costs one gather of the keys per step).")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     grad_clip: float = Field(1.0, ge=0, description="Max global grad norm (0 disables).")
     seed: int = 0
@@ -194,9 +213,21 @@ class TrainConfig(_Section):
     cudnn_benchmark: bool = Field(True, description="On CUDA: let cuDNN pick the fastest convolution algorithms "
                                                     "for the (fixed) input shapes.")
 
-    def global_batch(self, world_size: int) -> int:
+    def samples_per_step(self, world_size: int) -> int:
         """Samples per optimizer step over all ranks: micro_batch x grad_accum x world_size."""
         return self.micro_batch * self.grad_accum * world_size
+
+    def for_world(self, world_size: int) -> "TrainConfig":
+        """This config with grad_accum derived from global_batch for `world_size` (itself when
+        global_batch is unset); ValueError naming the fields when they do not divide."""
+        if self.global_batch is None:
+            return self
+        per_micro_step = self.micro_batch * world_size
+        if self.global_batch % per_micro_step:
+            raise ValueError(f"train.global_batch={self.global_batch} is not a multiple of train.micro_batch="
+                             f"{self.micro_batch} x {world_size} rank(s): set a micro_batch that divides "
+                             f"global_batch / world size")
+        return self.model_copy(update={"grad_accum": self.global_batch // per_micro_step})
 
 
 class EvalConfig(_Section):

@@ -65,8 +65,9 @@ def four_shards(tmp_path_factory) -> list[str]:
 
 
 def small_cfg(**overrides) -> DataConfig:
+    """The streaming order (remote packs' order; the global order has tests of its own)."""
     return DataConfig(**{"image_size": 40, "crop_size": 32, "max_length": 24, "shuffle_buffer": 8,
-                         "workers": 0, **overrides})
+                         "workers": 0, "order": "stream", **overrides})
 
 
 def run(urls, tokenizer, **kwargs) -> list[dict]:

@@ -76,26 +76,18 @@ def _rank_main(rank, port, run_dir, out):
                       LOCAL_WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     os.environ[DEVICE_PATHS_ENV] = "1"
     torch.set_num_threads(1)
+    from cmgl_dist.engine.build import build_trainer
     from cmgl_dist.engine.checkpoint import Checkpointer
-    from cmgl_dist.engine.deepspeed_config import deepspeed_config
     from cmgl_dist.engine.distributed import init_distributed
     from cmgl_dist.data.device import to_device
-    from cmgl_dist.engine.loop import Trainer
-    from cmgl_dist.engine.train import build_engine, make_metrics, make_telemetry
     from cmgl_dist.host_reads import check_texts_have_words
-    from cmgl_dist.losses import CMGLLoss
 
     cfg = load_config("debug", [f"train.run_dir={run_dir}", "train.micro_batch=3", "train.grad_accum=3",
                                 "train.tensorboard=false", "loss.local_exchange=ring",
                                 'loss.auto_candidates=["compiled", "reference"]'])
     world = init_distributed()
-    model, engine = build_engine(cfg, world, deepspeed_config(cfg, world_size=WORLD_SIZE, cuda=False))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    telemetry = make_telemetry(cfg, world, run_dir, 0)
-    metrics = make_metrics(cfg, world, telemetry)
-    trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss, cfg.data.max_length), Checkpointer(run_dir / "ckpt", 1, rank),
-                      metrics, {})
-    engine.train()
+    built = build_trainer(cfg, world, run_dir, Checkpointer(run_dir / "ckpt", 1, rank))
+    model, engine, trainer, telemetry = built.model, built.engine, built.trainer, built.telemetry
     reads, patched = [], []
     try:
         warm_up = _batch(model.tokenizer, rank)  # agrees the backend table: timing reads, once per run

@@ -108,23 +108,16 @@ def _batch(tokenizer, rank, n, nan=False, size=MICRO):
 
 
 def _trainer(cfg, world, run_dir):
+    from cmgl_dist.engine.build import build_trainer
     from cmgl_dist.engine.checkpoint import Checkpointer
-    from cmgl_dist.engine.deepspeed_config import deepspeed_config
-    from cmgl_dist.engine.loop import Trainer
-    from cmgl_dist.engine.train import build_engine, make_metrics, make_telemetry
 
-    model, engine = build_engine(cfg, world, deepspeed_config(cfg, world_size=world.world_size, cuda=False))
-    telemetry = make_telemetry(cfg, world, run_dir, 0)
-    trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss, cfg.data.max_length),
-                      Checkpointer(run_dir / "ckpt", 1, world.rank), make_metrics(cfg, world, telemetry), {})
-    return model, engine, trainer, telemetry
+    return build_trainer(cfg, world, run_dir, Checkpointer(run_dir / "ckpt", 1, world.rank))
 
 
 def _steps_rank(rank, port, out, cases, short_case):
     """Two optimizer steps per case (rank 1's second micro batch non-finite), results saved; then
     `short_case` again with rank 2's last micro batch one sample short."""
     _init(rank, port, detail=True)
-    from cmgl_dist.engine.checkpoint import TrainState
     from cmgl_dist.engine.distributed import init_distributed
 
     world = init_distributed()
@@ -140,12 +133,12 @@ def _steps_rank(rank, port, out, cases, short_case):
                                         f"train.grad_accum={accum}", "train.tensorboard=false",
                                         f"data.max_length={MAX_WORDS}", *(f"{k}={json.dumps(v)}" for k, v in
                                                                           overrides.items())])
-            model, engine, trainer, telemetry = _trainer(cfg, world, run_dir)
-            engine.train()
-            batches = iter([(0, n + 1, _batch(model.tokenizer, rank, n, nan=(rank == 1 and n == 1),
+            built = _trainer(cfg, world, run_dir)
+            engine, trainer = built.engine, built.trainer
+            batches = iter([(0, n + 1, _batch(built.model.tokenizer, rank, n, nan=(rank == 1 and n == 1),
                                               size=MICRO - (rank == short_rank and n == 2 * accum - 1)))
                             for n in range(2 * accum)])
-            state = TrainState()
+            state = built.state
             try:
                 for _ in range(2):
                     trainer.step(batches, state)
@@ -153,7 +146,7 @@ def _steps_rank(rank, port, out, cases, short_case):
                 finite = all(torch.isfinite(p).all() for p in engine.module.parameters())
                 results[name] = {"step": state.step, "taken": taken, "finite": bool(finite)}
             finally:
-                telemetry.close()
+                built.close()
     finally:
         dist.destroy_process_group()
 

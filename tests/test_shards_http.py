@@ -87,7 +87,7 @@ def test_a_remote_pack_lists_its_manifest_shards_from_http_or_a_pipe(served):
 def test_training_over_http_gives_the_local_batches_and_resumes_exactly(served, tokenizer):
     root, base = served
     local, remote = shard_urls(str(root / "pack"), "train"), shard_urls(f"{base}/pack", "train")
-    cfg = _cfg(workers=2)
+    cfg = _cfg(workers=2, order="stream")  # the streaming order, remote and local alike
     whole = _batches(remote, tokenizer, cfg=cfg, train=True, batches_per_epoch=8)
     assert _same(whole, _batches(local, tokenizer, cfg=cfg, train=True, batches_per_epoch=8))
     resumed = _batches(remote, tokenizer, cfg=cfg, train=True, batches_per_epoch=8, start_batch=5)

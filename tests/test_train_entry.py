@@ -11,6 +11,7 @@ import torch.distributed as dist
 from cmgl_dist import config as config_module
 from cmgl_dist.config import load_config, save_config
 from cmgl_dist.engine import distributed, train
+from cmgl_dist.engine.resume import resume_applies
 from cmgl_dist.logs import init_logger
 
 
@@ -37,15 +38,15 @@ def test_rank_zero_logs_info_other_ranks_only_warnings(root_logging, capsys):
 
 
 def test_resume_fields_match_exactly_and_sections_by_prefix():
-    assert train.resume_applies("train.steps") and train.resume_applies("name")
-    assert train.resume_applies("eval.split")  # eval is declared a section
-    assert not train.resume_applies("train.steps_per_epoch")
-    assert not train.resume_applies("names")
-    assert not train.resume_applies("optimizer.lr")
+    assert resume_applies("train.steps") and resume_applies("name")
+    assert resume_applies("eval.split")  # eval is declared a section
+    assert not resume_applies("train.steps_per_epoch")
+    assert not resume_applies("names")
+    assert not resume_applies("optimizer.lr")
 
 
 def test_the_process_group_is_destroyed_when_training_fails(monkeypatch, tmp_path):
-    def one_rank_world():
+    def one_rank_world(*_timeout):
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
         return distributed.World(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"))
 

@@ -98,13 +98,12 @@ def run_rank(cfg, args) -> None:
 
     from cmgl_dist.bench.profiler import DeepSpeedComms, PhaseTimer, enable_deepspeed_comm_logging
     from cmgl_dist.data.shardlist import training_mixture
-    from cmgl_dist.engine.checkpoint import TrainState
-    from cmgl_dist.engine.deepspeed_config import deepspeed_config
+    from cmgl_dist.engine.build import build_trainer, epoch_loaders
+    from cmgl_dist.engine.checkpoint import Checkpointer
     from cmgl_dist.engine.distributed import init_distributed
-    from cmgl_dist.engine.loop import Trainer, epoch_batches
+    from cmgl_dist.engine.loop import epoch_batches
     from cmgl_dist.engine.telemetry import peak_memory_mb
-    from cmgl_dist.engine.train import build_engine, epoch_loaders, make_metrics, make_telemetry
-    from cmgl_dist.losses import CMGLLoss, comm
+    from cmgl_dist.losses import comm
     from cmgl_dist.phases import installed
 
     cfg.train.run_dir = str(args.out / "run")
@@ -112,13 +111,9 @@ def run_rank(cfg, args) -> None:
     cfg.train.steps = args.warmup + args.steps + 2
     world = init_distributed()
     enable_deepspeed_comm_logging()
-    model, engine = build_engine(cfg, world, deepspeed_config(cfg, world_size=world.world_size, cuda=world.cuda))
-    Path(cfg.train.run_dir).mkdir(parents=True, exist_ok=True)
-    telemetry = make_telemetry(cfg, world, Path(cfg.train.run_dir), 0)
-    metrics = make_metrics(cfg, world, telemetry)
-    trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss, cfg.data.max_length), None, metrics, cfg.model_dump(mode="json"))
-    engine.train()
-    state = TrainState()
+    run_dir = Path(cfg.train.run_dir)
+    built = build_trainer(cfg, world, run_dir, Checkpointer(run_dir / "checkpoints", cfg.train.keep_last, world.rank))
+    model, engine, trainer, telemetry, state = built.model, built.engine, built.trainer, built.telemetry, built.state
     batches = epoch_batches(epoch_loaders(cfg, training_mixture(cfg.data), model.tokenizer, world), state)
     for _ in range(args.warmup):
         trainer.step(batches, state)
@@ -156,7 +151,9 @@ def model_state_bytes(engine) -> int:
     """
     import torch
 
-    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # ZeRO wraps torch's optimizer
+    from cmgl_dist.engine.universal import inner_optimizer
+
+    inner = inner_optimizer(engine)
     tensors = [getattr(p, "ds_tensor", None) if getattr(p, "ds_tensor", None) is not None else p.data
                for p in engine.module.parameters()]
     tensors += [p.data for group in inner.param_groups for p in group["params"]]
@@ -235,7 +232,7 @@ def write_results(args, cfg, world, per_rank: list[dict]) -> None:
     rows = breakdown_rows(p50)
     text = "phase,ms_p50,share\n" + "".join(f"{name},{ms:.3f},{share:.4f}\n" for name, ms, share in rows)
     write_text_atomic(args.out / "step_breakdown.csv", text)
-    global_batch = cfg.train.global_batch(world.world_size)
+    global_batch = cfg.train.samples_per_step(world.world_size)
     summary = {"config": args.config, "overrides": args.overrides, "world_size": world.world_size,
                "device": "cuda" if world.cuda else "cpu", "global_batch": global_batch,
                "micro_batch": cfg.train.micro_batch, "zero_stage": cfg.zero.stage,

@@ -1,5 +1,9 @@
 """`make_loader`: shard URLs -> batches, the same number on every rank, resumable mid-epoch.
 
+Training reads in one of two orders (data.order): the world-size-free global order of
+`cmgl_dist.data.order` (local shards, random access; the default for them), or the streaming
+order described here, where each rank and worker reads its own split of the shards (remote packs).
+
 Per (rank, DataLoader worker) the pipeline is open_clip's `get_wds_dataset` shape:
 shards split by rank and worker -> samples (a bad one is counted, logged and skipped) ->
 shuffle buffer -> decode + augment -> batch (+ tokenize) -> cut at this worker's share of the epoch.
@@ -33,7 +37,6 @@ samples the manifest lists for it that it did not yield; a missing shard fails t
 from __future__ import annotations
 
 import math
-import multiprocessing
 from itertools import islice
 from typing import Iterator, Optional, Sequence
 
@@ -42,6 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cmgl_dist.config import DataConfig
 from cmgl_dist.data.device_decode import views_on_device
+from cmgl_dist.data.order import EpochPosition, OrderedBatches, index_mixture, uses_global_order
 from cmgl_dist.data.samples import SkipCounter, to_example
 from cmgl_dist.data.shardlist import Mixture, shard_sample_counts
 from cmgl_dist.data.streams import StreamSpec, mixed_records, stream_sample_counts
@@ -64,7 +68,7 @@ def collate(examples: list[dict], tokenizer, max_length: int, skipped: int, spec
     }
 
 
-class ShardBatches(IterableDataset):
+class ShardBatches(EpochPosition, IterableDataset):
     """Batches of one rank; in a DataLoader each worker process yields its logical worker's share."""
 
     def __init__(self, mixture: Mixture, data_cfg: DataConfig, tokenizer, *, train: bool, batch_size: int,
@@ -77,24 +81,11 @@ class ShardBatches(IterableDataset):
         self.train = train
         self.batch_size = batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        # (epoch, start_batch) in shared memory: persistent workers keep this object from the first
-        # epoch on, and read the position that `ShardLoader.set_epoch` wrote when the next epoch starts.
-        self._position = multiprocessing.Array("q", [epoch, start_batch], lock=False)
+        self._init_position(epoch, start_batch)
         self.batches_per_epoch = batches_per_epoch
         # samples per shard URL (from the manifest), so a broken shard counts what it held
         self.samples_by_url = None if shard_samples is None else dict(zip(mixture.urls, shard_samples))
         self.workers = max(1, data_cfg.workers)
-
-    @property
-    def epoch(self) -> int:
-        return self._position[0]
-
-    @property
-    def start_batch(self) -> int:
-        return self._position[1]
-
-    def set_position(self, epoch: int, start_batch: int) -> None:
-        self._position[0], self._position[1] = epoch, start_batch
 
     def spec(self, logical_worker: int, part: int = 0) -> StreamSpec:
         """The stream of one logical worker over one corpus of the mixture."""
@@ -195,7 +186,8 @@ class ShardLoader:
 def make_loader(urls: Sequence[str] | Mixture, data_cfg: DataConfig, tokenizer, *, train: bool, batch_size: int,
                 seed: int, rank: int = 0, world_size: int = 1, epoch: int = 0, start_batch: int = 0,
                 batches_per_epoch: Optional[int] = None, num_samples: Optional[int] = None,
-                persistent_workers: bool = False, decode_device: Optional[torch.device | str] = None) -> ShardLoader:
+                persistent_workers: bool = False, decode_device: Optional[torch.device | str] = None,
+                global_batch: Optional[int] = None) -> ShardLoader:
     """One epoch of `rank`'s batches (see the module docstring). For the next epoch build a new
     loader, or, with `persistent_workers`, call `set_epoch` on this one to keep its workers.
 
@@ -208,6 +200,9 @@ def make_loader(urls: Sequence[str] | Mixture, data_cfg: DataConfig, tokenizer, 
     `start_batch` on); `batches_per_epoch` holds the whole epoch's count.
 
     With data.decode=gpu, batches are decoded on `decode_device` (default: the current CUDA device).
+
+    `global_batch` (training, global order): samples per optimizer step over all ranks, so the
+    default epoch ends on a whole step (default: world_size * batch_size, no accumulation).
     """
     device = _decode_device(data_cfg, decode_device)
     mixture = urls if isinstance(urls, Mixture) else Mixture.single(urls)
@@ -229,6 +224,11 @@ def make_loader(urls: Sequence[str] | Mixture, data_cfg: DataConfig, tokenizer, 
             math.ceil(counts[dataset.spec(w).stream] / batch_size) for w in range(dataset.workers))
         return ShardLoader(dataset, num_batches, decode_device=device)
 
+    if uses_global_order(data_cfg, mixture.urls):
+        return _global_order_loader(mixture, data_cfg, tokenizer, batch_size=batch_size, seed=seed, rank=rank,
+                                    world_size=world_size, epoch=epoch, start_batch=start_batch,
+                                    batches_per_epoch=batches_per_epoch, global_batch=global_batch,
+                                    persistent_workers=persistent_workers, decode_device=device)
     if batches_per_epoch is None:
         if num_samples is None:
             if shard_counts is None:
@@ -244,6 +244,28 @@ def make_loader(urls: Sequence[str] | Mixture, data_cfg: DataConfig, tokenizer, 
                          f"(got {batches_per_epoch}, {start_batch})")
     dataset = ShardBatches(mixture, data_cfg, tokenizer, batches_per_epoch=batches_per_epoch, **common)
     return ShardLoader(dataset, batches_per_epoch - start_batch, persistent_workers, device)
+
+
+def _global_order_loader(mixture: Mixture, data_cfg: DataConfig, tokenizer, *, batch_size: int, seed: int, rank: int,
+                         world_size: int, epoch: int, start_batch: int, batches_per_epoch: Optional[int],
+                         global_batch: Optional[int], persistent_workers: bool,
+                         decode_device: Optional[torch.device]) -> ShardLoader:
+    corpora, lost = index_mixture(mixture, data_cfg.on_missing_shard, shard_sample_counts(mixture.urls))
+    samples = sum(len(c) for c in corpora)
+    per_micro_step = world_size * batch_size
+    step = global_batch or per_micro_step
+    if step % per_micro_step:
+        raise ValueError(f"global batch {step} is not a multiple of {world_size} rank(s) x batch size {batch_size}")
+    if batches_per_epoch is None:
+        batches_per_epoch = samples // step * (step // per_micro_step)
+        if batches_per_epoch == 0:
+            raise ValueError(f"{samples} readable samples make no global batch of {step}: lower the batch size")
+    if not 0 <= start_batch <= batches_per_epoch:
+        raise ValueError(f"need 0 <= start_batch <= batches_per_epoch (got {start_batch}, {batches_per_epoch})")
+    dataset = OrderedBatches(corpora, [w for _, w in mixture.parts], data_cfg, tokenizer, batch_size=batch_size,
+                             seed=seed, rank=rank, world_size=world_size, epoch=epoch, start_batch=start_batch,
+                             batches_per_epoch=batches_per_epoch, lost=lost)
+    return ShardLoader(dataset, batches_per_epoch - start_batch, persistent_workers, decode_device)
 
 
 def _decode_device(data_cfg: DataConfig, device: Optional[torch.device | str]) -> Optional[torch.device]:

@@ -5,6 +5,8 @@ Layout under `<run_dir>/checkpoints/`:
     step_00000010/        DeepSpeed's files (model, optimizer partitions, lr scheduler)
         client.json       TrainState, the resolved config and the data fingerprint (rank 0)
         rank_00001.json   that rank's RNG states
+        universal.*       the same model and optimizer state, consolidated per parameter (rank 0):
+                          what a resume on another world size loads (cmgl_dist/engine/universal.py)
         COMPLETE          written last, after every rank finished: the world size and the
                           sha256 of every other file in the folder
     latest                the name of the newest complete checkpoint
@@ -14,6 +16,12 @@ DeepSpeed's own `latest` file is disabled (save_latest=False): ours is replaced 
 leaves `latest` on the previous checkpoint. A resume checks every file against COMPLETE's
 checksums; a checkpoint that fails (a file changed, truncated or missing) is passed over, with a
 warning, for the newest older one that passes. Client state is JSON, never pickled.
+
+A resume on the world size that wrote the checkpoint loads DeepSpeed's files; on another world
+size it loads the consolidated copy (universal.*), resharded exactly, and continues the data at
+the same global position (`TrainState.data_samples`: the global order of cmgl_dist/data/order.py
+makes that position mean the same samples at any world size). Ranks that did not exist when it
+was written start their RNG from (seed, rank, step) instead of a saved state.
 
 `data_fingerprint` (client.json `data`) is the content fingerprint of the packs the run trains on
 (`shards_fingerprint` of each source, see cmgl_dist.data.shardlist): a resume compares it with the
@@ -41,6 +49,7 @@ import torch.distributed as dist
 
 from cmgl_dist.atomic import write_text_atomic
 from cmgl_dist.engine.schedule import apply_current_schedule
+from cmgl_dist.engine.universal import load_consolidated, save_consolidated
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,7 @@ class TrainState:
     samples_seen: int = 0
     data_epoch: int = 0
     data_batch: int = 0           # batches of `data_epoch` each rank has consumed
+    data_samples: Optional[int] = None  # samples of `data_epoch` consumed over all ranks (None: not recorded)
     nonfinite_skipped: int = 0    # micro batches dropped for a non-finite loss
     samples_skipped: int = 0      # samples the loader dropped (unreadable), summed over ranks
 
@@ -197,6 +207,7 @@ class Checkpointer:
         self.root.mkdir(parents=True, exist_ok=True)
         dist.barrier()
         engine.save_checkpoint(str(self.root), tag=tag, save_latest=False)
+        save_consolidated(engine, folder)
         write_text_atomic(folder / f"rank_{self.rank:05d}.json", json.dumps(capture_rng()))
         if self.rank == 0:
             client = {"state": dataclasses.asdict(state), "config": resolved_config, "data": self.data}
@@ -222,20 +233,39 @@ class Checkpointer:
         if not (folder / COMPLETE).is_file():
             raise RuntimeError(f"{folder} is not a complete checkpoint (no {COMPLETE} marker)")
         saved_world = read_complete(folder)["world_size"]
-        if saved_world != dist.get_world_size():
-            raise RuntimeError(
-                f"{folder} was written by {saved_world} ranks, this run has {dist.get_world_size()}: "
-                "exact resume needs the same world size (the data position is per rank)")
-        with weights_only_loads():
-            load_path, _ = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,
-                                                  load_lr_scheduler_states=True, custom_load_fn=load_module_state)
-        if load_path is None:
-            raise RuntimeError(f"DeepSpeed could not load {folder}")
+        if saved_world == dist.get_world_size():
+            with weights_only_loads():
+                load_path, _ = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,
+                                                      load_lr_scheduler_states=True, custom_load_fn=load_module_state)
+            if load_path is None:
+                raise RuntimeError(f"DeepSpeed could not load {folder}")
+        elif resharding_problem(folder) is None:
+            load_consolidated(engine, folder)
+            log.info("%s was written by %d ranks: its consolidated state was resharded onto %d", folder, saved_world,
+                     dist.get_world_size())
+        else:
+            raise RuntimeError(f"{folder} was written by {saved_world} ranks, this run has {dist.get_world_size()}: "
+                               f"{resharding_problem(folder)}")
         if engine.lr_scheduler is not None:
             apply_current_schedule(engine.lr_scheduler)  # this run's train.steps from the first step on
         client = json.loads((folder / "client.json").read_text())
-        restore_rng(json.loads((folder / f"rank_{self.rank:05d}.json").read_text()))
-        return TrainState(**client["state"])
+        rng = folder / f"rank_{self.rank:05d}.json"
+        state = TrainState(**client["state"])
+        if rng.is_file():
+            restore_rng(json.loads(rng.read_text()))
+        else:  # a rank the saving run did not have
+            seed_all(client["config"]["train"]["seed"] + self.rank + state.step)
+        return state
+
+
+def resharding_problem(folder: Path) -> Optional[str]:
+    """Why `folder` cannot be loaded on another world size, or None."""
+    from cmgl_dist.engine.universal import META, TENSORS
+
+    if not (folder / TENSORS).is_file() or not (folder / META).is_file():
+        return (f"it holds no consolidated state ({TENSORS}: written since resuming on another world size "
+                "became possible), so it resumes only on the world size that wrote it")
+    return None
 
 
 # Module entries a checkpoint may lack: the text encoder's unused, frozen pooler, which the model
@@ -307,6 +337,12 @@ def _bytes(t: torch.Tensor) -> str:
 
 def _tensor(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def capture_rng() -> dict:

@@ -17,7 +17,7 @@ def deepspeed_config(cfg: CMGLConfig, *, world_size: int, cuda: bool) -> dict:
     ds = {
         "train_micro_batch_size_per_gpu": train.micro_batch,
         "gradient_accumulation_steps": train.grad_accum,
-        "train_batch_size": train.global_batch(world_size),
+        "train_batch_size": train.samples_per_step(world_size),
         "gradient_clipping": train.grad_clip,
         "steps_per_print": _NEVER,
         "zero_optimization": _zero_section(zero.stage, zero.offload_optimizer, zero.offload_params, cuda),

@@ -8,11 +8,18 @@ and gloo is named explicitly because the CPU accelerator otherwise prefers oneCC
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import socket
 from dataclasses import dataclass
 
 import torch
+
+log = logging.getLogger(__name__)
+
+
+class JoinError(RuntimeError):
+    """This rank could not join the process group (a peer unreachable or gone); one line says where."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed(timeout_minutes: int = 30) -> World:
+def advertised_address() -> str:
+    """The address gloo tells its peers to connect to: the host name's, unless GLOO_SOCKET_IFNAME names an
+    interface. A host name that resolves to an address peers cannot reach is the usual cause of a join
+    that hangs, so it is logged before joining."""
+    if os.environ.get("GLOO_SOCKET_IFNAME"):
+        return f"interface {os.environ['GLOO_SOCKET_IFNAME']}"
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError as err:
+        return f"unresolvable ({err})"
+
+
+def init_distributed(timeout_s: float = 600) -> World:
     cuda = torch.cuda.is_available()
     if not cuda:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -60,8 +79,20 @@ def init_distributed(timeout_minutes: int = 30) -> World:
 
     if not cuda:
         _skip_shm_allreduce_build()
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo",
-                               timeout=dt.timedelta(minutes=timeout_minutes))
+    backend = "nccl" if cuda else "gloo"
+    store = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    # Every rank says where it waits, before it waits: the other ranks log warnings only (logs.py), and
+    # this line is what tells a hung join's address and port.
+    log.log(logging.INFO if layout["rank"] == 0 else logging.WARNING,
+            "rank %d of %d on %s joins the process group: store %s, %s, this rank advertises %s, timeout %gs",
+            layout["rank"], layout["world_size"], socket.gethostname(), store, backend, advertised_address(), timeout_s)
+    try:
+        deepspeed.init_distributed(dist_backend=backend, timeout=dt.timedelta(seconds=timeout_s))
+    except (RuntimeError, OSError, TimeoutError) as err:  # DistError and gloo's errors are RuntimeErrors
+        reason = " ".join(str(err).split())[:300]
+        raise JoinError(f"rank {layout['rank']} on {socket.gethostname()} ({advertised_address()}) could not join "
+                        f"the process group of {layout['world_size']} at store {store} within {timeout_s:g}s: "
+                        f"{reason}") from None
     return World(device=device, **layout)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -22,6 +22,7 @@ from cmgl_dist.engine.checkpoint import Checkpointer, TrainState, tag_for
 from cmgl_dist.engine.distributed import World
 from cmgl_dist.engine.metrics import LOSS_PARTS, MetricsProcessor
 from cmgl_dist.engine.nonfinite import NonFiniteGuard
+from cmgl_dist.engine.sample_log import SampleLog
 from cmgl_dist.host_reads import check_texts_have_words, device_paths_forced, words_checked_on_host
 from cmgl_dist.phases import phase
 
@@ -61,7 +62,7 @@ class Trainer:
     """Runs optimizer steps and reports their events to a MetricsProcessor (which owns the counters)."""
 
     def __init__(self, cfg: CMGLConfig, world: World, engine, loss_fn, checkpointer: Checkpointer,
-                 metrics: MetricsProcessor, resolved_config: dict):
+                 metrics: MetricsProcessor, resolved_config: dict, samples: Optional[SampleLog] = None):
         self.cfg = cfg
         self.world = world
         self.engine = engine
@@ -69,6 +70,7 @@ class Trainer:
         self.checkpointer = checkpointer
         self.metrics = metrics
         self.resolved_config = resolved_config
+        self.samples = samples  # train.record_samples: the keys of every step
         self.guard = NonFiniteGuard(engine.module, world.device)
         self.channels_last = (world.cuda or device_paths_forced()) and cfg.train.channels_last
 
@@ -90,6 +92,7 @@ class Trainer:
 
     def step(self, batches: Batches, state: TrainState) -> None:
         """grad_accum micro batches -> one optimizer step."""
+        keys = []
         for _ in range(self.cfg.train.grad_accum):
             with phase("data_wait"):
                 waited = time.perf_counter()
@@ -97,15 +100,19 @@ class Trainer:
                 self.metrics.data_waited(time.perf_counter() - waited)
             # Checks that need values read the collated batch, still in host memory.
             check_texts_have_words(batch["word_mask"], batch.get("keys"), on_host=True)
+            keys += batch.get("keys", [])
             with phase("host_to_device"):
                 on_device = to_device(batch, self.world.device, self.channels_last)
             self.micro_step(on_device, batch.get("skipped", 0))
             with phase("optimizer_step"):
                 self.engine.step()
             state.data_epoch, state.data_batch = epoch, position
+            state.data_samples = position * self.world.world_size * self.cfg.train.micro_batch
         state.step += 1
         state.samples_seen += self.metrics.global_batch
         self.metrics.step_done(self.engine.get_global_grad_norm())
+        if self.samples is not None:
+            self.samples.record(state.step, keys)
 
     def micro_step(self, on_device: dict, skipped: int) -> None:
         """Forward, loss, the guard's all-reduce and backward of one micro batch: no host read."""

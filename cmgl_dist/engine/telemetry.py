@@ -22,6 +22,23 @@ from cmgl_dist.atomic import write_text_atomic
 log = logging.getLogger(__name__)
 
 
+def truncate_jsonl_after(path: Path, step: int) -> None:
+    """Keep only the records of `path` (JSON lines with a "step") up to `step`: a resumed run rewrites
+    what came after its checkpoint. A line a kill cut short (not JSON, or without a step) is dropped
+    with a warning."""
+    if not path.exists():
+        return
+    kept = []
+    for raw in path.read_bytes().splitlines():
+        line = raw.decode("utf-8", "replace")  # invalid UTF-8 (a torn or foreign line) is not JSON below
+        record = _record_or_none(line) if "\ufffd" not in line else None
+        if record is None and line.strip():
+            log.warning("%s: dropping a torn line from an interrupted run: %r", path, line[:80])
+        elif record is not None and record["step"] <= step:
+            kept.append(line)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
 class Telemetry:
     def __init__(self, run_dir: Path, *, rank: int, start_step: int, total_steps: int, tensorboard: bool):
         self.active = rank == 0
@@ -42,20 +59,7 @@ class Telemetry:
         self.file = open(self.path, "a")
 
     def _truncate_after(self, step: int) -> None:
-        """Keep only records up to `step`: a resumed run rewrites what came after its checkpoint.
-
-        A line a kill cut short (not JSON, or without a step) is dropped with a warning."""
-        if not self.path.exists():
-            return
-        kept = []
-        for raw in self.path.read_bytes().splitlines():
-            line = raw.decode("utf-8", "replace")  # invalid UTF-8 (a torn or foreign line) is not JSON below
-            record = _record_or_none(line) if "\ufffd" not in line else None
-            if record is None and line.strip():
-                log.warning("%s: dropping a torn line from an interrupted run: %r", self.path, line[:80])
-            elif record is not None and record["step"] <= step:
-                kept.append(line)
-        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
+        truncate_jsonl_after(self.path, step)
 
     def advance(self) -> None:
         if self.bar is not None:
