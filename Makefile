@@ -71,4 +71,4 @@ gpu-check-box:
 		PY=$(GPU_BOX_PYTHON) bash benchmarks/gpu_check.sh
 
 gpu-box-sim: $(STAMP)
-	$(VENV)/bin/pytest -p no:cacheprovider tests/test_gpu_box_sim.py --run-box-sim $(PYTEST_ARGS)
+	CMGL_BOX_SIM=1 $(VENV)/bin/pytest -p no:cacheprovider tests/test_gpu_box_sim.py $(PYTEST_ARGS)

@@ -30,7 +30,7 @@ OUTPUTS = ("COMMIT", "gpu_check.log", "tests.log", "kernel_compile_sm90.csv", "l
            "e2e_throughput.csv", "step_breakdown.csv", "logs.tar.gz")
 WHEELS_MAX = 64 * 2**20
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("CMGL_BOX_SIM") != "1",
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600), pytest.mark.skipif(os.environ.get("CMGL_BOX_SIM") != "1",
                                                    reason="the offline GPU machine simulation: make gpu-box-sim")]
 
 

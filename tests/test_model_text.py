@@ -113,13 +113,13 @@ def test_a_tokenizer_that_is_not_its_models_is_refused(tmp_path):
     from transformers import BertModel, BertTokenizerFast
 
     from cmgl_dist.bench.random_bert import build_random_bert
-    from cmgl_dist.model.text_backbone import check_vocabulary, embedding_rows
+    from cmgl_dist.model.text_backbone import TINY_BERT_SHAPE, check_vocabulary, embedding_rows
 
     vocab = Path(minilm_path()) / "vocab.txt"
     assert check_vocabulary(BertTokenizerFast(vocab=str(vocab)), 30522, "vocab=") == 30522
     with pytest.raises(ValueError, match="5 tokens but the model's embedding has 30522 rows"):
         check_vocabulary(BertTokenizerFast(vocab_file=str(vocab)), 30522, "vocab_file=")
-    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    tiny = TINY_BERT_SHAPE
     assert build_random_bert(vocab, tmp_path / "bert", shape=tiny) == 30522
     with pytest.raises(ValueError, match="30522 tokens, expected 30000"):
         build_random_bert(vocab, tmp_path / "other", expected=30000, shape=tiny)

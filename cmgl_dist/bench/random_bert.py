@@ -1,8 +1,9 @@
 """A BERT-base folder from random weights and a vocab.txt, for timing the GLoRIA recipe offline.
 
-    python -m cmgl_dist.bench.random_bert --vocab VOCAB.txt OUT
+    python -m cmgl_dist.bench.random_bert --vocab VOCAB.txt OUT [--tiny]
     -> OUT/ (tokenizer + BertModel, save_pretrained), a folder for `model.text_encoder`;
-       prints `text encoder vocabulary: N`
+       prints `text encoder vocabulary: N`. --tiny: the tests' tiny BERT shape with the same
+       vocabulary (a CPU run of the check trains that one; it still builds and checks BERT-base)
 
 The GPU checks (benchmarks/gpu_check.sh, gpu_stage_local.sh) time the recipe without downloading
 weights: the encoder's speed does not depend on its values, only on its shape, and BERT-base's
@@ -44,13 +45,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder to write")
     parser.add_argument("--vocab", required=True, type=Path, help="a BERT vocab.txt (one piece per line)")
+    parser.add_argument("--tiny", action="store_true", help="the tiny shape (TINY_BERT_SHAPE), not BERT-base's")
     args = parser.parse_args(argv)
     try:
-        size = build_random_bert(args.vocab, args.out)
+        from cmgl_dist.model.text_backbone import TINY_BERT_SHAPE
+
+        size = build_random_bert(args.vocab, args.out, shape=TINY_BERT_SHAPE if args.tiny else None)
     except (OSError, ValueError) as err:
         print(f"random_bert: {err}")
         return 1
-    print(f"text encoder vocabulary: {size}")
+    print(f"{'tiny ' if args.tiny else ''}text encoder vocabulary: {size}")
     return 0
 
 

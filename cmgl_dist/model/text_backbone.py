@@ -85,10 +85,13 @@ def load_text_backbone(name: str) -> tuple[nn.Module, object]:
     return transformer, tokenizer
 
 
+# Four layers, so the default text_last_layers=4 runs unchanged.
+TINY_BERT_SHAPE = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                       max_position_embeddings=512)
+
+
 def _tiny_bert(vocab_size: int) -> BertModel:
-    """Four layers, so the default text_last_layers=4 runs unchanged."""
-    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512)
+    config = BertConfig(vocab_size=vocab_size, **TINY_BERT_SHAPE)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_BERT_SEED)
         model = BertModel(config, add_pooling_layer=False)
