@@ -69,11 +69,13 @@ def box_python(folder: Path) -> Path:
 def test_the_check_runs_on_a_simulated_offline_gpu_machine(tmp_path):
     assert shutil.which("unshare"), "unshare (util-linux) is needed for a namespace without network"
     python = box_python(tmp_path / "box")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env.update(HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path), PATH=f"{python.parent}:{env['PATH']}")
     probe = subprocess.run([str(python), "-c", "import torch, triton, torchvision, transformers, pynvml\n"
                             "for name in ('deepspeed', 'webdataset', 'cmgl_dist', 'pytest', 'ray', 'matplotlib'):\n"
                             "    try: __import__(name)\n    except ImportError: pass\n"
                             "    else: raise SystemExit(name + ' is importable')"],
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert probe.returncode == 0, probe.stderr[-2000:]
     wheels, out = tmp_path / "whl", tmp_path / "out"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -82,8 +84,6 @@ def test_the_check_runs_on_a_simulated_offline_gpu_machine(tmp_path):
     size = sum(f.stat().st_size for f in wheels.rglob("*") if f.is_file())
     assert size <= WHEELS_MAX and not list(wheels.glob("ray-*"))
 
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update(HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path), PATH=f"{python.parent}:{env['PATH']}")
     make = (f"make -C {ROOT} gpu-check-box DRY=1 GPU_WHEELS={wheels} GPU_SITE={tmp_path / 'site'} "
             f"OUT={out} GPU_BOX_PYTHON={python}")
     done = subprocess.run(["unshare", "-n", "sh", "-c", f"ip link set lo up && {make}"], env=env,
