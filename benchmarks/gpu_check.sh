@@ -118,7 +118,9 @@ bench() {  # bench T PROVIDER MODES...: one provider under its own limit, bf16, 
         --csv "$WORK/local_similarity.csv" --providers "$provider" --modes "$@" "${args[@]}" \
         > "$WORK/logs/bench${T}_$provider.log" 2>&1
     local rc=$?
-    log "bench $T $provider rc=$rc: $(grep -E ' p50 ' "$WORK/logs/bench${T}_$provider.log" | sed 's/.*INFO[^ ]* *//' | paste -sd ';')"
+    local timings
+    timings=$(grep -E ' p50 ' "$WORK/logs/bench${T}_$provider.log" | cut -d' ' -f3- | tr -s ' ' | paste -sd ';')
+    log "bench $T $provider rc=$rc: ${timings:-$(tail -n 1 "$WORK/logs/bench${T}_$provider.log" | cut -d' ' -f3-)}"
     return $rc
 }
 
