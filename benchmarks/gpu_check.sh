@@ -35,12 +35,14 @@ DRY=${DRY:-0}
 WHEELS=${WHEELS:-}
 SITE=${SITE:-$ROOT/.gpu_site}
 STAGES=${STAGES:-"setup tests compile bench128 bench512 e2e_setup e2e step"}
-# Limits (s), at most: 45 + 60 + 35 + 6 x 20 + 3 x 15 + 45 + 3 x 55 + 55 = 570. DRY=1 runs on a
-# CPU, where torch.compile's C++ builds and the engine's start take minutes: limits of their own.
+# Limits (s), at most: 30 + 45 + 30 + 170 (bench 128) + 55 (512) + 2 x 25 + 3 x 50 + 45 = 575, under
+# the 10 minutes of one call. torch.compile's forms get the longest benchmark limits: they compile
+# cold. DRY=1 runs on a CPU, where torch.compile's C++ builds take minutes: limits of their own.
 dry() { [ "$DRY" = 1 ] && echo "$1" || echo "$2"; }  # dry DRY_VALUE GPU_VALUE
-SETUP_S=${SETUP_S:-$(dry 120 45)} TESTS_S=${TESTS_S:-$(dry 240 60)} COMPILE_S=${COMPILE_S:-$(dry 240 35)}
-BENCH128_S=${BENCH128_S:-$(dry 300 20)} BENCH512_S=${BENCH512_S:-$(dry 300 15)} E2E_SETUP_S=${E2E_SETUP_S:-$(dry 120 45)}
-STEP_BENCH_S=${STEP_BENCH_S:-$(dry 240 55)} E2E_S=${E2E_S:-$(dry 240 55)}
+SETUP_S=${SETUP_S:-$(dry 120 30)} TESTS_S=${TESTS_S:-$(dry 240 45)} COMPILE_S=${COMPILE_S:-$(dry 240 30)}
+E2E_SETUP_S=${E2E_SETUP_S:-$(dry 120 25)} STEP_BENCH_S=${STEP_BENCH_S:-$(dry 240 45)} E2E_S=${E2E_S:-$(dry 240 50)}
+declare -A BENCH_S=([128_loop]=15 [128_reference]=15 [128_compile_vectorised]=50 [128_compiled]=35
+                    [128_auto]=30 [128_triton]=25 [512_triton]=15 [512_auto]=20 [512_compiled]=20)
 E2E_BACKENDS=${E2E_BACKENDS:-$(dry reference "global_only reference triton")}
 WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")}
 TEXT_ENCODER=$WORK/$(dry bert_tiny_random bert_base_random)  # the one the training stages use
@@ -110,7 +112,7 @@ stage_compile() {  # registers, spills and MMA of every kernel (bf16, fp16) with
 
 bench() {  # bench T PROVIDER MODES...: one provider under its own limit, bf16, rows to local_similarity.csv
     local T=$1 provider=$2 limit; shift 2
-    limit=$([ "$T" = 512 ] && echo "$BENCH512_S" || echo "$BENCH128_S")
+    limit=$(dry 300 "${BENCH_S[${T}_$provider]}")
     local args=(--batches "$T" --reps "$([ "$T" = 512 ] && echo 3 || echo 5)")
     # DRY: tiny shapes and one mode (torch.compile's C++ build of each mode takes minutes on a CPU)
     [ "$DRY" = 1 ] && args=(--batches 4 --reps 2 --words 12 --regions 16 --dim 32) && set -- "$1"
