@@ -56,6 +56,9 @@ limited() { local limit=$1; shift; timeout -k 10 "$limit" "$@"; }
 # the PyPI package `kernels` that transformers probes for (and its cmgl_dist lacks kernels/).
 export PYTHONSAFEPATH=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# DeepSpeed reads TORCH_CUDA_ARCH_LIST as numbers before any op it JIT-builds: "9.0a" (set by some
+# CUDA images) stops it with a ValueError, "9.0" builds the same code for Hopper.
+[ "${TORCH_CUDA_ARCH_LIST:-}" = 9.0a ] && export TORCH_CUDA_ARCH_LIST=9.0
 # The commit: git's, else the one `make gpu-wheels` recorded beside the wheels (a copied tree).
 if [ -z "${CMGL_COMMIT:-}" ] && [ -n "$WHEELS" ] && [ -f "$WHEELS/COMMIT" ]; then
     export CMGL_COMMIT=$(cat "$WHEELS/COMMIT")
