@@ -5,8 +5,11 @@
 #   make lock   re-resolve requirements.lock from setup.py with pip-tools (in ./.venv-lock), keeping
 #               the pins that still fit; LOCK_ARGS=--upgrade (or "-P PACKAGE") moves them on
 #   make eval-nih  external evaluation of a trained export (EXPORT=...) on the 354 real NIH images
-#   make gpu-check the GPU check into OUT (default gpu_check_out/); OFFLINE=WHEELS installs from wheels;
-#                  DRY=1 runs every stage tiny on a CPU (benchmarks/gpu_check.sh)
+#   make gpu-check the GPU check into OUT (default gpu_check_out/) with the venv; DRY=1 runs every
+#                  stage tiny on a CPU (benchmarks/gpu_check.sh)
+#   make gpu-wheels    (with the package index) the wheels and input files the offline GPU machine lacks, into .whl/
+#   make gpu-check-box the GPU check on a GPU machine without network: its own python3 and .whl/, no venv
+#   make gpu-box-sim   that machine simulated on this one (tests/test_gpu_box_sim.py; needs the index and unshare)
 # Run pytest as `pytest`, not `python -m pytest`: the latter puts the repo root on sys.path,
 # where the folder kernels/ would shadow the PyPI package `kernels` that transformers probes for.
 PYTHON ?= python3
@@ -18,16 +21,14 @@ PIP_TOOLS ?= pip-tools==7.6.2
 
 NIH_IMAGES ?= ../shared/data/real-cxr/nih-cxr14-reproduce-chexnet
 EXPORT     ?= outputs/run/export
-# OFFLINE=DIR: install from the wheels in DIR (`pip download -d DIR -c requirements.lock -e '.[offline,test]'`), no index
-PIP_SOURCE := $(if $(OFFLINE),--no-index --find-links $(OFFLINE))
 
-.PHONY: main test install lock eval-nih gpu-check
+.PHONY: main test install lock eval-nih gpu-check gpu-wheels gpu-check-box gpu-box-sim
 install: $(STAMP)
 
 $(STAMP): setup.py $(LOCK)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q $(PIP_SOURCE) --upgrade pip setuptools wheel
-	$(VENV)/bin/python -m pip install -q $(PIP_SOURCE) -c $(LOCK) -e '.[offline,test]'
+	$(VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel
+	$(VENV)/bin/python -m pip install -q -c $(LOCK) -e '.[offline,test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 # The lock is resolved for this machine's platform and Python (Linux x86_64, CPython 3.11 here);
@@ -56,4 +57,35 @@ eval-nih: $(STAMP)
 
 OUT ?= gpu_check_out
 gpu-check: $(STAMP)
-	$(VENV)/bin/cmgl bench gpu --out $(OUT) $(if $(OFFLINE),--offline $(OFFLINE)) $(if $(filter 1,$(DRY)),--dry)
+	$(VENV)/bin/cmgl bench gpu --out $(OUT) --source $(CURDIR) $(if $(filter 1,$(DRY)),--dry)
+
+# The offline GPU machine has Python $(GPU_PYTHON) with torch, triton, torchvision, transformers and
+# nvidia-ml-py (and their dependencies), no network, and room for 64 MiB beside the repository:
+# `make gpu-wheels` fills GPU_WHEELS with the pinned wheels of benchmarks/gpu_wheels*.txt (what the
+# check needs beyond that set; no Ray: too big, and no stage needs it), the three input files
+# (inputs/) and the commit (COMMIT), and fails when the folder exceeds the room.
+GPU_WHEELS ?= .whl
+GPU_SITE   ?= .gpu_site
+GPU_PYTHON ?= 3.12
+GPU_BOX_PYTHON ?= python3
+GPU_WHEELS_MAX_MB ?= 64
+gpu-wheels: $(STAMP)
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(VENV)/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d $(GPU_WHEELS) -r benchmarks/gpu_wheels.txt
+	$(VENV)/bin/python -m pip wheel -q --no-deps --no-build-isolation -w $(GPU_WHEELS) -r benchmarks/gpu_wheels_built.txt
+	$(VENV)/bin/python -P benchmarks/gpu_inputs.py collect $(GPU_WHEELS)/inputs
+	$(VENV)/bin/python -P -c 'from cmgl_dist.bench.harness import git_commit; print(git_commit())' > $(GPU_WHEELS)/COMMIT
+	@size=$$(du -sb $(GPU_WHEELS) | cut -f1); echo "$(GPU_WHEELS): $$size bytes"; \
+		test $$size -le $$(($(GPU_WHEELS_MAX_MB) * 1048576)) || { echo "$(GPU_WHEELS) exceeds $(GPU_WHEELS_MAX_MB) MiB"; exit 1; }
+
+# No venv and nothing from the network: the wheels go into GPU_SITE (pip --no-index --no-deps
+# --target), the project on the path as setup.py maps it; the same stages as gpu-check.
+gpu-check-box:
+	@test -d $(GPU_WHEELS) || { echo "no $(GPU_WHEELS)/: run make gpu-wheels where the package index is reachable"; exit 2; }
+	WHEELS=$(abspath $(GPU_WHEELS)) SITE=$(abspath $(GPU_SITE)) OUT=$(OUT) DRY=$(if $(filter 1,$(DRY)),1,0) \
+		PY=$(GPU_BOX_PYTHON) bash benchmarks/gpu_check.sh
+
+gpu-box-sim: $(STAMP)
+	CMGL_BOX_SIM=1 $(VENV)/bin/pytest -p no:cacheprovider tests/test_gpu_box_sim.py $(PYTEST_ARGS)

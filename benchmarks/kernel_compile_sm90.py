@@ -10,6 +10,7 @@ per kernel and dtype goes to benchmarks/results/kernel_compile_sm90.csv.
 
 Run it with TRITON_INTERPRET unset (the interpreter compiles nothing):
     python benchmarks/kernel_compile_sm90.py --dtypes bf16 [--capability 80] [--csv PATH | --no-csv]
+    python benchmarks/kernel_compile_sm90.py --summary PATH   # one line: registers/spills per kernel
 """
 from __future__ import annotations
 
@@ -98,6 +99,18 @@ def compile_rows(dtype: str, params: dict | None = None, capability: int = 90) -
     return rows
 
 
+def summary_line(csv_path: Path) -> str:
+    """`triton X: kernel dtype registers/spill-store bytes; ...` of a CSV's latest rows."""
+    from cmgl_dist.bench.harness import current_rows, pivot, read_rows
+
+    if not csv_path.is_file():
+        return f"{csv_path}: no rows"
+    rows = pivot(current_rows(read_rows(csv_path)), "kernel_compile_sm90")
+    versions = sorted({str(row["triton"]) for row in rows})
+    return f"triton {','.join(versions)}: " + "; ".join(
+        f"{row['kernel']} {row['dtype']} {row['registers']:g} regs, {row['spill_store_bytes']:g} B spilled" for row in rows)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtypes", nargs="+", default=["bf16"], choices=["bf16", "fp16", "fp32"])
@@ -107,7 +120,11 @@ def main(argv=None):
     parser.add_argument("--capability", type=int, default=90, choices=[80, 90],
                         help="compute capability: 90 (H100/H200, sm_90a) or 80 (A100, sm_80)")
     parser.add_argument("--no-csv", action="store_true", help="print the rows as JSON only")
+    parser.add_argument("--summary", type=Path, help="print one line of a CSV's rows (the GPU check's log) and stop")
     args = parser.parse_args(argv)
+    if args.summary is not None:
+        print(summary_line(args.summary))
+        return
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("unset TRITON_INTERPRET: the interpreter compiles nothing")
     rows = [row for dtype in args.dtypes for row in compile_rows(dtype, args.config, args.capability)]

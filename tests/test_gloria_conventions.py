@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 from gloria_oracle import get_local_similarities, local_similarities, ragged_batch, zero_shot_classification
-from transformers import AutoTokenizer
 
 from cmgl_dist.config import load_config
 from cmgl_dist.data.text import tokenize_texts
@@ -14,12 +13,12 @@ from cmgl_dist.evaluate.zero_shot import class_scores, encode_texts, zero_shot_s
 from cmgl_dist.losses import local_similarity_reference
 from cmgl_dist.losses.similarity import local_similarity
 from cmgl_dist.model.cmgl_model import build_model
-from cmgl_dist.model.text_backbone import minilm_path
+from cmgl_dist.model.text_backbone import minilm_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    return minilm_tokenizer()
 
 
 def test_cmgl_words_leave_out_cls_and_sep(tokenizer):

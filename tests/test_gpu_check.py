@@ -34,3 +34,34 @@ def test_e2e_summary_skips_the_first_window_and_a_torn_line(tmp_path):
     assert got["run"] == "triton" and got["rc"] == "124" and got["windows"] == 4 and got["last_step"] == 20
     assert float(got["samples_per_s_p50"]) == 900.0 and float(got["samples_per_s_max"]) == 1000.0
     assert float(got["peak_mem_mb"]) == 104.0
+
+
+def test_e2e_summary_reports_start_up_apart_from_the_steady_windows(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    windows = [dict(step=5 * k, samples_per_s=640.0, step_time_s=0.2) for k in range(1, 5)]
+    metrics.write_text("\n".join(json.dumps(w) for w in windows) + "\n")
+    row = e2e_summary.summary_row("reference", e2e_summary.read_windows(metrics), 124, wall_s=40.0)
+    assert row["steady_s"] == 3.0 and row["startup_s"] == 37.0  # 3 windows x 5 steps x 0.2 s
+
+
+def test_the_verdict_judges_every_figure_and_never_passes_a_missing_one(tmp_path):
+    from cmgl_dist.bench.harness import record_results
+
+    _spec = importlib.util.spec_from_file_location("gpu_verdict", ROOT / "benchmarks" / "gpu_verdict.py")
+    gpu_verdict = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(gpu_verdict)
+    line = gpu_verdict.verdict_line(tmp_path)
+    assert line.count(": missing") == 5
+    kernel = tmp_path / "local_similarity.csv"
+    for provider, T, ms, mb in (("triton", 128, 9.0, 300.0), ("compile_vectorised", 128, 23.0, 7000.0),
+                                ("triton", 512, 140.0, 5000.0)):
+        record_results(kernel, "local_similarity", dict(T=T, I=T, dtype="bf16", provider=provider, mode="fwdbwd",
+                                                        status="ok"), dict(p50_ms=ms, peak_extra_mb=mb))
+    e2e = tmp_path / "e2e_throughput.csv"
+    for run, rate in (("triton", 1200.0), ("global_only", 1250.0)):
+        record_results(e2e, "e2e_throughput", dict(run=run, rc=124), dict(samples_per_s_p50=rate))
+    judged = dict((name, met) for name, _, _, met in gpu_verdict.judgements(tmp_path))
+    assert judged == {"triton fwd+bwd T=I=128 bf16 ms": True, "triton / compile_vectorised": True,
+                      "triton extra memory T=I=512 GiB": False, "e2e triton samples/s": True,
+                      "e2e global_only samples/s": False}
+    assert "triton extra memory T=I=512 GiB 4.88 (<= 4): NOT met" in gpu_verdict.verdict_line(tmp_path)

@@ -103,3 +103,30 @@ def test_settings_beyond_the_layer_count_fail(field, value):
     with pytest.raises(ValueError, match=field):
         build_model(ModelConfig(image_encoder="tiny_cnn", image_pretrained=False, text_encoder="tiny",
                                 **{field: value}))
+
+
+def test_a_tokenizer_that_is_not_its_models_is_refused(tmp_path):
+    """transformers 5.x ignores `vocab_file=` and builds a 5-token tokenizer: the vocabulary check
+    refuses it, in a folder as in load_text_backbone, and the random BERT builder uses `vocab=`."""
+    from pathlib import Path
+
+    from transformers import BertModel, BertTokenizerFast
+
+    from cmgl_dist.bench.random_bert import build_random_bert
+    from cmgl_dist.model.text_backbone import TINY_BERT_SHAPE, check_vocabulary, embedding_rows
+
+    vocab = Path(minilm_path()) / "vocab.txt"
+    assert check_vocabulary(BertTokenizerFast(vocab=str(vocab)), 30522, "vocab=") == 30522
+    with pytest.raises(ValueError, match="5 tokens but the model's embedding has 30522 rows"):
+        check_vocabulary(BertTokenizerFast(vocab_file=str(vocab)), 30522, "vocab_file=")
+    tiny = TINY_BERT_SHAPE
+    assert build_random_bert(vocab, tmp_path / "bert", shape=tiny) == 30522
+    with pytest.raises(ValueError, match="30522 tokens, expected 30000"):
+        build_random_bert(vocab, tmp_path / "other", expected=30000, shape=tiny)
+    # A folder whose model's embedding is not its tokenizer's: refused where training loads it.
+    grown = BertModel.from_pretrained(str(tmp_path / "bert"))
+    grown.resize_token_embeddings(30530)
+    grown.save_pretrained(str(tmp_path / "bert"))
+    with pytest.raises(ValueError, match="30522 tokens but the model's embedding has 30530 rows"):
+        load_text_backbone(str(tmp_path / "bert"))
+    assert embedding_rows(load_text_backbone("tiny")[0]) == 30522

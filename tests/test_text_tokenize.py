@@ -2,10 +2,9 @@
 import re
 
 import pytest
-from transformers import AutoTokenizer
 
 from cmgl_dist.data.text import tokenize_texts
-from cmgl_dist.model.text_backbone import minilm_path
+from cmgl_dist.model.text_backbone import minilm_tokenizer
 
 REPORT_LIKE_TEXTS = [
     "Mild cardiomegaly. No pleural effusion or pneumothorax.",
@@ -17,7 +16,7 @@ REPORT_LIKE_TEXTS = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    return minilm_tokenizer()
 
 
 def test_pieces_of_one_word_share_its_index(tokenizer):

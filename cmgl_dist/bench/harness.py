@@ -51,7 +51,14 @@ def machine_name() -> str:
 
 
 def git_commit(repo: str | os.PathLike | None = None) -> str:
+    """The short commit (with -dirty); where the code is a copy without git, CMGL_COMMIT (which
+    the GPU check sets from the commit recorded beside its wheels), else "unknown"."""
     repo = repo or Path(__file__).resolve().parent.parent
+    sha = _git_commit(repo)
+    return (os.environ.get("CMGL_COMMIT") or sha) if sha == "unknown" else sha
+
+
+def _git_commit(repo) -> str:
     try:
         out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=10)

@@ -226,7 +226,6 @@ def exchange_summary(cfg, p50: dict[str, float], per_rank: list[dict]) -> dict:
 
 def write_results(args, cfg, world, per_rank: list[dict]) -> None:
     from cmgl_dist.atomic import write_text_atomic
-    from cmgl_dist.bench.plots import stacked_breakdown
 
     p50 = summarise(per_rank)
     rows = breakdown_rows(p50)
@@ -255,12 +254,19 @@ def write_results(args, cfg, world, per_rank: list[dict]) -> None:
         "samples_per_s": round(summary["samples_per_s"], 3),
         "peak_mem_mb_rank0": round(per_rank[0]["peak_mem_mb"], 1),
         "comm_bytes_per_step_rank0": per_rank[0]["comm_bytes_per_step"]})
-    stacked_breakdown(per_rank, rows, args.out / "step_breakdown.png",
-                      title=f"{Path(args.config).stem}: {world.world_size} x {summary['device']}, "
-                            f"micro-batch {cfg.train.micro_batch}, ZeRO {cfg.zero.stage}")
+    # The figure last and only where matplotlib is installed (not on every GPU machine): the
+    # CSVs above are the results, the PNG a view of them.
+    try:
+        from cmgl_dist.bench.plots import stacked_breakdown
+    except ImportError as err:
+        print(f"no step_breakdown.png: {err}")
+    else:
+        stacked_breakdown(per_rank, rows, args.out / "step_breakdown.png",
+                          title=f"{Path(args.config).stem}: {world.world_size} x {summary['device']}, "
+                                f"micro-batch {cfg.train.micro_batch}, ZeRO {cfg.zero.stage}")
     for name, ms, share in rows:
         print(f"{name:<20} {ms:10.2f} ms  {share:6.1%}")
     print(f"loss exchange ({cfg.loss.local_exchange}): {summary['exchange_bytes_per_step']} bytes per step on rank 0; "
           f"exposed {summary['local_exchange_ms_p50']:.2f} ms against {p50.get('local_loss', 0.0):.2f} ms of local loss: "
           f"{'overlapped' if summary['exchange_overlapped'] else 'not overlapped'}")
-    print(f"wrote {args.out / 'step_breakdown.csv'} and .png")
+    print(f"wrote {args.out / 'step_breakdown.csv'}")

