@@ -42,6 +42,7 @@ from cmgl_dist.engine.schedule import lr_scheduler_factory
 from cmgl_dist.engine.telemetry import Telemetry
 from cmgl_dist.locks import FolderBusy, describe_holder, folder_lock
 from cmgl_dist.logs import init_logger
+from cmgl_dist.shards.remote import redact
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -86,7 +87,7 @@ def preflight(cfg: CMGLConfig, resume: Optional[str]) -> tuple[Mixture, Optional
         urls = training_mixture(cfg.data)
         untexted = {shards: samples_without_text(shards, "train") for shards, _ in source_folders(cfg.data)}
     except (ValueError, OSError) as err:
-        field = "data.sources" if cfg.data.sources else f"data.shards={cfg.data.shards!r}"
+        field = "data.sources" if cfg.data.sources else f"data.shards={redact(cfg.data.shards)!r}"
         raise ConfigError(f"{field}: {err}; pack shards with `cmgl pack` "
                           "and pass the folder with --set data.shards=DIR") from None
     for shards, count in untexted.items():
