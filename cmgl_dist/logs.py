@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Optional
 
-from cmgl_dist.shards.remote import redact
+from cmgl_dist.redact import redact
 
 
 class _Redacting(logging.Formatter):

@@ -15,7 +15,8 @@ import json
 import re
 
 from cmgl_dist.shards.manifest import checked_manifest
-from cmgl_dist.shards.remote import RemoteError, fetch, redact  # noqa: F401 - RemoteError: where readers catch it
+from cmgl_dist.redact import redact
+from cmgl_dist.shards.remote import RemoteError, fetch  # noqa: F401 - RemoteError: where readers catch it
 from cmgl_dist.shards.schema import MANIFEST, shard_entry_problem
 
 NAME = "{name}"  # in a pipe: template, the file to fetch

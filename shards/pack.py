@@ -176,6 +176,10 @@ def main(argv=None) -> int:
     init_logger()
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:  # an argument error exits 2 (argparse's code), before any work
+        check_format(args.image_format, args.quality)
+    except OutOfBounds as e:
+        parser.error(str(e))
     if args.source != "iurr":
         return pack_other_source(parser, args)
     if args.labels or args.uncertain != "zeros":

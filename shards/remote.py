@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import subprocess
 from dataclasses import dataclass
 from typing import Iterator
 
+from cmgl_dist.redact import redact
+
 _HTTP = ("http://", "https://")
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s'\"]*@")
 # curl exit statuses worth naming in a message (`man curl`, EXIT CODES)
 _CURL_EXITS = {6: "host not found", 7: "connection refused", 18: "transfer cut short", 22: "HTTP error status",
                28: "timed out", 47: "too many redirects", 56: "connection reset"}
@@ -44,11 +44,6 @@ class RemoteError(OSError):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
-
-
-def redact(text: str) -> str:
-    """`text` with the userinfo of every URL in it replaced by `***` (`http://***@host/...`)."""
-    return _USERINFO.sub(r"\1***@", text)
 
 
 @dataclass(frozen=True)

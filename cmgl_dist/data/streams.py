@@ -32,7 +32,8 @@ import webdataset as wds
 from cmgl_dist.data.samples import Record, SkipCounter, parse
 from cmgl_dist.data.seeds import seed_of
 from cmgl_dist.data.shardlist import is_passthrough
-from cmgl_dist.shards.remote import redact, tar_samples
+from cmgl_dist.redact import redact
+from cmgl_dist.shards.remote import tar_samples
 
 
 class ShardMissingError(FileNotFoundError):

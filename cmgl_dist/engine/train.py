@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from cmgl_dist.config import CMGLConfig, ConfigError, load_config, save_config, shipped_configs
+from cmgl_dist.config import CMGLConfig, ConfigError, load_config, recorded, save_config, shipped_configs
 from cmgl_dist.data.loader import ShardLoader, make_loader
 from cmgl_dist.data.shardlist import Mixture, samples_without_text, source_folders, training_mixture
 from cmgl_dist.data.streams import ShardMissingError
@@ -40,9 +40,9 @@ from cmgl_dist.engine.metrics import MetricsProcessor
 from cmgl_dist.engine.optim import build_client_optimizer, require_apex
 from cmgl_dist.engine.schedule import lr_scheduler_factory
 from cmgl_dist.engine.telemetry import Telemetry
-from cmgl_dist.locks import FolderBusy, describe_holder, folder_lock
+from cmgl_dist.locks import FolderBusy, FolderRefused, describe_holder, folder_lock
 from cmgl_dist.logs import init_logger
-from cmgl_dist.shards.remote import redact
+from cmgl_dist.redact import redact
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -162,7 +162,7 @@ def check_resumable_config(source: tuple[Path, str], cfg: CMGLConfig) -> None:
     # a field added to the schema after the checkpoint was written had its default then
     saved = {**flat(CMGLConfig().model_dump(mode="json")),
              **flat(json.loads((root / tag / "client.json").read_text())["config"])}
-    now = flat(cfg.model_dump(mode="json"))
+    now = flat(recorded(cfg))
     changed = sorted(k for k in saved.keys() | now.keys()
                      if saved.get(k) != now.get(k) and not resume_applies(k))
     if changed:
@@ -182,6 +182,8 @@ def run_dir_lock(run_dir: Path, rank: int) -> Iterator[None]:
     try:
         with folder_lock(run_dir, "cmgl train"):
             yield
+    except FolderRefused as err:
+        raise ConfigError(f"train.run_dir={run_dir}: {err}") from None
     except FolderBusy as err:  # only the lock raises it: the run itself takes no other
         raise ConfigError(f"train.run_dir={run_dir} is in use by {describe_holder(err.holder)}: "
                           "wait for it to end, or set another train.run_dir") from None
@@ -194,7 +196,7 @@ def dry_run(cfg: CMGLConfig) -> None:
     cuda = torch.cuda.is_available()
     if layout["rank"] == 0:
         print("# resolved config")
-        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        print(yaml.safe_dump(recorded(cfg), sort_keys=False))
         print("# DeepSpeed config")
         print(json.dumps(deepspeed_config(cfg, world_size=layout["world_size"], cuda=cuda), indent=2))
     world = {
@@ -294,7 +296,7 @@ def fit(cfg: CMGLConfig, world: World, urls: Mixture, source: Optional[tuple[Pat
         save_config(cfg, run_dir / "config.yaml")
     with closing(make_telemetry(cfg, world, run_dir, state.step)) as telemetry:
         trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss), checkpointer, make_metrics(cfg, world, telemetry),
-                          cfg.model_dump(mode="json"))
+                          recorded(cfg))
         engine.train()
         state = trainer.run(epoch_batches(epoch_loaders(cfg, urls, model.tokenizer, world), state), state)
         if cfg.train.export:

@@ -29,7 +29,7 @@ from cmgl_dist.evaluate.report import write_report
 from cmgl_dist.evaluate.results import append_record, completed_ids, for_inputs, latest_per_job, read_records, repair
 from cmgl_dist.locks import FolderBusy, folder_lock
 from cmgl_dist.logs import init_logger
-from cmgl_dist.shards.remote import redact
+from cmgl_dist.redact import redact
 
 log = logging.getLogger("cmgl.evaluate")
 
