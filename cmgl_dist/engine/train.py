@@ -29,6 +29,7 @@ import yaml
 
 from cmgl_dist.config import CMGLConfig, ConfigError, load_config, recorded, save_config, shipped_configs
 from cmgl_dist.data.loader import ShardLoader, make_loader
+from cmgl_dist.data.shard_check import ShardChanged, check_unchanged
 from cmgl_dist.data.shardlist import Mixture, samples_without_text, source_folders, training_mixture
 from cmgl_dist.data.streams import ShardMissingError
 from cmgl_dist.engine.checkpoint import (Checkpointer, TrainState, complete_tags, data_fingerprint, read_complete,
@@ -107,6 +108,11 @@ def preflight(cfg: CMGLConfig, resume: Optional[str]) -> tuple[Mixture, Optional
     if source is not None:
         check_resumable_config(source, cfg)
         check_resume_matches(source, cfg, launch_env()["world_size"])
+    try:  # a shard replaced in place leaves the manifest's fingerprint as it was: its bytes are checked
+        check_unchanged(urls.urls, Path(cfg.train.run_dir), resuming=source is not None,
+                        record=launch_env()["rank"] == 0)
+    except ShardChanged as err:
+        raise ConfigError(f"--resume: {err}") from None
     return urls, source
 
 
