@@ -25,4 +25,7 @@ else
   args+=(--rdzv-backend c10d --rdzv-endpoint "${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port of the first node}"
          --rdzv-id "${RDZV_ID:-cmgl}")
 fi
+# Training's own checks (config, data, resume) once before any rank starts: a refusal is
+# `cmgl train`'s one line and exit 2, not a launcher traceback around it.
+WORLD_SIZE=$(( NNODES * NPROC_PER_NODE )) RANK=0 "$PYTHON" -m cmgl_dist.cli train --preflight "$@"
 exec "$PYTHON" -m torch.distributed.run "${args[@]}" -m cmgl_dist.cli train "$@"

@@ -73,13 +73,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "holds checkpoints is refused.")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config, the DeepSpeed JSON and the world layout, then exit")
+    p.add_argument("--preflight", action="store_true",
+                   help="run the checks training starts with (config, data, resume, for WORLD_SIZE ranks), write "
+                        "nothing and exit: 0 when training would start, 2 with the refusal. Launchers run it "
+                        "before starting ranks, so a refusal is one line")
     p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher's; env wins
     return p.parse_args(argv)
 
 
-def preflight(cfg: CMGLConfig, resume: Optional[str]) -> tuple[Mixture, Optional[tuple[Path, str]]]:
+def preflight(cfg: CMGLConfig, resume: Optional[str], record: bool = True
+              ) -> tuple[Mixture, Optional[tuple[Path, str]]]:
     """Checks that need the machine, not only the config. Returns the train shards (a Mixture) and
-    the checkpoint to resume from (root, tag), if any."""
+    the checkpoint to resume from (root, tag), if any. `record`: rank 0 records the shards it
+    checked in the run dir (`--preflight` writes nothing)."""
     require_apex(cfg.optimizer)
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.precision=fp16 needs CUDA (DeepSpeed's loss scaling runs on GPUs): "
@@ -110,7 +116,7 @@ def preflight(cfg: CMGLConfig, resume: Optional[str]) -> tuple[Mixture, Optional
         check_resume_matches(source, cfg, launch_env()["world_size"])
     try:  # a shard replaced in place leaves the manifest's fingerprint as it was: its bytes are checked
         check_unchanged(urls.urls, Path(cfg.train.run_dir), resuming=source is not None,
-                        record=launch_env()["rank"] == 0)
+                        record=record and launch_env()["rank"] == 0)
     except ShardChanged as err:
         raise ConfigError(f"--resume: {err}") from None
     return urls, source
@@ -336,6 +342,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.dry_run:
             dry_run(cfg)
+            return 0
+        if args.preflight:
+            preflight(cfg, args.resume, record=False)
             return 0
         with run_dir_lock(Path(cfg.train.run_dir), rank):
             urls, source = preflight(cfg, args.resume)
