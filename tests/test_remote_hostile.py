@@ -153,6 +153,19 @@ def test_a_password_in_a_url_is_used_but_never_printed(served, silent_port, capf
     assert shard_urls(f"http://reader:s3cret@{base[len('http://'):]}/pack", "train")
 
 
+@pytest.mark.parametrize("address", ["not an address", "127.0.0.1:{port}", "ray://127.0.0.1:{port}"])
+def test_a_bad_or_unreachable_ray_address_fails_at_once_in_one_line(address, tmp_path, reports_tgz, caplog):
+    from cmgl_dist.shards.pack import main as pack_main
+
+    address = address.format(port=free_port())  # nothing listens there: refused
+    start = time.monotonic()
+    assert pack_main(["--reports", str(reports_tgz), "--images", "phantom", "--out", str(tmp_path / "out"),
+                      "--limit", "4", "--image-size", "32", "--ray", address]) == 2
+    assert time.monotonic() - start < 15
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "--ray" in errors[0].getMessage() and "\n" not in errors[0].getMessage()
+
+
 def test_the_limits_are_checked(monkeypatch):
     from cmgl_dist.shards.remote import Limits
 
