@@ -68,16 +68,24 @@ class Limits:
                 value = -1
             if not (math.isfinite(value) and value >= 0) or (field in ("connect", "stall") and value == 0) \
                     or (field == "retries" and value > 20):
-                raise ValueError(f"{name}={raw!r}: give a number of seconds > 0"
-                                 + (" (retries: an integer 0..20)" if field == "retries" else ""))
+                raise ValueError(f"{name}={raw!r}: " + ("give a whole number 0..20" if field == "retries" else
+                                                       "give a number of seconds > 0" if field != "max_time" else
+                                                       "give a number of seconds >= 0 (0: no limit)"))
             values[field] = value
         return cls(**values)
 
 
+def _quoted(text: str) -> str:
+    """`text` as a double-quoted value of curl's config syntax; a control character (which could
+    end the line and start an option of its own) is refused."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise RemoteError(f"{redact(text)[:200]!r}: a control character in a URL or path is refused")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _curl_config(url: str, limits: Limits) -> str:
     """curl options, one per line, read from stdin: nothing of the URL appears in argv."""
-    quoted = url.replace("\\", "\\\\").replace('"', '\\"')
-    lines = [f'url = "{quoted}"', "fail", "location", "max-redirs = 5", "proto = =http,https",
+    lines = [f"url = {_quoted(url)}", "fail", "location", "max-redirs = 5", "proto = =http,https",
              "proto-redir = =http,https", "no-progress-meter", "show-error",
              f"connect-timeout = {limits.connect:g}",
              # under 1 byte/s for `stall` seconds, including the wait for the response
@@ -86,7 +94,7 @@ def _curl_config(url: str, limits: Limits) -> str:
     if limits.max_time:
         lines.append(f"max-time = {limits.max_time:g}")
     netrc = os.environ.get("NETRC")
-    lines.append(f'netrc-file = "{netrc}"' if netrc else "netrc-optional")
+    lines.append(f"netrc-file = {_quoted(netrc)}" if netrc else "netrc-optional")
     return "\n".join(lines) + "\n"
 
 
@@ -98,8 +106,9 @@ class CurlStream:
 
     def __init__(self, url: str, limits: Limits | None = None):
         self.url, self.delivered = url, 0
+        config = _curl_config(url, limits or Limits.from_env()).encode()  # checked before curl starts
         self._proc = subprocess.Popen(["curl", "--config", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self._proc.stdin.write(_curl_config(url, limits or Limits.from_env()).encode())
+        self._proc.stdin.write(config)
         self._proc.stdin.close()
         self.closed = False
 

@@ -9,6 +9,7 @@ from typing import Iterator
 from webdataset.handlers import reraise_exception
 
 from cmgl_dist.data.shardlist import shard_urls
+from cmgl_dist.redact import redact
 from cmgl_dist.shards.manifest import read_manifest
 from cmgl_dist.shards.remote import tar_samples
 from cmgl_dist.shards.reports import labels_known
@@ -19,7 +20,7 @@ def corpus_name(shards: str) -> str:
     """`<source> (<folder>)`: the source the pack was made from (IU-RR packs predate the field)."""
     folder = Path(shards)
     if not folder.is_dir():
-        return folder.name
+        return Path(redact(shards)).name  # a URL's userinfo is never recorded
     return f"{read_manifest(str(folder)).get('source', 'iurr')} ({folder.name})"
 
 

@@ -147,7 +147,7 @@ def out_lock(prog: str, out: str):
 
 def failure_record(job: Job, key: Optional[str], error: BaseException, attempts: int) -> dict:
     return {**job_record(job, key), "status": "failed", "attempts": attempts,
-            "error": f"{type(error).__name__}: {error}".splitlines()[0][:500]}
+            "error": redact(f"{type(error).__name__}: {error}".splitlines()[0][:500])}
 
 
 def finish(plan: Plan, failures: int) -> int:
