@@ -180,6 +180,15 @@ def test_credentials_in_a_url_are_never_recorded(export, tmp_path):
     cfg = load_config("debug", [f"data.shards={SECRET_URL}"])
     save_config(cfg, tmp_path / "config.yaml")
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["data"]["shards"] == "http://***@127.0.0.1:9/pack"
+    # checkpoints record the same redacted config (client.json), and a resume compares like with like
+    from cmgl_dist.config import recorded
+    from cmgl_dist.engine import train
+
+    folder = tmp_path / "checkpoints" / "step_00000002"
+    folder.mkdir(parents=True)
+    (folder / "client.json").write_text(json.dumps({"state": {}, "config": recorded(cfg)}))
+    assert "s3cret" not in (folder / "client.json").read_text()
+    train.check_resumable_config((tmp_path / "checkpoints", "step_00000002"), cfg)  # no field reads as changed
 
 
 # --- the API's input contract
