@@ -160,7 +160,7 @@ class CountedStream:
 
     @property
     def closed(self) -> bool:
-        return self._stream.closed
+        return getattr(self._stream, "closed", getattr(getattr(self._stream, "stream", None), "closed", False))
 
     def close(self) -> None:
         self._stream.close()

@@ -21,6 +21,7 @@ world_size * workers shards (of equal size) for epochs that see every sample onc
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
@@ -93,8 +94,9 @@ def read_shard(url: str, counter: SkipCounter, spec: StreamSpec) -> Iterator[Uni
         if read == 0 and errors and is_passthrough(url) and stream.delivered == 0:
             yield from _missing(url, _why_nothing(stream, errors[0]), spec)
             return
-    finally:
-        stream.close()
+    finally:  # also when the reader stops mid-shard: a pipe: command then ends on SIGPIPE, no error
+        with contextlib.suppress(Exception):
+            stream.close()
     error = errors[0] if errors else "fewer samples than the manifest lists"
     lost = len(errors) if expected is None else max(0, expected - read)
     yield from (Lost(url, "unreadable_shard_data", error) for _ in range(lost))
