@@ -6,8 +6,13 @@
     scores = m.zero_shot(images, {"nodule": ["small nodule in the right upper lobe"]})
     words, maps = m.attention("a.png", "small left pleural effusion")   # maps [W, H, W_img]
 
-Images are file paths (decoded by the packer's one decode path: PNG/JPEG, 8/16-bit, L/RGB/RGBA),
-PIL images or image tensors ([H, W] or [C, H, W], uint8 or float in [0, 1]); each goes through
+Images are one image or a sequence (list or tuple) of them: file paths (decoded by the packer's
+one decode path: PNG/JPEG/WebP, 8/16-bit, L/RGB/RGBA, EXIF orientation applied), PIL images, or
+image tensors ([H, W] or [C, H, W]; [N, C, H, W] for several): uint8 as Pillow converts it, wider
+integers windowed from their own range as a 16-bit file is, floats only in [0, 1] (anything else is
+refused, never clipped). Encoded images (`encode_images`' `Encoded`) may be passed to `zero_shot`
+instead. `classes` is a sequence of names or {name: prompts}; a single string is one class. Each
+class name, prompt and word needs a letter or digit. Each image goes through
 evaluation's transform (longest side to data.image_size, zero-padded square, centre crop,
 ImageNet normalisation). `pack_size` puts a packer's resize first, as `cmgl pack --image-size`
 does, so scores equal those of `cmgl evaluate` on such a pack. Zero-shot scores follow the
@@ -16,9 +21,10 @@ export's eval settings (prompt sets, word and prompt pooling, zero-shot slots): 
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -26,9 +32,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cmgl_dist.data import images as transforms
-from cmgl_dist.shards.images import open_grey, resize_longest, to_grey8
+from cmgl_dist.shards.images import grey_from_wide, open_grey, resize_longest, to_grey8
 
 ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
+
+
+class Encoded(NamedTuple):
+    """Encoded images (what `encode_images` returns): `zero_shot` takes them instead of images."""
+    image_global: torch.Tensor  # [N, D]
+    regions: torch.Tensor       # [N, R, D]
 
 
 def load(export_dir: str | os.PathLike, device: Optional[str | torch.device] = None,
@@ -67,14 +79,13 @@ class CMGL:
         return transforms.normalise_to_rgb(transforms.eval_view(square, self.cfg.data.crop_size))
 
     @torch.inference_mode()
-    def encode_images(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(global [N, D], regions [N, R, D]) on the CPU, float32."""
+    def encode_images(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32) -> Encoded:
+        """Encoded(global [N, D], regions [N, R, D]) on the CPU, float32."""
         batches = [self.encode_pixels(torch.stack([self.transform(image) for image in chunk]))
                    for chunk in _chunks(_as_list(images), batch_size)]
         if not batches:
             raise ValueError("encode_images needs at least one image")
-        return torch.cat([g for g, _ in batches]), torch.cat([r for _, r in batches])
+        return Encoded(torch.cat([g for g, _ in batches]), torch.cat([r for _, r in batches]))
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +109,9 @@ class CMGL:
         names (each its own prompt, or its prompt set when it is one of the five), or {class: prompts}."""
         from cmgl_dist.evaluate.features import SplitFeatures
 
-        image_global, regions = images if isinstance(images, tuple) else self.encode_images(images)
+        if n_prompts is not None and (type(n_prompts) is not int or n_prompts < 1):
+            raise ValueError(f"n_prompts={n_prompts!r}: give a whole number >= 1 (or None: the export's eval.n_prompts)")
+        image_global, regions = images if isinstance(images, Encoded) else self.encode_images(images)
         feats = SplitFeatures(keys=[], labels=torch.zeros(0), image_global=image_global, regions=regions)
         prompts = class_prompt_sets(classes, n_prompts or self.cfg.eval.n_prompts, seed)
         return self.class_scores(feats, prompts, standardise), list(prompts)
@@ -116,6 +129,8 @@ class CMGL:
         from cmgl_dist.data.text import tokenize_texts
         from cmgl_dist.evaluate.similarity import pair_attention_map
 
+        if problem := check_prompt(text):
+            raise ValueError(f"text {str(text)[:80]!r} {problem}")
         width, height = self.grey(image).size
         _, regions = self.encode_images([image])
         _, words, word_mask = self.encode_texts([text])
@@ -149,26 +164,53 @@ def class_prompt_sets(classes, n_prompts: int, seed: int) -> dict[str, list[str]
     known = class_prompts(n_prompts, seed=seed)
     if classes is None:
         return known
+    if isinstance(classes, str):  # one class, not its letters
+        classes = [classes]
     if isinstance(classes, dict):
         sets = {name: [prompts] if isinstance(prompts, str) else list(prompts) for name, prompts in classes.items()}
     else:
-        sets = {name: known.get(name, [name.replace("_", " ")]) for name in classes}
+        sets = {name: known.get(name, [name.replace("_", " ")]) if isinstance(name, str) else [name]
+                for name in classes}
     empty = [name for name, prompts in sets.items() if not prompts]
     if not sets or empty:
         raise ValueError(f"zero-shot needs at least one class, each with a prompt (empty: {empty})")
+    for name, prompts in sets.items():
+        for text in (name, *prompts):
+            if problem := check_prompt(text):
+                raise ValueError(f"class {str(name)[:80]!r}: {str(text)[:80]!r} {problem}")
     return sets
 
 
+def check_prompt(text) -> Optional[str]:
+    """Why `text` cannot be a class name, prompt or word to encode (None when it can): a string
+    holding at least one letter or digit (an empty or punctuation-only text has no word)."""
+    if not isinstance(text, str):
+        return f"is a {type(text).__name__}, not a string"
+    if not any(c.isalnum() for c in text):
+        return "has no letter or digit: no word to encode"
+    return None
+
+
 def _tensor_to_grey(tensor: torch.Tensor) -> Image.Image:
-    """[H, W] or [C, H, W] (C = 1, 3 or 4), uint8, or float in [0, 1] -> grey PIL (the RGB -> L of PIL)."""
+    """[H, W] or [C, H, W] (C = 1, 3 or 4) -> grey PIL, as a file of that depth decodes: uint8 as
+    Pillow converts it; wider integers (a 12-bit image in int32, uint16) windowed from their own
+    range; floats must lie in [0, 1] (scaled to 0..255), others are refused, not clipped."""
     if tensor.dim() == 3 and tensor.shape[0] in (1, 3, 4):
         tensor = tensor.permute(1, 2, 0)
     elif tensor.dim() != 2:
         raise ValueError(f"an image tensor is [H, W] or [C, H, W] with C in (1, 3, 4); got {tuple(tensor.shape)}")
     array = tensor.detach().cpu()
+    if array.dtype == torch.bool or array.is_complex():
+        raise ValueError(f"an image tensor holds integers or floats in [0, 1], not {array.dtype}")
     if array.is_floating_point():
-        array = (array.clamp(0, 1) * 255).round()
-    array = array.to(torch.uint8).numpy()
+        low, high = (array.min().item(), array.max().item()) if array.numel() else (0.0, 0.0)
+        if not (math.isfinite(low) and math.isfinite(high) and 0 <= low and high <= 1):
+            raise ValueError(f"a float image tensor holds values in [0, 1]; this one spans {low:g}..{high:g}: "
+                             "divide by its full scale (255 for 8-bit, 65535 for 16-bit) or pass integers")
+        array = (array * 255).round().to(torch.uint8)
+    elif array.dtype != torch.uint8:
+        return grey_from_wide(array.numpy())
+    array = array.numpy()
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     return to_grey8(Image.fromarray(array))

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cmgl_dist.untrusted import TooDeep, yaml_load
 from cmgl_dist.atomic import write_text_atomic
+from cmgl_dist.redact import redacted
 from cmgl_dist.kernel_limits import KERNEL_MAX_GAMMA1, KERNEL_MAX_GAMMA2
 
 
@@ -403,6 +404,12 @@ def load_config(name_or_path: Optional[str] = None, overrides: Optional[list[str
         raise ConfigError("invalid config:\n" + "\n".join(problems)) from None
 
 
+def recorded(cfg: CMGLConfig) -> dict:
+    """The resolved config as every file records it (config.yaml, client.json) and a resume compares
+    it: URL credentials redacted (cmgl_dist.redact), since exports and run folders are shared."""
+    return redacted(cfg.model_dump(mode="json"))
+
+
 def save_config(cfg: CMGLConfig, path: str | os.PathLike) -> None:
     """The resolved config as YAML, written atomically: the one writer of every config.yaml."""
-    write_text_atomic(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(recorded(cfg), sort_keys=False))

@@ -3,7 +3,8 @@
 Every command that writes a folder it owns takes `folder_lock(folder, purpose)` for its whole run:
 `cmgl pack --out`, `cmgl train`'s run dir (rank 0), `cmgl evaluate` / `cmgl sweep --out`. A second
 writer is refused at once with `FolderBusy`, whose message names the holder (purpose, pid, host,
-start time); nothing waits, nothing is replaced.
+start time); nothing waits, nothing is replaced. A lock path that is not a regular file (a planted
+symbolic link, a folder, a fifo) is refused the same way (`FolderRefused`, as is a folder that is a file or cannot be written), never followed.
 
 The lock is `fcntl.flock` on `FOLDER/.cmgl-lock`. The kernel releases it when its holder exits,
 however it ends (a kill -9 included), so a lock is never stale; the file left behind by a killed
@@ -15,10 +16,12 @@ lock support (NFSv4 emulates flock with byte-range locks).
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +37,27 @@ class FolderBusy(RuntimeError):
         self.folder, self.purpose, self.holder = folder, purpose, holder
         super().__init__(f"{folder} is in use by {describe_holder(holder)}: {purpose} refused; wait for that "
                          "process to end, or use another folder")
+
+
+class FolderRefused(FolderBusy):
+    """The folder cannot be locked at all: it is a file or cannot be written, or its `.cmgl-lock` is
+    not a regular file (a symbolic link, a folder, a fifo: refused, never followed or written
+    through). Callers report it as they report FolderBusy: one line."""
+
+    def __init__(self, folder: Path, purpose: str, why: str):
+        self.folder, self.purpose, self.holder = folder, purpose, None
+        RuntimeError.__init__(self, f"{why}: {purpose} refused")
+
+
+def _not_a_file(folder: Path, purpose: str, what: str) -> FolderRefused:
+    return FolderRefused(folder, purpose, f"{folder / LOCK_FILE} is {what}, not a lock file; remove it "
+                                          "(cmgl keeps its writer lock there)")
+
+
+def _kind(mode: int) -> str:
+    return next((what for test, what in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"),
+                                         (stat.S_ISFIFO, "a fifo"), (stat.S_ISSOCK, "a socket"))
+                 if test(mode)), "not a regular file")
 
 
 def describe_holder(holder: Optional[dict]) -> str:
@@ -52,10 +76,26 @@ def read_holder(fd: int) -> Optional[dict]:
     return record if isinstance(record, dict) else None
 
 
+def _open_regular(path: Path, folder: Path, purpose: str) -> int:
+    """`path` opened for the lock without following a link or blocking on a fifo; LockNotAFile when
+    it is anything but a regular file (a planted link would otherwise have its target overwritten)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EOPNOTSUPP):
+            raise _not_a_file(folder, purpose, _kind(os.lstat(path).st_mode)) from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _not_a_file(folder, purpose, _kind(mode))
+    return fd
+
+
 def _take(path: Path, folder: Path, purpose: str) -> int:
     """An fd holding the lock on `path`, or FolderBusy."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_regular(path, folder, purpose)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -63,7 +103,7 @@ def _take(path: Path, folder: Path, purpose: str) -> int:
             os.close(fd)
             raise FolderBusy(folder, purpose, holder) from None
         try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            same = os.lstat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
         if same:
@@ -78,9 +118,14 @@ def folder_lock(folder: str | os.PathLike, purpose: str) -> Iterator[dict]:
     Yields the owner record written into the lock file: purpose, host, pid, start (UTC, ISO 8601).
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = _take(folder / LOCK_FILE, folder, purpose)
+    except (FileExistsError, NotADirectoryError):
+        raise FolderRefused(folder, purpose, f"{folder} is a file, not a folder") from None
+    except PermissionError as e:
+        raise FolderRefused(folder, purpose, f"{folder} cannot be written ({e.strerror})") from None
     path = folder / LOCK_FILE
-    fd = _take(path, folder, purpose)
     record = {"purpose": purpose, "host": socket.gethostname(), "pid": os.getpid(),
               "start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:

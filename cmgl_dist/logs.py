@@ -11,6 +11,16 @@ import logging
 import sys
 from typing import Optional
 
+from cmgl_dist.redact import redact
+
+
+class _Redacting(logging.Formatter):
+    """Takes the userinfo out of every URL in a line (`shards/remote.py`): a password given in a
+    shard URL is used to fetch, never logged."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
 
 class _StderrHandler(logging.StreamHandler):
     """Writes to the current sys.stderr, looked up at each record (test runners swap it)."""
@@ -33,6 +43,6 @@ def init_logger(rank: Optional[int] = None) -> None:
         root.removeHandler(handler)
     where = "" if rank is None else f"[rank {rank}] "
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter(f"%(asctime)s {where}%(name)s %(levelname)s %(message)s"))
+    handler.setFormatter(_Redacting(f"%(asctime)s {where}%(name)s %(levelname)s %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.INFO if not rank else logging.WARNING)

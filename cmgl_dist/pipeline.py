@@ -56,10 +56,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_stage(name: str, cmd: list[str]) -> float:
+def run_stage(name: str, cmd: list[str], env: Optional[dict] = None) -> float:
     log.info("== %s: %s", name, shlex.join(cmd))
     start = time.perf_counter()
-    result = subprocess.run(cmd)
+    result = subprocess.run(cmd, env=env)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"cmgl main: stage '{name}' failed (exit {result.returncode}) after {seconds:.0f} s; "
@@ -96,6 +96,34 @@ def train_command(args: argparse.Namespace, shards: Path, run_dir: Path) -> list
     return launcher + ["--config", args.config, "--resume", "auto"] + [a for o in overrides for a in ("--set", o)]
 
 
+def preflight_command(train: list[str]) -> list[str]:
+    """`cmgl train --preflight` with the training command's arguments: the checks training starts
+    with, run before torchrun so that a refusal is the one line `cmgl train` prints."""
+    return cmgl("train", "--preflight", *train[train.index("train") + 1:])
+
+
+def set_aside_old_run(run_dir: Path) -> Optional[Path]:
+    """After --repack changed the pack, the run trained on the old one cannot resume on the new
+    (its data fingerprint differs): it is moved aside, whole, so training starts afresh."""
+    from cmgl_dist.locks import folder_lock
+
+    if not run_dir.exists():
+        return None
+    aside = run_dir.with_name(f"{run_dir.name}.before-repack-{time.strftime('%Y%m%dT%H%M%S')}")
+    with folder_lock(run_dir, "cmgl main --repack"):  # not while a training run writes it
+        os.replace(run_dir, aside)
+    return aside
+
+
+def pack_fingerprint(shards: Path) -> Optional[str]:
+    from cmgl_dist.shards.manifest import pack_sha256
+
+    try:
+        return pack_sha256(shards)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     init_logger()
     args = parse_args(argv)
@@ -103,11 +131,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     shards, run_dir, eval_dir = out / "shards", out / "run", out / "eval"
     timings = {}
     packed_before = (shards / MANIFEST).exists()
+    fingerprint_before = pack_fingerprint(shards) if packed_before else None
     # Always run: it keeps finished shards made from the same inputs, and stops on other inputs.
     timings["pack"] = run_stage("pack", pack_command(args, shards))
     if packed_before:
         timings["verify"] = run_stage("verify", cmgl("verify", str(shards)))
-    timings["train"] = run_stage("train", train_command(args, shards, run_dir))
+    if args.repack and fingerprint_before is not None and pack_fingerprint(shards) != fingerprint_before:
+        aside = set_aside_old_run(run_dir)
+        if aside is not None:
+            log.info("--repack changed the pack: the run trained on the old one is now %s; training starts afresh",
+                     aside)
+    train = train_command(args, shards, run_dir)
+    world = {**os.environ, "WORLD_SIZE": str(args.nproc or default_world_size()), "RANK": "0"}
+    timings["preflight"] = run_stage("preflight", preflight_command(train), env=world)
+    timings["train"] = run_stage("train", train)
     if not args.skip_eval:
         timings["evaluate"] = run_stage(
             "evaluate", cmgl("sweep", "--exports", str(run_dir / "export"), "--shards", str(shards),

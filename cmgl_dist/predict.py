@@ -23,11 +23,17 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cmgl_dist.atomic import atomic_path
+from cmgl_dist.locks import FolderBusy, folder_lock
+from cmgl_dist.logs import init_logger
+from cmgl_dist.shards.bounds import BOUNDS
 from cmgl_dist.shards.images import IMAGE_SUFFIXES
 
 log = logging.getLogger("cmgl.predict")
 SCORES = "scores.csv"
 UNREADABLE = "unreadable.csv"
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+MIN_PACK_SIZE, MAX_PACK_SIZE = 32, BOUNDS["image_size"][1]
+OVERLAY_STEM = 80  # characters of an image's name kept in its overlay's file name (names stay < 255 bytes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,13 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def find_images(arguments: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """(image files in argument order, folders sorted), plus (argument, why) for what is not one."""
+def find_images(arguments: list[str], out: Path | None = None) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(image files in argument order, folders sorted), plus (argument, why) for what is not one.
+    Nothing inside `out` is read (a run's own overlays would be scored by the next run)."""
+    own = out.resolve() if out is not None else None
     files, missing = [], []
     for argument in arguments:
         path = Path(argument)
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if own is not None and (path.resolve() == own or own in path.resolve().parents):
+            missing.append((argument, "inside --out (cmgl predict's own output is never read)"))
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            files += [p for p in found if own is None or own not in p.resolve().parents]
         elif path.is_file():
             files.append(path)
         else:
@@ -65,6 +76,7 @@ def predict(model, files: list[Path], classes=None, batch_size: int = 32):
     """(readable files, [N, C] scores, class names, [(path, why)] unreadable) with a progress bar."""
     import torch
 
+    from cmgl_dist.api import Encoded
     from cmgl_dist.shards.images import ImageError
 
     readable, unreadable, features = [], [], []
@@ -82,16 +94,30 @@ def predict(model, files: list[Path], classes=None, batch_size: int = 32):
             bar.update(len(files[start:start + batch_size]))
     if not readable:
         return [], None, [], unreadable
-    encoded = (torch.cat([g for g, _ in features]), torch.cat([r for _, r in features]))
+    encoded = Encoded(torch.cat([g for g, _ in features]), torch.cat([r for _, r in features]))
     scores, names = model.zero_shot(encoded, classes)
     return readable, scores, names, unreadable
 
 
+def spreadsheet_safe(cell) -> str:
+    """A text cell that a spreadsheet would run as a formula (it begins with = + - @, or a tab or
+    carriage return that hides one) gets a leading quote; numbers are left as they are."""
+    cell = str(cell)
+    if cell[:1] in FORMULA_STARTS:
+        try:
+            float(cell)
+        except ValueError:
+            return "'" + cell
+    return cell
+
+
 def write_csv(path: Path, header: list[str], rows) -> None:
+    """`path` written atomically, every cell spreadsheet-safe (file names and class names are
+    whatever the user's files and arguments hold)."""
     text = io.StringIO()
     writer = csv.writer(text)
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerow([spreadsheet_safe(c) for c in header])
+    writer.writerows([spreadsheet_safe(c) for c in row] for row in rows)
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text.getvalue())
 
@@ -115,24 +141,50 @@ def draw_overlay(model, path: Path, words: list[str], out: Path) -> None:
     save_figure(fig, out)
 
 
+def check_arguments(args) -> str | None:
+    """What is wrong with the arguments (None when nothing): each is one line and exit 2."""
+    from cmgl_dist.api import check_prompt
+
+    if args.batch_size < 1:
+        return f"--batch-size {args.batch_size}: must be >= 1"
+    if args.pack_size is not None and not MIN_PACK_SIZE <= args.pack_size <= MAX_PACK_SIZE:
+        return f"--pack-size {args.pack_size}: must be between {MIN_PACK_SIZE} and {MAX_PACK_SIZE}"
+    for flag, values in (("--classes", args.classes), ("--words", args.words)):
+        for value in values or ():
+            if problem := check_prompt(value):
+                return f"{flag} {value[:80]!r}: {problem}"
+    return None
+
+
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    init_logger()
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1 or (args.pack_size is not None and args.pack_size < 32):
-        log.error("--batch-size must be >= 1 and --pack-size >= 32")
+    if problem := check_arguments(args):
+        log.error("%s", problem)
         return 2
+    out = Path(args.out)
+    try:
+        with folder_lock(out, "cmgl predict"):
+            return run(args, out)
+    except FolderBusy as e:  # --out held by another run, a file, not writable, or a planted lock
+        log.error("--out %s", e)
+        return 2
+
+
+def run(args, out: Path) -> int:
+    """The command, holding --out's writer lock."""
     from cmgl_dist.api import load
 
     try:
         model = load(args.export, device=args.device, pack_size=args.pack_size)
     except (FileNotFoundError, OSError, RuntimeError, ValueError) as e:
-        log.error("--export %s: %s", args.export, e)
+        log.error("--export %s: %s", args.export, str(e).splitlines()[0] if str(e) else type(e).__name__)
         return 1
-    files, missing = find_images(args.images)
+    files, missing = find_images(args.images, out)
     readable, scores, names, undecodable = predict(model, files, args.classes, args.batch_size)
     unreadable = missing + undecodable
-    out = Path(args.out)
-    (out / "overlays" if args.words else out).mkdir(parents=True, exist_ok=True)
+    if args.words:
+        (out / "overlays").mkdir(exist_ok=True)
     write_csv(out / UNREADABLE, ["image", "reason"], unreadable)
     if unreadable:
         log.warning("%d of %d inputs unreadable (listed in %s)", len(unreadable), len(files) + len(missing),
@@ -143,6 +195,6 @@ def main(argv=None) -> int:
     write_csv(out / SCORES, ["image", *names], ([str(p), *(f"{v:.8g}" for v in row)] for p, row in zip(readable, scores)))
     if args.words:
         for index, path in enumerate(tqdm(readable, unit="image", desc="overlays", disable=None, file=sys.stderr)):
-            draw_overlay(model, path, args.words, out / "overlays" / f"{index:06d}-{path.stem}.png")
+            draw_overlay(model, path, args.words, out / "overlays" / f"{index:06d}-{path.stem[:OVERLAY_STEM]}.png")
     log.info("scored %d images on %d classes: %s", len(readable), len(names), out / SCORES)
     return 0

@@ -30,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from cmgl_dist.shards.archive import copy_member, read_regular_file, tolerant_members
 from cmgl_dist.shards.reports import Skip
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what DECODERS read: found in folders as when named
 # zlib level for PNGs in shards. On phantoms (benchmarks/results/png_compress_level.csv): level 1
 # is ~2x faster than PIL's default 6 for ~8% more bytes; level 0 is faster again but 50% larger.
 PNG_COMPRESS_LEVEL = 1
@@ -103,7 +103,8 @@ def resize_longest(image: Image.Image, size: int) -> Image.Image:
 
 
 def open_grey(source: str | Path | bytes, draft_size: int | None = None) -> Image.Image:
-    """Decode a PNG or JPEG (file path or bytes) into an 8-bit grayscale image; ImageError if unusable.
+    """Decode a PNG, JPEG or WebP (file path or bytes) into an 8-bit grayscale image, turned upright
+    as its EXIF orientation says; ImageError if unusable.
 
     `draft_size` lets a JPEG decode at a reduced scale (much faster) when only that many pixels
     are needed on its longest side; the result's longest side is then at least `draft_size`.
@@ -114,6 +115,8 @@ def open_grey(source: str | Path | bytes, draft_size: int | None = None) -> Imag
             if image.format == "JPEG" and draft_size:
                 image.draft("L", draft_box(image.size, draft_size))
             gray = to_grey8(image, source)  # decodes; a truncated file fails here, not at open
+            orientation = _exif_orientation(image)  # after decoding: a PNG's EXIF read loads the image
+        gray = gray.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else gray
     except ImageError:
         raise
     except FileNotFoundError:
@@ -127,6 +130,21 @@ def open_grey(source: str | Path | bytes, draft_size: int | None = None) -> Imag
     if min(gray.size) < MIN_IMAGE_SIDE:
         raise ImageError(f"image too small: {gray.size}")
     return gray
+
+
+# EXIF orientation -> the transpose that shows the image upright (Pillow's ImageOps.exif_transpose)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+_ORIENTATION_TAG = 0x0112
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation a camera or phone wrote (1: as stored); an unreadable EXIF block counts as 1."""
+    try:
+        return int(image.getexif().get(_ORIENTATION_TAG, 1))
+    except Exception:  # noqa: BLE001 - a damaged EXIF block does not make the pixels unreadable
+        return 1
 
 
 def draft_box(size: tuple[int, int], longest: int) -> tuple[int, int]:
@@ -188,6 +206,18 @@ def _luma16(high: np.ndarray, low: np.ndarray) -> np.ndarray:
         rgb = (high[rows, :, :3].astype(np.float32) * 256 + low[rows, :, :3]) / 1000
         grey[rows] = rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114
     return grey
+
+
+def grey_from_wide(pixels: np.ndarray) -> Image.Image:
+    """8-bit grey of raw integer pixels wider than 8 bits, [H, W] or [H, W, C] (C 1, 3 or 4), as a
+    file of that depth decodes: colour by luma (alpha dropped), then windowed from its own range."""
+    if pixels.ndim == 3:
+        if pixels.shape[2] == 1:
+            pixels = pixels[..., 0]
+        else:
+            rgb = pixels[..., :3].astype(np.float64) / 1000
+            pixels = rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114
+    return _window(pixels)
 
 
 def _row_blocks(shape: tuple[int, ...], pixels: int = 1 << 16):

@@ -4,8 +4,8 @@
     data.shards: https://example.org/packs/mimic                   # DIR/manifest.json, DIR/train-000000.tar
     data.shards: "pipe:aws s3 cp s3://bucket/mimic/{name} -"       # {name}: manifest.json or a shard
 
-A remote pack is read as webdataset reads its URLs (`webdataset.gopen`: curl for http(s),
-a shell for `pipe:`), its manifest.json from the same place as its shards. A shard URL given
+A remote pack is read by `remote.py` (curl with bounded waits for http(s), the user's own shell
+command for `pipe:`), its manifest.json from the same place as its shards. A shard URL given
 directly (`https://.../train-000003.tar`, `pipe:... train-000003.tar ...`) finds its manifest
 by putting `manifest.json` in place of the shard's name.
 """
@@ -15,15 +15,13 @@ import json
 import re
 
 from cmgl_dist.shards.manifest import checked_manifest
-from cmgl_dist.shards.schema import MANIFEST
+from cmgl_dist.redact import redact
+from cmgl_dist.shards.remote import RemoteError, fetch  # noqa: F401 - RemoteError: where readers catch it
+from cmgl_dist.shards.schema import MANIFEST, shard_entry_problem
 
 NAME = "{name}"  # in a pipe: template, the file to fetch
 _HTTP = ("http://", "https://")
 _SHARD_NAME = re.compile(r"(train|val|test)-\d{6}\.tar")
-
-
-class RemoteError(OSError):
-    """A remote pack's file could not be fetched (missing, refused, or the command failed)."""
 
 
 def is_remote_pack(shards: str) -> bool:
@@ -34,7 +32,10 @@ def is_remote_pack(shards: str) -> bool:
 
 
 def pack_file(location: str, name: str) -> str:
-    """The URL of file `name` (manifest.json, a shard) of the remote pack at `location`."""
+    """The URL of file `name` (manifest.json, a shard) of the remote pack at `location`; a name
+    not of the packer's form is refused here, where it would be put into a URL or a command."""
+    if name != MANIFEST and (problem := shard_entry_problem(name, name.split("-")[0])):
+        raise ValueError(f"{redact(location)}: shard {problem}: refused")
     if location.startswith("pipe:"):
         return location.replace(NAME, name)
     return location.rstrip("/") + "/" + name
@@ -50,26 +51,11 @@ def manifest_url_of(shard_url: str) -> tuple[str, str] | None:
     return shard_url[:last.start()] + MANIFEST + shard_url[last.end():], last.group(0)
 
 
-def fetch(url: str) -> bytes:
-    """The whole content at `url` (webdataset's opener); RemoteError naming the URL if it fails."""
-    import webdataset as wds
-
-    try:
-        stream = wds.gopen(url)
-        try:
-            data = stream.read()
-        finally:
-            stream.close()
-    except Exception as e:  # noqa: BLE001 - curl/pipe failures surface as IOError, others as anything
-        raise RemoteError(f"cannot fetch {url}: {e}") from None
-    return data
-
-
 def remote_manifest(url: str) -> dict:
     """The manifest at `url`, checked like a local one; a clear error when it is missing or not JSON."""
     data = fetch(url)
     try:
         manifest = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{url} is not valid JSON ({len(data)} bytes): {e}") from None
-    return checked_manifest(manifest, url)
+        raise ValueError(f"{redact(url)} is not valid JSON ({len(data)} bytes): {e}") from None
+    return checked_manifest(manifest, redact(url))

@@ -11,7 +11,7 @@ from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
-from cmgl_dist.shards.schema import LABEL_KEYS, MANIFEST, SPLITS
+from cmgl_dist.shards.schema import LABEL_KEYS, MANIFEST, SPLITS, shard_entry_problem
 from cmgl_dist.untrusted import json_loads
 
 FORMAT_VERSION = 1
@@ -105,7 +105,10 @@ def checked_manifest(manifest, where) -> dict:
         raise ValueError(f"{where} is not a pack manifest (a JSON object with a list of shards)")
     for entry in manifest.get("shards", ()):
         if not isinstance(entry, dict) or not {"name", "split", "samples"} <= entry.keys():
-            raise ValueError(f"{where}: shard entry {entry} lacks name, split or samples")
+            raise ValueError(f"{where}: shard entry {str(entry)[:200]} lacks name, split or samples")
+        if problem := shard_entry_problem(entry["name"], entry["split"]):
+            raise ValueError(f"{where}: shard entry {problem}: refused (a shard name never reaches a path, "
+                             "URL or command unchecked)")
     return manifest
 
 

@@ -25,6 +25,7 @@ from cmgl_dist.shards.images import DEFAULT_QUALITY, extract_archive, index_fold
 from cmgl_dist.shards.manifest import build_manifest, describe_skips
 from cmgl_dist.shards.metadata import read_view_positions
 from cmgl_dist.locks import FolderBusy
+from cmgl_dist.shards.ray_pack import RayUnavailable, check_address
 from cmgl_dist.shards.outdir import STAGED_IMAGES, OutRefused, claim, one_writer, remove_stale
 from cmgl_dist.shards.plan import plan_samples, plan_shards
 from cmgl_dist.shards.provenance import CONTENT_ARGUMENTS, pack_inputs
@@ -177,6 +178,16 @@ def main(argv=None) -> int:
     init_logger()
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:  # an argument error exits 2 (argparse's code), before any work
+        check_format(args.image_format, args.quality)
+    except OutOfBounds as e:
+        parser.error(str(e))
+    if args.ray is not None:
+        try:
+            check_address(args.ray)
+        except RayUnavailable as e:
+            log.error("%s", e)
+            return 2
     if args.source != "iurr":
         return pack_other_source(parser, args)
     if args.labels or args.uncertain != "zeros":
@@ -189,7 +200,7 @@ def main(argv=None) -> int:
     except (NothingUsable, OutRefused, OutOfBounds) as e:
         log.error("%s", e)
         return 1
-    except FolderBusy as e:
+    except (FolderBusy, RayUnavailable) as e:
         log.error("%s", e)
         return 2
     log.info("skips: %s; wrote %s", manifest["skip_reasons"], Path(args.out) / MANIFEST)
@@ -211,7 +222,7 @@ def pack_other_source(parser: argparse.ArgumentParser, args) -> int:
     except (SourceError, OSError, OutRefused, OutOfBounds) as e:
         log.error("%s", e)
         return 1
-    except FolderBusy as e:
+    except (FolderBusy, RayUnavailable) as e:
         log.error("%s", e)
         return 2
     log.info("wrote %s", Path(args.out) / MANIFEST)

@@ -14,11 +14,46 @@ versions; they write nothing, so the output folder need only exist here.
 """
 from __future__ import annotations
 
+import math
+import os
+import socket
 from typing import Callable, Iterator
 
 # Rendered shards waiting in Ray's object store, per cluster CPU: enough to keep every worker busy
 # while the driver writes, few enough that a slow disk here does not fill the store.
 IN_FLIGHT_PER_CPU = 2
+CONNECT_TIMEOUT = 10.0  # seconds to reach the cluster's address (CMGL_RAY_CONNECT_TIMEOUT)
+_AUTH_HINT = ("if the cluster requires a token (RAY_AUTH_MODE=token, current Ray), export the cluster's "
+              "RAY_AUTH_TOKEN here too")
+
+
+class RayUnavailable(RuntimeError):
+    """The Ray address is malformed, unreachable or refused the connection; one line saying which."""
+
+
+def check_address(address: str) -> None:
+    """A Ray address (`host:port`, `ray://host:port`, `auto`, or "" for RAY_ADDRESS or a local
+    instance) that is well formed and answers a TCP connection within CONNECT_TIMEOUT: Ray's own
+    connect retries for minutes on an unreachable one, then raises."""
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    if address in ("", "auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        raise RayUnavailable(f"--ray {address!r} is not a Ray address (host:port, ray://host:port or auto)")
+    raw = os.environ.get("CMGL_RAY_CONNECT_TIMEOUT", str(CONNECT_TIMEOUT))
+    try:
+        timeout = float(raw)
+    except ValueError:
+        timeout = math.nan
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise RayUnavailable(f"CMGL_RAY_CONNECT_TIMEOUT={raw!r}: give a number of seconds > 0")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise RayUnavailable(f"--ray {address}: cannot reach it within {timeout:g} s "
+                             f"({e.strerror or type(e).__name__}); start the cluster (`ray start --head`) or "
+                             "fix the address") from None
 
 
 def render_on_ray(render: Callable, tasks: list[tuple], address: str) -> Iterator[tuple]:
@@ -32,7 +67,13 @@ def render_on_ray(render: Callable, tasks: list[tuple], address: str) -> Iterato
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+        check_address(address)
+        try:
+            ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+        except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ... on a failed connect
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise RayUnavailable(f"--ray {address or 'local'}: Ray did not connect ({type(e).__name__}: {first}); "
+                                 f"{_AUTH_HINT}") from None
     try:
         yield from _run(ray, render, tasks)
     finally:

@@ -32,3 +32,14 @@ def shard_name(split: str, index: int) -> str:
 
 
 SHARD_FILE = re.compile(r"^(train|val|test)-\d{6}\.tar$")  # what shard_name() produces
+
+
+def shard_entry_problem(name, split) -> "str | None":
+    """Why a manifest's shard entry is not a shard of this format (None when it is).
+
+    The one rule every reader applies before a name from a manifest becomes a path, a URL or part
+    of a `pipe:` command: a name of the packer's form cannot climb out of its folder or carry shell
+    syntax (`x.tar;touch FILE;:`), whoever wrote the manifest."""
+    if not isinstance(name, str) or not SHARD_FILE.match(name) or split not in SPLITS:
+        return f"name/split {str(name)[:100]!r}/{str(split)[:20]!r} is not a shard of this format"
+    return None

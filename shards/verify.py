@@ -28,6 +28,7 @@ from cmgl_dist.shards.location import RemoteError, fetch, is_remote_pack, pack_f
 REQUIRED = {schema.LABELS, schema.META}  # + the frontal image in the pack's --format
 OPTIONAL = {schema.MASKS, schema.REPORT}  # + the lateral; report.json: required for IU-RR (no meta `source`)
 MAX_PRINTED = 50
+_HTTP_ERROR_STATUS = 22  # curl's exit status for an HTTP error answer (404 ...)
 # manifest field -> the type it must have
 _MANIFEST_FIELDS = {"shards": list, "splits": dict, "arguments": dict, "image_source": str,
                     "samples_written": int, "images_written": int}
@@ -147,9 +148,8 @@ def _manifest_problems(manifest) -> list[str]:
     for i, entry in enumerate(manifest["shards"]):
         if not isinstance(entry, dict) or any(not isinstance(entry.get(k), t) for k, t in _SHARD_FIELDS.items()):
             problems.append(f"{schema.MANIFEST}: shards[{i}] lacks one of {', '.join(_SHARD_FIELDS)}")
-        elif not schema.SHARD_FILE.match(entry["name"]) or entry["split"] not in schema.SPLITS:
-            problems.append(f"{schema.MANIFEST}: shards[{i}] name/split {entry['name'][:100]!r}/{entry['split']!r} "
-                            "is not a shard of this format")
+        elif problem := schema.shard_entry_problem(entry["name"], entry["split"]):
+            problems.append(f"{schema.MANIFEST}: shards[{i}] {problem}")
     return problems
 
 
@@ -192,12 +192,15 @@ class _Tally:
 
 
 def _shard_bytes(folder: Path | str, name: str) -> bytes | None:
-    """A shard's bytes (read whole: a shard is tens of MB), from the folder or the remote pack; None if missing."""
+    """A shard's bytes (read whole: a shard is tens of MB), from the folder or the remote pack; None
+    if missing (the server has no such file); RemoteError when it could not be read otherwise."""
     if is_remote_pack(str(folder)):
         try:
             return fetch(pack_file(str(folder), name))
-        except RemoteError:
-            return None
+        except RemoteError as e:
+            if e.status == _HTTP_ERROR_STATUS or not e.status:
+                return None
+            raise
     path = Path(folder) / name
     return path.read_bytes() if path.is_file() else None
 

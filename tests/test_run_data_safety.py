@@ -122,3 +122,19 @@ def test_after_a_train_steps_change_the_first_resumed_step_runs_at_the_new_sched
     assert optimizer.param_groups[0]["lr"] == pytest.approx(WarmupCosine(cfg, 10)(6))  # the old schedule's
     apply_current_schedule(new)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(WarmupCosine(cfg, 40)(6)) == new.get_last_lr()[0]
+
+
+def test_a_shard_replaced_in_place_is_refused_on_resume(small_shards, tmp_path, monkeypatch):
+    """The manifest (and so the pack's fingerprint) is unchanged; the shard's bytes are not."""
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    pack = tmp_path / "shards"
+    shutil.copytree(small_shards, pack)
+    cfg = load_config("debug", [f"data.shards={pack}", f"train.run_dir={tmp_path / 'run'}"])
+    train.preflight(cfg, None)  # the start records what it read
+    _checkpoint(tmp_path / "run" / "checkpoints", 4, cfg.model_dump(mode="json"), data=data_fingerprint(cfg.data))
+    train_shards = sorted(pack.glob("train-*.tar"))
+    train_shards[0].touch()  # a new time, the same bytes: hashed again, and resumes
+    assert train.preflight(cfg, "auto")[1] is not None
+    train_shards[0].write_bytes(train_shards[1].read_bytes())  # replaced in place
+    with pytest.raises(ConfigError, match=f"{train_shards[0].name} was replaced"):
+        train.preflight(cfg, "auto")

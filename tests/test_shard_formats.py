@@ -100,7 +100,7 @@ def test_quality_is_for_lossy_formats_only(tmp_path, reports_tgz, metadata_csv):
     cmgl = str(Path(sys.executable).with_name("cmgl"))
     done = subprocess.run([cmgl, "pack", "--images", "phantom", "--reports", str(reports_tgz), "--out",
                            str(tmp_path / "cli"), "--quality", "80"], capture_output=True, text=True)
-    assert done.returncode == 1 and "--quality is for --format jpeg or webp" in done.stderr
+    assert done.returncode == 2 and "--quality is for --format jpeg or webp" in done.stderr
     assert "Traceback" not in done.stderr
 
 

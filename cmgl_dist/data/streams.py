@@ -21,11 +21,10 @@ world_size * workers shards (of equal size) for epochs that see every sample onc
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
-import re
-import tarfile
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
 
@@ -34,6 +33,8 @@ import webdataset as wds
 from cmgl_dist.data.samples import Record, SkipCounter, parse
 from cmgl_dist.data.seeds import seed_of
 from cmgl_dist.data.shardlist import is_passthrough
+from cmgl_dist.redact import redact
+from cmgl_dist.shards.remote import tar_samples
 
 
 class ShardMissingError(FileNotFoundError):
@@ -71,8 +72,9 @@ def read_shard(url: str, counter: SkipCounter, spec: StreamSpec) -> Iterator[Uni
     """Raw samples of one tar (local path, `pipe:` or remote URL, opened by webdataset), then one
     `Lost` for each sample the manifest lists but the tar did not yield (a shard that breaks off,
     or a missing one under data.on_missing_shard=skip). Without a manifest count, a read error
-    counts as one lost sample. A remote shard that yields nothing because its opener failed
-    (HTTP error status such as 404, a pipe: command that exits non-zero) is a missing shard."""
+    counts as one lost sample. A remote shard that delivers not one byte (HTTP error status such
+    as 404, a pipe: command that exits non-zero) is a missing shard; one that breaks off after
+    some bytes counts the samples it lost."""
     expected = spec.expected_samples(url)
     if not is_passthrough(url) and not os.path.exists(url):
         yield from _missing(url, "no such file", spec)
@@ -84,42 +86,37 @@ def read_shard(url: str, counter: SkipCounter, spec: StreamSpec) -> Iterator[Uni
         return True  # keep what is readable and continue with the next member or shard
 
     read = 0
-    for sample in wds.tarfile_samples([{"url": url}], handler=handler):
-        read += 1
-        yield sample
-    if read == 0 and errors and is_passthrough(url) and (nothing := _delivered_nothing(errors[0])):
-        yield from _missing(url, nothing, spec)
-        return
+    stream, samples = tar_samples(url, handler)
+    try:
+        for sample in samples:
+            read += 1
+            yield sample
+        if read == 0 and errors and is_passthrough(url) and stream.delivered == 0:
+            yield from _missing(url, _why_nothing(stream, errors[0]), spec)
+            return
+    finally:  # also when the reader stops mid-shard: a pipe: command then ends on SIGPIPE, no error
+        with contextlib.suppress(Exception):
+            stream.close()
     error = errors[0] if errors else "fewer samples than the manifest lists"
     lost = len(errors) if expected is None else max(0, expected - read)
     yield from (Lost(url, "unreadable_shard_data", error) for _ in range(lost))
 
 
-_OPENER_EXIT = re.compile(r": exit \d+ \(read\)")  # webdataset.gopen.Pipe.check_status's message
-
-
-def _delivered_nothing(error: Exception) -> Optional[str]:
-    """Why a remote shard gave not one byte (an HTTP error such as 404: curl's exit 22; a pipe:
-    command that failed), or None when the error is of another kind (a shard cut short).
-    Two forms, depending on who notices first: webdataset's Pipe reports the opener's exit status
-    on a read (an OSError "...: exit 22 (read)"), or tarfile sees an empty stream and the status
-    comes when the stream is closed."""
-    if isinstance(error, OSError) and error.args and _OPENER_EXIT.search(str(error.args[0])):
-        return str(error.args[0])
-    if not (isinstance(error, tarfile.ReadError) and error.args and error.args[0] == "empty file"):
-        return None
-    stream = error.args[1] if len(error.args) > 1 else None
+def _why_nothing(stream, error: Exception) -> str:
+    """Why a remote shard gave not one byte (an HTTP error such as 404, a pipe: command that
+    failed, an empty response): the opener's exit status, which a pipe: command reports only when
+    its stream is closed. A shard that sent some bytes and broke off is not missing: it counts
+    the samples it lost."""
     try:
-        if stream is not None:
-            stream.close()  # webdataset's Pipe raises here with the opener's exit status
+        stream.close()
     except Exception as status:  # noqa: BLE001 - the opener's failure, reported as the reason
-        return str(status)
-    return "empty response"
+        return redact(str(status))
+    return redact(str(error.args[0] if error.args else error))
 
 
 def _missing(url: str, error: str, spec: StreamSpec) -> Iterator[Lost]:
     if spec.on_missing_shard == "fail":
-        raise ShardMissingError(f"shard {url} is missing ({error[:200]}): repack, or set data.on_missing_shard=skip "
+        raise ShardMissingError(f"shard {redact(url)} is missing ({error[:200]}): repack, or set data.on_missing_shard=skip "
                                 "to go on without it (its samples are counted as skipped)")
     return (Lost(url, "missing_shard", error) for _ in range(spec.expected_samples(url) or 1))
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 import torch
 import torch.distributed as dist
 
-from cmgl_dist.config import CMGLConfig
+from cmgl_dist.config import CMGLConfig, recorded
 from cmgl_dist.data.loader import ShardLoader, make_loader
 from cmgl_dist.data.shardlist import Mixture
 from cmgl_dist.engine.checkpoint import Checkpointer, TrainState, seed_all
@@ -63,7 +63,7 @@ def build_trainer(cfg: CMGLConfig, world: World, run_dir: Path, checkpointer: Op
     telemetry = make_telemetry(cfg, world, run_dir, state.step)
     samples = SampleLog(run_dir, world.rank, state.step) if cfg.train.record_samples else None
     trainer = Trainer(cfg, world, engine, CMGLLoss(cfg.loss, cfg.data.max_length), checkpointer, make_metrics(cfg, world, telemetry),
-                      cfg.model_dump(mode="json"), samples)
+                      recorded(cfg), samples)
     engine.train()
     return Built(model, engine, trainer, telemetry, state)
 

@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from cmgl_dist.config import CMGLConfig, ConfigError
+from cmgl_dist.config import CMGLConfig, ConfigError, recorded
 from cmgl_dist.engine.checkpoint import (data_fingerprint, read_complete, resharding_problem,
                                          saved_data_fingerprint)
 
@@ -65,7 +65,7 @@ def check_resumable_config(source: tuple[Path, str], cfg: CMGLConfig) -> None:
     the restored scheduler keeps the old one) or that breaks exact resume; name each such field."""
     root, tag = source
     saved = saved_config(root / tag)
-    now = flat(cfg.model_dump(mode="json"))
+    now = flat(recorded(cfg))  # as client.json holds it: URL credentials redacted
     split_may_change = now["train.global_batch"] == saved_global_batch(root / tag)
     changed = sorted(k for k in saved.keys() | now.keys()
                      if saved.get(k) != now.get(k) and not resume_applies(k) and k not in RESOLVED_ELSEWHERE

@@ -25,8 +25,9 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from cmgl_dist.config import CMGLConfig, ConfigError, load_config, save_config, shipped_configs
+from cmgl_dist.config import CMGLConfig, ConfigError, load_config, recorded, save_config, shipped_configs
 from cmgl_dist.data.order import uses_global_order
+from cmgl_dist.data.shard_check import ShardChanged, check_unchanged
 from cmgl_dist.data.shardlist import Mixture, samples_without_text, source_folders, training_mixture
 from cmgl_dist.data.streams import ShardMissingError
 from cmgl_dist.engine.build import build_trainer, epoch_loaders
@@ -36,8 +37,9 @@ from cmgl_dist.engine.distributed import JoinError, World, init_distributed, lau
 from cmgl_dist.engine.loop import NonFiniteLossError, epoch_batches
 from cmgl_dist.engine.optim import require_apex
 from cmgl_dist.engine.resume import check_resumable_config, check_resume_matches, resumed_order
-from cmgl_dist.locks import FolderBusy, describe_holder, folder_lock
+from cmgl_dist.locks import FolderBusy, FolderRefused, describe_holder, folder_lock
 from cmgl_dist.logs import init_logger
+from cmgl_dist.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +55,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "holds checkpoints is refused.")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config, the DeepSpeed JSON and the world layout, then exit")
+    p.add_argument("--preflight", action="store_true",
+                   help="run the checks training starts with (config, data, resume, for WORLD_SIZE ranks), write "
+                        "nothing and exit: 0 when training would start, 2 with the refusal. Launchers run it "
+                        "before starting ranks, so a refusal is one line")
     p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher's; env wins
     return p.parse_args(argv)
 
 
-def preflight(cfg: CMGLConfig, resume: Optional[str]) -> tuple[Mixture, Optional[tuple[Path, str]]]:
+def preflight(cfg: CMGLConfig, resume: Optional[str], record: bool = True
+              ) -> tuple[Mixture, Optional[tuple[Path, str]]]:
     """Checks that need the machine, not only the config. Returns the train shards (a Mixture) and
-    the checkpoint to resume from (root, tag), if any; sets data.order to the order the run reads."""
+    the checkpoint to resume from (root, tag), if any; sets data.order to the order the run reads.
+    `record`: rank 0 records the shards it checked in the run dir (`--preflight` writes nothing)."""
     require_apex(cfg.optimizer)
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.precision=fp16 needs CUDA (DeepSpeed's loss scaling runs on GPUs): "
@@ -69,7 +77,7 @@ def preflight(cfg: CMGLConfig, resume: Optional[str]) -> tuple[Mixture, Optional
         untexted = {shards: samples_without_text(shards, "train") for shards, _ in source_folders(cfg.data)}
         global_order = uses_global_order(cfg.data, urls.urls)
     except (ValueError, OSError) as err:
-        field = "data.sources" if cfg.data.sources else f"data.shards={cfg.data.shards!r}"
+        field = "data.sources" if cfg.data.sources else f"data.shards={redact(cfg.data.shards)!r}"
         raise ConfigError(f"{field}: {err}; pack shards with `cmgl pack` "
                           "and pass the folder with --set data.shards=DIR") from None
     for shards, count in untexted.items():
@@ -92,6 +100,11 @@ def preflight(cfg: CMGLConfig, resume: Optional[str]) -> tuple[Mixture, Optional
         order = resumed_order(source, cfg.data.order, order)
         check_resume_matches(source, cfg, launch_env()["world_size"], order == "global")
     cfg.data.order = order  # what the run reads, recorded in config.yaml and every checkpoint
+    try:  # a shard replaced in place leaves the manifest's fingerprint as it was: its bytes are checked
+        check_unchanged(urls.urls, Path(cfg.train.run_dir), resuming=source is not None,
+                        record=record and launch_env()["rank"] == 0)
+    except ShardChanged as err:
+        raise ConfigError(f"--resume: {err}") from None
     return urls, source
 
 
@@ -114,6 +127,8 @@ def run_dir_lock(run_dir: Path, rank: int) -> Iterator[None]:
     try:
         with folder_lock(run_dir, "cmgl train"):
             yield
+    except FolderRefused as err:
+        raise ConfigError(f"train.run_dir={run_dir}: {err}") from None
     except FolderBusy as err:  # only the lock raises it: the run itself takes no other
         raise ConfigError(f"train.run_dir={run_dir} is in use by {describe_holder(err.holder)}: "
                           "wait for it to end, or set another train.run_dir") from None
@@ -134,7 +149,7 @@ def dry_run(cfg: CMGLConfig) -> None:
     cuda = torch.cuda.is_available()
     if layout["rank"] == 0:
         print("# resolved config")
-        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        print(yaml.safe_dump(recorded(cfg), sort_keys=False))
         print("# DeepSpeed config")
         print(json.dumps(deepspeed_config(cfg, world_size=layout["world_size"], cuda=cuda), indent=2))
     world = {
@@ -190,6 +205,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = for_world(load_config(args.config, args.overrides), launch_env()["world_size"])
         if args.dry_run:
             dry_run(cfg)
+            return 0
+        if args.preflight:
+            preflight(cfg, args.resume, record=False)
             return 0
         with run_dir_lock(Path(cfg.train.run_dir), rank):
             urls, source = preflight(cfg, args.resume)

@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-import webdataset as wds
+from webdataset.handlers import reraise_exception
 
 from cmgl_dist.data.shardlist import shard_urls
+from cmgl_dist.redact import redact
 from cmgl_dist.shards.manifest import read_manifest
+from cmgl_dist.shards.remote import tar_samples
 from cmgl_dist.shards.reports import labels_known
 from cmgl_dist.shards.schema import META
 
@@ -18,16 +20,18 @@ def corpus_name(shards: str) -> str:
     """`<source> (<folder>)`: the source the pack was made from (IU-RR packs predate the field)."""
     folder = Path(shards)
     if not folder.is_dir():
-        return folder.name
+        return Path(redact(shards)).name  # a URL's userinfo is never recorded
     return f"{read_manifest(str(folder)).get('source', 'iurr')} ({folder.name})"
 
 
 def _metas(shards: str, split: str) -> Iterator[tuple[str, dict]]:
     """(sample key, meta.json) for every sample of `split`, without decoding its images."""
-    for url in shard_urls(shards, split):  # local, http(s) or pipe: (webdataset opens them)
-        for sample in wds.tarfile_samples([{"url": url}]):
-            if META in sample:
-                yield sample["__key__"], json.loads(sample[META])
+    for url in shard_urls(shards, split):  # local, http(s) or pipe: (shards/remote.py opens them)
+        stream, samples = tar_samples(url, reraise_exception)
+        with stream:
+            for sample in samples:
+                if META in sample:
+                    yield sample["__key__"], json.loads(sample[META])
 
 
 def patients(shards: str, split: str) -> dict[str, str]:

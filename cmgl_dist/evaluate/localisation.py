@@ -32,10 +32,11 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-import webdataset as wds
+from webdataset.handlers import reraise_exception
 from PIL import Image
 
 from cmgl_dist.data import images, shard_urls, tokenize_texts
+from cmgl_dist.shards.remote import tar_samples
 from cmgl_dist.shards.schema import MASKS, PATHOLOGIES
 
 
@@ -48,12 +49,15 @@ def mask_to_view(mask: np.ndarray, image_size: int, crop_size: int) -> torch.Ten
 def read_masks(shards: str, split: str) -> dict[str, dict[str, np.ndarray]]:
     """key -> {pathology: bool mask} for the samples of `split` that carry masks."""
     out = {}
-    for sample in wds.WebDataset(shard_urls(shards, split), shardshuffle=False, empty_check=False):
-        if MASKS in sample:
-            with np.load(io.BytesIO(sample[MASKS])) as npz:
-                found = {name: npz[name].astype(bool) for name in npz.files if name in PATHOLOGIES}
-            if found:
-                out[sample["__key__"]] = found
+    for url in shard_urls(shards, split):
+        stream, samples = tar_samples(url, reraise_exception)
+        with stream:
+            for sample in samples:
+                if MASKS in sample:
+                    with np.load(io.BytesIO(sample[MASKS]), allow_pickle=False) as npz:
+                        found = {name: npz[name].astype(bool) for name in npz.files if name in PATHOLOGIES}
+                    if found:
+                        out[sample["__key__"]] = found
     return out
 
 

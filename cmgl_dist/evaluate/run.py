@@ -29,6 +29,7 @@ from cmgl_dist.evaluate.report import write_report
 from cmgl_dist.evaluate.results import append_record, completed_ids, for_inputs, latest_per_job, read_records, repair
 from cmgl_dist.locks import FolderBusy, folder_lock
 from cmgl_dist.logs import init_logger
+from cmgl_dist.redact import redact
 
 log = logging.getLogger("cmgl.evaluate")
 
@@ -119,7 +120,7 @@ def check_shards(shards: str, split: str) -> None:
     try:
         shard_urls(shards, split)
     except (ValueError, OSError) as err:
-        raise ConfigError(f"--shards {shards}: {err}") from None
+        raise ConfigError(f"--shards {redact(shards)}: {err}") from None
 
 
 def check_split_tasks(split: str, tasks: list[str]) -> None:
@@ -146,7 +147,7 @@ def out_lock(prog: str, out: str):
 
 def failure_record(job: Job, key: Optional[str], error: BaseException, attempts: int) -> dict:
     return {**job_record(job, key), "status": "failed", "attempts": attempts,
-            "error": f"{type(error).__name__}: {error}".splitlines()[0][:500]}
+            "error": redact(f"{type(error).__name__}: {error}".splitlines()[0][:500])}
 
 
 def finish(plan: Plan, failures: int) -> int:
