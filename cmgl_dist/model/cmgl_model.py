@@ -109,8 +109,11 @@ class CMGLModel(nn.Module):
             img_global, regions = self.encode_image(batch["images"])
         with phase("text_encoder_fwd"):
             sentence, words, word_mask = self.encode_text(batch)
-        return {"img_global": img_global, "regions": regions, "sentence": sentence, "words": words,
-                "word_mask": word_mask}
+        out = {"img_global": img_global, "regions": regions, "sentence": sentence, "words": words,
+               "word_mask": word_mask}
+        if "word_denied" in batch:  # for the loss (loss.denied_words); the model itself does not use it
+            out["word_denied"] = batch["word_denied"]
+        return out
 
 
 def build_model(model_cfg: ModelConfig) -> CMGLModel:
