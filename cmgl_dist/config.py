@@ -215,6 +215,11 @@ class EvalConfig(_Section):
     folds: int = Field(5, ge=2, description="probe_cv: folds of the patient-grouped cross-validation (--folds).")
     n_prompts: int = Field(20, ge=1, description="Zero-shot prompts per class (--n-prompts).")
     n_figures: int = Field(4, ge=1, description="Reports drawn as attention-map figures.")
+    localisation_min_masks: int = Field(
+        30, ge=0, description="Localisation on phantom packs: a finding with fewer scorable lesion masks in the "
+                              "split gets more renderings of its positive reports (other seeds: other anatomy "
+                              "and lesion placement, the same report) until it has this many; 0: the split's "
+                              "own masks only.")
     workers: int = Field(0, ge=0, description="DataLoader worker processes of the evaluation loaders.")
     zero_shot_word_pooling: Literal["logsumexp", "max"] = Field(
         "max", description="Local score over a prompt's words in zero-shot: max (GLoRIA's zero-shot score, "

@@ -287,3 +287,37 @@ def test_finding_precision_leaves_out_samples_with_unknown_labels():
     assert (got["precision"], got["chance"]) == finding_set_precision(sim[keep][:, keep], sets, sets, 10)
     assert "21 test pairs whose finding set is known; 3 unindexed" in _finding_precision(got, n)
     assert _finding_precision(everyone, n).endswith(f"{everyone['precision']:.3f} ({everyone['chance']:.3f}).")
+
+
+def test_rendering_zero_is_the_packed_image_and_later_renderings_differ(small_shards, minilm_tokenizer):
+    from cmgl_dist.config import DataConfig
+    from cmgl_dist.data import make_loader, shard_urls
+    from cmgl_dist.evaluate.lesion_renderings import eval_pixels, pack_rendering, phantom_reports
+    from cmgl_dist.shards.phantom import phantom_for_report
+
+    size, seed = pack_rendering(str(small_shards))
+    data = DataConfig(shards=str(small_shards), image_size=size, crop_size=size - 16, workers=0)
+    batch = next(iter(make_loader(shard_urls(str(small_shards), "test"), data, minilm_tokenizer, train=False,
+                                  batch_size=2, seed=0)))
+    reports = phantom_reports(str(small_shards), "test")
+    for key, packed in zip(batch["keys"], batch["images"]):
+        report = reports[key]
+        again = eval_pixels(phantom_for_report(report.uid, report.labels, report.mesh_major, size, seed)[0],
+                            size, data.crop_size)
+        assert torch.equal(again, packed)
+        other = eval_pixels(phantom_for_report(report.uid, report.labels, report.mesh_major, size, seed + 1)[0],
+                            size, data.crop_size)
+        assert (other - packed).abs().mean() > 0.05
+
+
+def test_localisation_bootstrap_resamples_reports_not_masks():
+    from cmgl_dist.evaluate.localisation import report_bootstrap
+
+    # 30 masks from one report that always hits and 30 from one that never does: two reports, so
+    # a resample holds 0, 1 or 2 copies of the hitting one (means 0, 0.5, 1), never 30 of 60 masks' spread
+    hits = np.array([1.0] * 30 + [0.0] * 30)
+    (low, high), = report_bootstrap(hits[None], ["a"] * 30 + ["b"] * 30, 2000)
+    assert (low, high) == (0.0, 1.0)
+    (low, high), = report_bootstrap(hits[None], [str(i) for i in range(60)], 2000)
+    assert 0.3 < low < 0.5 < high < 0.7
+    assert report_bootstrap(hits[None], ["a"] * 60, 0) == [None]
