@@ -63,8 +63,7 @@ class CMGL:
         grey = self.grey(image)
         if self.pack_size:
             grey = resize_longest(grey, self.pack_size)
-        square = transforms.square_resize(grey, self.cfg.data.image_size)
-        return transforms.normalise_to_rgb(transforms.eval_view(square, self.cfg.data.crop_size))
+        return transforms.eval_image(grey, self.cfg.data)
 
     @torch.inference_mode()
     def encode_images(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32

@@ -43,6 +43,13 @@ class DataConfig(_Section):
     image_size: int = Field(256, ge=32, description="Longest side after resize, then padded to square (GLoRIA: 256).")
     crop_size: int = Field(224, ge=32, description="Random crop (train) / centre crop (eval) (GLoRIA: 224; 299 for 19x19 ResNet-50 regions).")
     text_mode: Literal["report", "sentence"] = Field("report", description="findings + impression, or one sampled sentence.")
+    text_cleaning: Literal["none", "gloria"] = Field(
+        "none", description="none: the report text as packed (punctuation and case kept). gloria: GLoRIA's "
+                            "create_path_2_sent_mapping: split at list numbers and '.', lower-case \\w+ runs "
+                            "(ASCII), sentences of one word dropped, stop once the words counted reach exactly "
+                            "data.captions_per_image; text_mode=report joins these sentences (full_report: true), "
+                            "sentence samples one (full_report: false).")
+    captions_per_image: int = Field(5, ge=1, description="GLoRIA's captions_per_image: its word-count stop (text_cleaning=gloria).")
     max_length: int = Field(97, ge=8, le=512, description="Maximum tokens per text (GLoRIA: 97).")
     special_words: Literal["none", "cls", "sep", "cls_sep"] = Field(
         "none", description="Special tokens that are local words too, in training (and zero-shot unless "
@@ -57,6 +64,16 @@ class DataConfig(_Section):
         True, description="Keep the loader's worker processes from one epoch to the next (saves their start-up "
                           "at every epoch boundary; batches are the same either way).")
     augment: bool = Field(True, description="GLoRIA's training augmentation (crop, small affine, colour jitter).")
+    augmentation: Literal["affine", "random_crop"] = Field(
+        "affine", description="With data.augment: affine (a random crop, a small rotation/shift/scale and "
+                              "brightness/contrast jitter) or random_crop (the crop alone: GLoRIA's pretraining "
+                              "transforms, RandomCrop then ToTensor).")
+    resize: Literal["bilinear", "area"] = Field(
+        "bilinear", description="Longest side to data.image_size: bilinear (PIL; short side rounded) or area "
+                                "(GLoRIA's _resize_img: OpenCV's INTER_AREA, short side truncated).")
+    normalisation: Literal["imagenet", "half"] = Field(
+        "imagenet", description="Pixel normalisation: imagenet (each channel's ImageNet mean/std) or half "
+                                "(GLoRIA's norm 'half': mean 0.5, std 0.5).")
     decode: Literal["cpu", "gpu"] = Field(
         "cpu", description="Where images are decoded and augmented: cpu (loader workers, any shard format), or gpu "
                            "(JPEG shards only: batches decoded with nvJPEG and augmented on the training device; "
@@ -81,6 +98,10 @@ class ModelConfig(_Section):
                                 "its max length (97) and averages over all positions, the zero padding included "
                                 "(set N to data.max_length for GLoRIA's).")
     freeze_image: bool = Field(False, description="Freeze the image backbone (projection heads still train).")
+    image_upsample: Optional[int] = Field(
+        None, ge=32, description="None: the backbone sees the crop as it is. N: the crop is upsampled to N x N first "
+                                 "(bilinear, align_corners=True: GLoRIA's resnet_forward, 299, which gives "
+                                 "ResNet-50 19 x 19 regions from a 224 crop).")
     local_init_gain: float = Field(
         1.0, gt=0, description="Multiplies the initial weights of the region and word heads. Their outputs "
                                "feed the attention's softmax over words unnormalised: at 1.0 with locked "
@@ -151,8 +172,10 @@ class LossConfig(_Section):
 
 
 class OptimizerConfig(_Section):
-    name: Literal["adamw", "fused_adam", "fused_lamb"] = Field(
-        "adamw", description="adamw: torch AdamW (fused on CUDA); fused_adam/fused_lamb need apex.")
+    name: Literal["adamw", "adam", "fused_adam", "fused_lamb"] = Field(
+        "adamw", description="adamw: torch AdamW (decoupled weight decay; fused on CUDA); adam: torch Adam with "
+                             "weight_decay as coupled L2 (GLoRIA's build_optimizer, with betas (0.5, 0.999)); "
+                             "fused_adam/fused_lamb need apex.")
     lr: float = Field(5e-5, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -274,8 +297,13 @@ class CMGLConfig(_Section):
         if self.schedule.warmup_steps >= self.train.steps:
             raise ValueError(
                 f"schedule.warmup_steps={self.schedule.warmup_steps} must be < train.steps={self.train.steps}")
-        if self.optimizer.name != "adamw" and self.zero.offload_optimizer:
+        if self.optimizer.name not in ("adamw", "adam") and self.zero.offload_optimizer:
             raise ValueError(f"optimizer.name={self.optimizer.name} cannot run with zero.offload_optimizer: use adamw")
+        if self.data.decode == "gpu" and (self.data.resize, self.data.normalisation, self.data.augmentation) != (
+                "bilinear", "imagenet", "affine"):
+            raise ValueError("data.decode=gpu resizes bilinearly, normalises with ImageNet's statistics and draws "
+                             "affine views: set data.decode=cpu for data.resize=area, data.normalisation=half or "
+                             "data.augmentation=random_crop")
         if self.optimizer.name == "fused_lamb" and self.zero.stage != 0:
             # LAMB's trust ratio needs each whole parameter; ZeRO hands the optimizer flat partitions.
             raise ValueError(f"optimizer.name=fused_lamb needs zero.stage=0 (got {self.zero.stage}): "

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from cmgl_dist.config import DataConfig
 from cmgl_dist.data import images
 from cmgl_dist.evaluate.localisation import attention_heatmap, mask_to_view, score_map
 from cmgl_dist.evaluate.probe import fit_predict, stratified_subset
@@ -60,7 +61,7 @@ def test_mask_follows_the_eval_image_transform():
     # a non-square stored image: the mask must land where the eval transform puts the pixels
     stored = np.zeros((60, 90), np.uint8)
     stored[10:30, 20:50] = 255
-    mask = mask_to_view(stored > 0, image_size=48, crop_size=40)
+    mask = mask_to_view(stored > 0, DataConfig(image_size=48, crop_size=40))
     view = images.eval_view(images.square_resize(Image.fromarray(stored), 48), 40)[0]
     assert mask.shape == (40, 40)
     assert torch.equal(mask, view > 0.5)
@@ -292,7 +293,8 @@ def test_finding_precision_leaves_out_samples_with_unknown_labels():
 def test_rendering_zero_is_the_packed_image_and_later_renderings_differ(small_shards, minilm_tokenizer):
     from cmgl_dist.config import DataConfig
     from cmgl_dist.data import make_loader, shard_urls
-    from cmgl_dist.evaluate.lesion_renderings import eval_pixels, pack_rendering, phantom_reports
+    from cmgl_dist.data.images import eval_image
+    from cmgl_dist.evaluate.lesion_renderings import pack_rendering, phantom_reports
     from cmgl_dist.shards.phantom import phantom_for_report
 
     size, seed = pack_rendering(str(small_shards))
@@ -302,11 +304,11 @@ def test_rendering_zero_is_the_packed_image_and_later_renderings_differ(small_sh
     reports = phantom_reports(str(small_shards), "test")
     for key, packed in zip(batch["keys"], batch["images"]):
         report = reports[key]
-        again = eval_pixels(phantom_for_report(report.uid, report.labels, report.mesh_major, size, seed)[0],
-                            size, data.crop_size)
+        again = eval_image(Image.fromarray(
+            phantom_for_report(report.uid, report.labels, report.mesh_major, size, seed)[0]), data)
         assert torch.equal(again, packed)
-        other = eval_pixels(phantom_for_report(report.uid, report.labels, report.mesh_major, size, seed + 1)[0],
-                            size, data.crop_size)
+        other = eval_image(Image.fromarray(
+            phantom_for_report(report.uid, report.labels, report.mesh_major, size, seed + 1)[0]), data)
         assert (other - packed).abs().mean() > 0.05
 
 

@@ -141,15 +141,17 @@ def to_example(record: Record, data_cfg, *, train: bool, seed: int, epoch: int,
     if data_cfg.decode == "gpu":
         return _encoded_example(record, data_cfg, train=train, seed=seed, epoch=epoch)
     try:
-        square = images.square_resize(images.decode_grey(record.frontal, data_cfg.image_size), data_cfg.image_size)
+        square = images.square_resize(images.decode_grey(record.frontal, data_cfg.image_size), data_cfg.image_size,
+                                      data_cfg.resize)
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a broken image
         counter.skip("undecodable_image", record.key, e)
         return None
     if train:
-        view = images.train_view(square, data_cfg.crop_size, _view_rng(record, seed, epoch), data_cfg.augment)
+        view = images.train_view(square, data_cfg.crop_size, _view_rng(record, seed, epoch), data_cfg.augment,
+                                 data_cfg.augmentation)
     else:
         view = images.eval_view(square, data_cfg.crop_size)
-    return {"key": record.key, "image": images.normalise_to_rgb(view), **_text_and_labels(record, data_cfg, seed, epoch)}
+    return {"key": record.key, "image": images.normalise_to_rgb(view, data_cfg.normalisation), **_text_and_labels(record, data_cfg, seed, epoch)}
 
 
 def _view_rng(record: Record, seed: int, epoch: int) -> random.Random:

@@ -23,7 +23,6 @@ import logging
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional
 
-import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
@@ -122,9 +121,9 @@ def _renderings(ctx, pathology: str, candidates: list[tuple[str, int]], reports:
             image, masks, _ = phantom_for_report(report.uid, report.labels, report.mesh_major, size, seed + rendering)
             if pathology not in masks:
                 continue
-            mask = mask_to_view(masks[pathology], data.image_size, data.crop_size)
+            mask = mask_to_view(masks[pathology], data)
             if mask.any():
-                pending.append((key, row, mask, eval_pixels(image, data.image_size, data.crop_size)))
+                pending.append((key, row, mask, images.eval_image(Image.fromarray(image, mode="L"), data)))
             if len(pending) == ENCODE_BATCH:
                 given += len(pending)
                 yield from _encoded(ctx, pathology, pending)
@@ -132,12 +131,6 @@ def _renderings(ctx, pathology: str, candidates: list[tuple[str, int]], reports:
         if given + len(pending) >= needed:
             break
     yield from _encoded(ctx, pathology, pending)
-
-
-def eval_pixels(image: np.ndarray, image_size: int, crop_size: int) -> torch.Tensor:
-    """uint8 [S, S] phantom -> [3, crop, crop]: what the evaluation loader makes of its packed PNG."""
-    grey = Image.fromarray(image, mode="L")
-    return images.normalise_to_rgb(images.eval_view(images.square_resize(grey, image_size), crop_size))
 
 
 @torch.inference_mode()

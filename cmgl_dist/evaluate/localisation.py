@@ -45,10 +45,11 @@ from cmgl_dist.evaluate.lesion_renderings import Lesion, more_renderings
 from cmgl_dist.shards.schema import MASKS, PATHOLOGIES
 
 
-def mask_to_view(mask: np.ndarray, image_size: int, crop_size: int) -> torch.Tensor:
+def mask_to_view(mask: np.ndarray, data_cfg) -> torch.Tensor:
     """bool [H, W] at the stored resolution -> bool [crop, crop] aligned with the eval image."""
     grey = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
-    return images.eval_view(images.square_resize(grey, image_size), crop_size)[0] > 0.5
+    square = images.square_resize(grey, data_cfg.image_size, data_cfg.resize)
+    return images.eval_view(square, data_cfg.crop_size)[0] > 0.5
 
 
 def read_masks(shards: str, split: str) -> dict[str, dict[str, np.ndarray]]:
@@ -128,7 +129,7 @@ def lesions(ctx, feats) -> Iterator[Lesion]:
         for key, sample_masks in masks.items():
             if pathology not in sample_masks or key not in row_of:
                 continue
-            mask = mask_to_view(sample_masks[pathology], data.image_size, data.crop_size)
+            mask = mask_to_view(sample_masks[pathology], data)
             if mask.any():
                 found = True
                 yield Lesion(pathology, row_of[key], mask)
