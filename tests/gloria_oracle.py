@@ -164,3 +164,127 @@ def sentence_embedding(hidden_states, caption_ids, idxtoword, last_n_layers=4):
     embeddings = aggregate_tokens(embeddings, caption_ids, idxtoword)
     sent_embeddings = embeddings.mean(axis=2)
     return sent_embeddings.sum(axis=1)
+
+
+# ---- the data pipeline and optimizer (gloria/datasets/pretraining_dataset.py, gloria/builder.py,
+# gloria/models/vision_model.py); nltk's RegexpTokenizer(r"\w+").tokenize is re.findall, and
+# cv2.resize(..., INTER_AREA) is `inter_area` below, a float64 transcription of its definition.
+
+def create_path_2_sent_mapping_one(captions, max_word_num):
+    """`MultimodalPretrainingDataset.create_path_2_sent_mapping`'s loop body for one report: study_sent."""
+    import re
+
+    captions = captions.replace("\n", " ")
+    splitter = re.compile("[0-9]+\\.")
+    captions = splitter.split(captions)
+    captions = [point.split(".") for point in captions]
+    captions = [sent for point in captions for sent in point]
+    cnt = 0
+    study_sent = []
+    for cap in captions:
+        if len(cap) == 0:
+            continue
+        cap = cap.replace("\ufffd\ufffd", " ")
+        tokens = re.findall(r"\w+", cap.lower())
+        if len(tokens) <= 1:
+            continue
+        included_tokens = []
+        for t in tokens:
+            t = t.encode("ascii", "ignore").decode("ascii")
+            if len(t) > 0:
+                included_tokens.append(t)
+        study_sent.append(" ".join(included_tokens))
+        cnt += len(included_tokens)
+        if cnt == max_word_num:
+            break
+    return study_sent
+
+
+def inter_area(img, dsize):
+    """cv2.resize(img, dsize=(width, height), interpolation=cv2.INTER_AREA) for a shrink, by its
+    definition, pixel by pixel in float64: each output pixel is the mean of the source rectangle
+    [x * sx, (x + 1) * sx) x [y * sy, (y + 1) * sy), source pixels weighted by the area they share
+    with it; rounded to the nearest level."""
+    import math
+
+    import numpy as np
+
+    height, width = img.shape
+    out_w, out_h = dsize
+    sx, sy = width / out_w, height / out_h
+    out = np.zeros((out_h, out_w))
+    for y in range(out_h):
+        for x in range(out_w):
+            total = 0.0
+            for j in range(math.floor(y * sy), min(height, math.ceil((y + 1) * sy))):
+                wy = min((y + 1) * sy, j + 1) - max(y * sy, j)
+                for i in range(math.floor(x * sx), min(width, math.ceil((x + 1) * sx))):
+                    wx = min((x + 1) * sx, i + 1) - max(x * sx, i)
+                    total += wy * wx * float(img[j, i])
+            out[y, x] = total / (sx * sy)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def resize_img(img, scale):
+    """`MultimodalPretrainingDataset._resize_img`, cv2.resize as `inter_area`."""
+    import numpy as np
+
+    size = img.shape
+    max_dim = max(size)
+    max_ind = size.index(max_dim)
+    if max_ind == 0:
+        wpercent = scale / float(size[0])
+        hsize = int((float(size[1]) * float(wpercent)))
+        desireable_size = (scale, hsize)
+    else:
+        hpercent = scale / float(size[1])
+        wsize = int((float(size[0]) * float(hpercent)))
+        desireable_size = (wsize, scale)
+    resized_img = inter_area(img, desireable_size[::-1])
+    if max_ind == 0:
+        pad_size = scale - resized_img.shape[1]
+        left = int(np.floor(pad_size / 2))
+        right = int(np.ceil(pad_size / 2))
+        top = int(0)
+        bottom = int(0)
+    else:
+        pad_size = scale - resized_img.shape[0]
+        top = int(np.floor(pad_size / 2))
+        bottom = int(np.ceil(pad_size / 2))
+        left = int(0)
+        right = int(0)
+    return np.pad(resized_img, [(top, bottom), (left, right)], "constant", constant_values=0)
+
+
+def train_transform(crop_size, top, left):
+    """`builder.build_transformation(cfg, 'train')` for GLoRIA's pretraining config (random_crop
+    only, norm 'half'), its RandomCrop's draw given as (top, left)."""
+    import torchvision.transforms as transforms
+    import torchvision.transforms.functional as TF
+
+    return transforms.Compose([
+        transforms.Lambda(lambda img: TF.crop(img, top, left, crop_size, crop_size)),
+        transforms.ToTensor(),
+        transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    ])
+
+
+def resnet_input(x):
+    """The first line of `ImageEncoder.resnet_forward`."""
+    return nn.Upsample(size=(299, 299), mode="bilinear", align_corners=True)(x)
+
+
+def adam_steps(params, grads_per_step, lr, weight_decay=1e-6, betas=(0.5, 0.999), eps=1e-8):
+    """`builder.build_optimizer`'s torch.optim.Adam(params, lr, weight_decay, betas=(0.5, 0.999)),
+    written out in float64: the weight decay is added to the gradient (L2), then Adam's update."""
+    params = [p.detach().double().clone() for p in params]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    for step, grads in enumerate(grads_per_step, start=1):
+        for k, (p, g) in enumerate(zip(params, grads)):
+            g = g.double() + weight_decay * p
+            m[k] = betas[0] * m[k] + (1 - betas[0]) * g
+            v[k] = betas[1] * v[k] + (1 - betas[1]) * g * g
+            m_hat, v_hat = m[k] / (1 - betas[0] ** step), v[k] / (1 - betas[1] ** step)
+            p -= lr * m_hat / (v_hat.sqrt() + eps)
+    return params
