@@ -236,7 +236,10 @@ class EvalConfig(_Section):
         "test", description="The split evaluated (--split); the probe trains on train. 'all': every sample of the "
                             "pack (an external corpus, with probe_cv).")
     folds: int = Field(5, ge=2, description="probe_cv: folds of the patient-grouped cross-validation (--folds).")
-    n_prompts: int = Field(20, ge=1, description="Zero-shot prompts per class (--n-prompts).")
+    n_prompts: int = Field(20, ge=1, description="Zero-shot prompts per class (--n-prompts; GLoRIA: 5).")
+    prompts: Literal["cmgl", "gloria"] = Field(
+        "cmgl", description="Zero-shot prompt vocabulary: cmgl (severity x finding x location as IU-RR reports "
+                            "phrase them) or gloria (GLoRIA's CHEXPERT_CLASS_PROMPTS).")
     n_figures: int = Field(4, ge=1, description="Reports drawn as attention-map figures.")
     localisation_min_masks: int = Field(
         30, ge=0, description="Localisation on phantom packs: a finding with fewer scorable lesion masks in the "

@@ -288,3 +288,114 @@ def adam_steps(params, grads_per_step, lr, weight_decay=1e-6, betas=(0.5, 0.999)
             m_hat, v_hat = m[k] / (1 - betas[0] ** step), v[k] / (1 - betas[1] ** step)
             p -= lr * m_hat / (v_hat.sqrt() + eps)
     return params
+
+
+CHEXPERT_CLASS_PROMPTS = {  # gloria/constants.py, verbatim
+    "Atelectasis": {
+        "severity": ["", "mild", "minimal"],
+        "subtype": [
+            "subsegmental atelectasis",
+            "linear atelectasis",
+            "trace atelectasis",
+            "bibasilar atelectasis",
+            "retrocardiac atelectasis",
+            "bandlike atelectasis",
+            "residual atelectasis",
+        ],
+        "location": [
+            "at the mid lung zone",
+            "at the upper lung zone",
+            "at the right lung zone",
+            "at the left lung zone",
+            "at the lung bases",
+            "at the right lung base",
+            "at the left lung base",
+            "at the bilateral lung bases",
+            "at the left lower lobe",
+            "at the right lower lobe",
+        ],
+    },
+    "Cardiomegaly": {
+        "severity": [""],
+        "subtype": [
+            "cardiac silhouette size is upper limits of normal",
+            "cardiomegaly which is unchanged",
+            "mildly prominent cardiac silhouette",
+            "portable view of the chest demonstrates stable cardiomegaly",
+            "portable view of the chest demonstrates mild cardiomegaly",
+            "persistent severe cardiomegaly",
+            "heart size is borderline enlarged",
+            "cardiomegaly unchanged",
+            "heart size is at the upper limits of normal",
+            "redemonstration of cardiomegaly",
+            "ap erect chest radiograph demonstrates the heart size is the upper limits of normal",
+            "cardiac silhouette size is mildly enlarged",
+            "mildly enlarged cardiac silhouette, likely left ventricular enlargement. other chambers are less prominent",
+            "heart size remains at mildly enlarged",
+            "persistent cardiomegaly with prominent upper lobe vessels",
+        ],
+        "location": [""],
+    },
+    "Consolidation": {
+        "severity": ["", "increased", "improved", "apperance of"],
+        "subtype": [
+            "bilateral consolidation",
+            "reticular consolidation",
+            "retrocardiac consolidation",
+            "patchy consolidation",
+            "airspace consolidation",
+            "partial consolidation",
+        ],
+        "location": [
+            "at the lower lung zone",
+            "at the upper lung zone",
+            "at the left lower lobe",
+            "at the right lower lobe",
+            "at the left upper lobe",
+            "at the right uppper lobe",
+            "at the right lung base",
+            "at the left lung base",
+        ],
+    },
+    "Edema": {
+        "severity": [
+            "",
+            "mild",
+            "improvement in",
+            "presistent",
+            "moderate",
+            "decreased",
+        ],
+        "subtype": [
+            "pulmonary edema",
+            "trace interstitial edema",
+            "pulmonary interstitial edema",
+        ],
+        "location": [""],
+    },
+    "Pleural Effusion": {
+        "severity": ["", "small", "stable", "large", "decreased", "increased"],
+        "location": ["left", "right", "tiny"],
+        "subtype": [
+            "bilateral pleural effusion",
+            "subpulmonic pleural effusion",
+            "bilateral pleural effusion",
+        ],
+    },
+}
+
+
+def generate_chexpert_class_prompts(n=5):
+    """`gloria.generate_chexpert_class_prompts` (n=None: every prompt, unsampled)."""
+    import random
+
+    prompts = {}
+    for k, v in CHEXPERT_CLASS_PROMPTS.items():
+        cls_prompts = []
+        keys = list(v.keys())
+        for k0 in v[keys[0]]:
+            for k1 in v[keys[1]]:
+                for k2 in v[keys[2]]:
+                    cls_prompts.append(f"{k0} {k1} {k2}")
+        prompts[k] = cls_prompts if n is None else random.sample(cls_prompts, n)
+    return prompts

@@ -139,3 +139,17 @@ def test_gloria_config_names_gloria_pipeline():
     default = DataConfig()
     assert (default.text_cleaning, default.resize, default.normalisation, default.augmentation) == (
         "none", "bilinear", "imagenet", "affine")
+
+
+def test_gloria_prompts_are_generate_chexpert_class_prompts():
+    from cmgl_dist.evaluate.prompts import class_prompts
+
+    theirs = gloria.generate_chexpert_class_prompts(n=None)
+    names = {"Atelectasis": "atelectasis", "Cardiomegaly": "cardiomegaly", "Consolidation": "consolidation",
+             "Edema": "edema", "Pleural Effusion": "pleural_effusion"}
+    ours = class_prompts(None, vocabulary="gloria")
+    assert {names[k]: v for k, v in theirs.items()} == ours
+    five = class_prompts(5, seed=3, vocabulary="gloria")
+    assert all(len(v) == 5 and set(v) <= set(ours[k]) for k, v in five.items())
+    assert load_config("gloria_r50_bert").eval.prompts == "gloria"
+    assert load_config("gloria_r50_bert").eval.n_prompts == 5

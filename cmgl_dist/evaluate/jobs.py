@@ -97,7 +97,7 @@ def run_zero_shot(job: Job, ctx: EvalContext) -> dict:
     from cmgl_dist.evaluate.zero_shot import class_scores, zero_shot_settings
 
     feats = ctx.features(with_text=True)
-    scores = class_scores(ctx.model, feats, class_prompts(ctx.settings.n_prompts, seed=job.seed),
+    scores = class_scores(ctx.model, feats, class_prompts(ctx.settings.n_prompts, seed=job.seed, vocabulary=ctx.settings.prompts),
                           negatives=NEGATIVE_PROMPTS if job.task == "zero_shot_negated" else None,
                           **zero_shot_settings(ctx.cfg, ctx.settings))
     return _auc_result(ctx, job, _finding_labels(feats), scores, feats.keys)

@@ -85,7 +85,7 @@ def localisation_scores(ctx) -> dict:
     from cmgl_dist.evaluate.prompts import class_prompts
 
     feats = ctx.features(with_text=True)
-    prompts = class_prompts(ctx.settings.n_prompts, seed=0)
+    prompts = class_prompts(ctx.settings.n_prompts, seed=0, vocabulary=ctx.settings.prompts)
     prompt_words = {p: finding_word_rows(ctx.model, prompts[p], p, ctx.cfg.data) for p in PATHOLOGIES}
     found = list(lesions(ctx, feats))
     found += more_renderings(ctx, feats, found, lambda row, p: has_finding_word(feats, row, p),
