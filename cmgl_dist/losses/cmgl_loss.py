@@ -115,8 +115,9 @@ def local_word_mask(word_mask: torch.Tensor, word_denied, denied_words: str) -> 
     """The words the local loss aligns with regions [B, W]: all of them (`keep`, GLoRIA), or
     (`drop`) those outside a negation scope. A denied word's attention would otherwise be trained
     on images without its finding ("No pleural effusion"): most IU-RR mentions of effusion and
-    consolidation are denied. A text whose words are all denied ("No acute disease.") keeps them
-    all: a text without words has S = -inf. Tensor ops only (no host read in a micro step)."""
+    consolidation are denied. A text whose words would all be denied keeps them all: a text without
+    words has S = -inf (a safeguard: trigger words such as "No" are never denied themselves).
+    Tensor ops only (no host read in a micro step)."""
     if denied_words == "keep" or word_denied is None:
         return word_mask
     if denied_words != "drop":
