@@ -259,6 +259,10 @@ class EvalConfig(_Section):
     prompt_pooling: Literal["mean", "max"] = Field(
         "mean", description="A class's score over its prompts' scores: mean (cmgl) or max (GLoRIA's "
                             "zero_shot_classification).")
+    probe_model: Literal["logistic", "linear"] = Field(
+        "logistic", description="The probe: logistic (one L2 logistic regression per class, cmgl) or linear "
+                                "(GLoRIA's linear head: one nn.Linear over the classes, BCE, Adam lr 1e-4, early "
+                                "stopping on the val split's loss).")
     probe_features: Literal["backbone", "embedding"] = Field(
         "backbone", description="What the linear probe (probe, probe_cv) fits on: backbone (the image encoder's "
                                 "pooled features, GLoRIA's linear classification) or embedding (the projected "

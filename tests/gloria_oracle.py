@@ -399,3 +399,43 @@ def generate_chexpert_class_prompts(n=5):
                     cls_prompts.append(f"{k0} {k1} {k2}")
         prompts[k] = cls_prompts if n is None else random.sample(cls_prompts, n)
     return prompts
+
+
+def linear_head_probe(train_x, train_y, val_x, val_y, test_x, generator):
+    """GLoRIA's linear classification (`configs/chexpert_classification/linear_head/*`,
+    `lightning/classification_model.py`) on frozen features: `nn.Linear` over the classes,
+    `nn.BCEWithLogitsLoss`, `build_optimizer`'s Adam (lr 1e-4, weight_decay 1e-6, betas (0.5, 0.999)),
+    batch_size 64, gradient_clip_val 0.25, max_epochs 50, EarlyStopping(monitor val_loss,
+    min_delta 0, patience 5), ModelCheckpoint(save_top_k 1) scoring the test set. The layer's
+    initial values and each epoch's order are drawn from `generator` (nn.Linear's uniform bounds)."""
+    import copy
+    import math
+
+    classifier = nn.Linear(train_x.shape[1], train_y.shape[1]).double()
+    bound = 1 / math.sqrt(train_x.shape[1])
+    with torch.no_grad():
+        classifier.weight.uniform_(-bound, bound, generator=generator)
+        classifier.bias.uniform_(-bound, bound, generator=generator)
+    loss = nn.BCEWithLogitsLoss()
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-4, weight_decay=1e-6, betas=(0.5, 0.999))
+    best_score, wait_count, best_state = None, 0, copy.deepcopy(classifier.state_dict())
+    for epoch in range(50):
+        for batch in torch.randperm(len(train_x), generator=generator).split(64):
+            logit = classifier(train_x[batch])
+            train_loss = loss(logit, train_y[batch])
+            train_loss.backward()
+            torch.nn.utils.clip_grad_norm_(classifier.parameters(), 0.25)
+            optimizer.step()
+            optimizer.zero_grad()
+        with torch.no_grad():  # val_loss logged on_epoch: batch means weighted by batch size
+            batches = torch.arange(len(val_x)).split(64)
+            val_loss = sum(loss(classifier(val_x[b]), val_y[b]).item() * len(b) for b in batches) / len(val_x)
+        if best_score is None or val_loss < best_score:
+            best_score, wait_count, best_state = val_loss, 0, copy.deepcopy(classifier.state_dict())
+        else:
+            wait_count += 1
+            if wait_count >= 5:
+                break
+    classifier.load_state_dict(best_state)
+    with torch.no_grad():
+        return torch.sigmoid(classifier(test_x)), epoch + 1

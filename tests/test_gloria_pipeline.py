@@ -136,6 +136,7 @@ def test_gloria_config_names_gloria_pipeline():
     assert cfg.model.image_upsample == 299
     assert (cfg.optimizer.name, cfg.optimizer.betas, cfg.optimizer.weight_decay) == ("adam", (0.5, 0.999), 1e-6)
     assert cfg.loss.denied_words == "keep"
+    assert (cfg.eval.probe_model, cfg.eval.probe_features) == ("linear", "backbone")
     default = DataConfig()
     assert (default.text_cleaning, default.resize, default.normalisation, default.augmentation) == (
         "none", "bilinear", "imagenet", "affine")
@@ -153,3 +154,19 @@ def test_gloria_prompts_are_generate_chexpert_class_prompts():
     assert all(len(v) == 5 and set(v) <= set(ours[k]) for k, v in five.items())
     assert load_config("gloria_r50_bert").eval.prompts == "gloria"
     assert load_config("gloria_r50_bert").eval.n_prompts == 5
+
+
+@pytest.mark.parametrize("flip_val, stops_early", [(False, False), (True, True)])
+def test_linear_probe_is_gloria_linear_head(flip_val, stops_early):
+    from cmgl_dist.evaluate.linear_probe import fit_predict_linear
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 6))
+    y = (x[:, :3] + 0.5 * rng.standard_normal((300, 3)) > 0).astype(float)
+    val_y = 1 - y[128:200] if flip_val else y[128:200]  # flipped: fitting train raises the val loss
+    parts = (x[:128], y[:128], x[128:200], val_y, x[200:])
+    ours, epochs = fit_predict_linear(*parts, seed=4, dtype=torch.float64)
+    theirs, their_epochs = gloria.linear_head_probe(*(torch.tensor(p) for p in parts),
+                                                    torch.Generator().manual_seed(4))
+    assert epochs == their_epochs and (epochs < 50) == stops_early
+    np.testing.assert_allclose(ours, theirs.numpy(), rtol=0, atol=1e-12)
