@@ -23,6 +23,7 @@ import logging
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional
 
+import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
@@ -107,8 +108,6 @@ def more_renderings(ctx, feats, found: list[Lesion], scorable, minimum: int) -> 
 def _renderings(ctx, pathology: str, candidates: list[tuple[str, int]], reports: dict[str, PhantomReport],
                 drawn: tuple[int, int], needed: int) -> Iterator[Lesion]:
     """Up to `needed` lesions of `pathology`: rendering 1 of every candidate, then rendering 2, ..."""
-    from cmgl_dist.evaluate.localisation import mask_to_view
-
     size, seed = drawn
     data = ctx.cfg.data
     pending: list[tuple[str, int, torch.Tensor, torch.Tensor]] = []
@@ -131,6 +130,13 @@ def _renderings(ctx, pathology: str, candidates: list[tuple[str, int]], reports:
         if given + len(pending) >= needed:
             break
     yield from _encoded(ctx, pathology, pending)
+
+
+def mask_to_view(mask: np.ndarray, data_cfg) -> torch.Tensor:
+    """bool [H, W] at the stored resolution -> bool [crop, crop] aligned with the eval image."""
+    grey = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+    square = images.square_resize(grey, data_cfg.image_size, data_cfg.resize)
+    return images.eval_view(square, data_cfg.crop_size)[0] > 0.5
 
 
 @torch.inference_mode()

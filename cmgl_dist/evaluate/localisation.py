@@ -38,18 +38,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import webdataset as wds
-from PIL import Image
 
-from cmgl_dist.data import images, shard_urls, tokenize_texts
-from cmgl_dist.evaluate.lesion_renderings import Lesion, more_renderings
+from cmgl_dist.data import shard_urls, tokenize_texts
+from cmgl_dist.evaluate.lesion_renderings import Lesion, mask_to_view, more_renderings
 from cmgl_dist.shards.schema import MASKS, PATHOLOGIES
-
-
-def mask_to_view(mask: np.ndarray, data_cfg) -> torch.Tensor:
-    """bool [H, W] at the stored resolution -> bool [crop, crop] aligned with the eval image."""
-    grey = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
-    square = images.square_resize(grey, data_cfg.image_size, data_cfg.resize)
-    return images.eval_view(square, data_cfg.crop_size)[0] > 0.5
 
 
 def read_masks(shards: str, split: str) -> dict[str, dict[str, np.ndarray]]:
