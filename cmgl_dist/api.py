@@ -75,8 +75,7 @@ class CMGL:
         grey = self.grey(image)
         if self.pack_size:
             grey = resize_longest(grey, self.pack_size)
-        square = transforms.square_resize(grey, self.cfg.data.image_size)
-        return transforms.normalise_to_rgb(transforms.eval_view(square, self.cfg.data.crop_size))
+        return transforms.eval_image(grey, self.cfg.data)
 
     @torch.inference_mode()
     def encode_images(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32) -> Encoded:
@@ -113,7 +112,7 @@ class CMGL:
             raise ValueError(f"n_prompts={n_prompts!r}: give a whole number >= 1 (or None: the export's eval.n_prompts)")
         image_global, regions = images if isinstance(images, Encoded) else self.encode_images(images)
         feats = SplitFeatures(keys=[], labels=torch.zeros(0), image_global=image_global, regions=regions)
-        prompts = class_prompt_sets(classes, n_prompts or self.cfg.eval.n_prompts, seed)
+        prompts = class_prompt_sets(classes, n_prompts or self.cfg.eval.n_prompts, seed, self.cfg.eval.prompts)
         return self.class_scores(feats, prompts, standardise), list(prompts)
 
     def class_scores(self, feats, prompts: dict[str, list[str]], standardise: bool) -> np.ndarray:
@@ -156,12 +155,12 @@ class CMGL:
         return full / full.sum().clamp(min=1e-12)
 
 
-def class_prompt_sets(classes, n_prompts: int, seed: int) -> dict[str, list[str]]:
+def class_prompt_sets(classes, n_prompts: int, seed: int, vocabulary: str = "cmgl") -> dict[str, list[str]]:
     """class -> prompts: the five pathologies' sets by default; a bare class name is its own prompt
     unless it names one of the five."""
     from cmgl_dist.evaluate.prompts import class_prompts
 
-    known = class_prompts(n_prompts, seed=seed)
+    known = class_prompts(n_prompts, seed=seed, vocabulary=vocabulary)
     if classes is None:
         return known
     if isinstance(classes, str):  # one class, not its letters

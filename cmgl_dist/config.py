@@ -44,6 +44,13 @@ class DataConfig(_Section):
     image_size: int = Field(256, ge=32, description="Longest side after resize, then padded to square (GLoRIA: 256).")
     crop_size: int = Field(224, ge=32, description="Random crop (train) / centre crop (eval) (GLoRIA: 224; 299 for 19x19 ResNet-50 regions).")
     text_mode: Literal["report", "sentence"] = Field("report", description="findings + impression, or one sampled sentence.")
+    text_cleaning: Literal["none", "gloria"] = Field(
+        "none", description="none: the report text as packed (punctuation and case kept). gloria: GLoRIA's "
+                            "create_path_2_sent_mapping: split at list numbers and '.', lower-case \\w+ runs "
+                            "(ASCII), sentences of one word dropped, stop once the words counted reach exactly "
+                            "data.captions_per_image; text_mode=report joins these sentences (full_report: true), "
+                            "sentence samples one (full_report: false).")
+    captions_per_image: int = Field(5, ge=1, description="GLoRIA's captions_per_image: its word-count stop (text_cleaning=gloria).")
     max_length: int = Field(97, ge=8, le=512, description="Maximum tokens per text (GLoRIA: 97).")
     special_words: Literal["none", "cls", "sep", "cls_sep"] = Field(
         "none", description="Special tokens that are local words too, in training (and zero-shot unless "
@@ -58,6 +65,16 @@ class DataConfig(_Section):
         True, description="Keep the loader's worker processes from one epoch to the next (saves their start-up "
                           "at every epoch boundary; batches are the same either way).")
     augment: bool = Field(True, description="GLoRIA's training augmentation (crop, small affine, colour jitter).")
+    augmentation: Literal["affine", "random_crop"] = Field(
+        "affine", description="With data.augment: affine (a random crop, a small rotation/shift/scale and "
+                              "brightness/contrast jitter) or random_crop (the crop alone: GLoRIA's pretraining "
+                              "transforms, RandomCrop then ToTensor).")
+    resize: Literal["bilinear", "area"] = Field(
+        "bilinear", description="Longest side to data.image_size: bilinear (PIL; short side rounded) or area "
+                                "(GLoRIA's _resize_img: OpenCV's INTER_AREA, short side truncated).")
+    normalisation: Literal["imagenet", "half"] = Field(
+        "imagenet", description="Pixel normalisation: imagenet (each channel's ImageNet mean/std) or half "
+                                "(GLoRIA's norm 'half': mean 0.5, std 0.5).")
     decode: Literal["cpu", "gpu"] = Field(
         "cpu", description="Where images are decoded and augmented: cpu (loader workers, any shard format), or gpu "
                            "(JPEG shards only: batches decoded with nvJPEG and augmented on the training device; "
@@ -89,6 +106,10 @@ class ModelConfig(_Section):
                                 "its max length (97) and averages over all positions, the zero padding included "
                                 "(set N to data.max_length for GLoRIA's).")
     freeze_image: bool = Field(False, description="Freeze the image backbone (projection heads still train).")
+    image_upsample: Optional[int] = Field(
+        None, ge=32, description="None: the backbone sees the crop as it is. N: the crop is upsampled to N x N first "
+                                 "(bilinear, align_corners=True: GLoRIA's resnet_forward, 299, which gives "
+                                 "ResNet-50 19 x 19 regions from a 224 crop).")
     local_init_gain: float = Field(
         1.0, gt=0, description="Multiplies the initial weights of the region and word heads. Their outputs "
                                "feed the attention's softmax over words unnormalised: at 1.0 with locked "
@@ -142,6 +163,11 @@ class LossConfig(_Section):
         None, ge=1, description="Cap on the gathered texts each rank's images are scored against in the local loss "
                                 "(a window from the rank's own texts on; None: all N x B). Its cost grows with the "
                                 "global batch; the cap keeps it flat. Must be >= train.micro_batch.")
+    denied_words: Literal["keep", "drop"] = Field(
+        "keep", description="Words a report denies (\"No [pleural effusion]\", cmgl_dist.data.negation) in the "
+                            "local loss: keep (GLoRIA: every word is aligned with its image's regions) or drop "
+                            "(denied words leave the word-region loss; a text whose words are all denied keeps "
+                            "them). The global loss and evaluation always see every word.")
     local_exchange: Literal["ring", "gather"] = Field(
         "ring", description="How the local loss reaches other ranks' words: ring (word blocks pass rank to rank, "
                             "overlapped with scoring; memory flat in N) or gather (all-gather every rank's words "
@@ -159,8 +185,10 @@ class LossConfig(_Section):
 
 
 class OptimizerConfig(_Section):
-    name: Literal["adamw", "fused_adam", "fused_lamb"] = Field(
-        "adamw", description="adamw: torch AdamW (fused on CUDA); fused_adam/fused_lamb need apex.")
+    name: Literal["adamw", "adam", "fused_adam", "fused_lamb"] = Field(
+        "adamw", description="adamw: torch AdamW (decoupled weight decay; fused on CUDA); adam: torch Adam with "
+                             "weight_decay as coupled L2 (GLoRIA's build_optimizer, with betas (0.5, 0.999)); "
+                             "fused_adam/fused_lamb need apex.")
     lr: float = Field(5e-5, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -245,8 +273,16 @@ class EvalConfig(_Section):
         "test", description="The split evaluated (--split); the probe trains on train. 'all': every sample of the "
                             "pack (an external corpus, with probe_cv).")
     folds: int = Field(5, ge=2, description="probe_cv: folds of the patient-grouped cross-validation (--folds).")
-    n_prompts: int = Field(20, ge=1, description="Zero-shot prompts per class (--n-prompts).")
+    n_prompts: int = Field(20, ge=1, description="Zero-shot prompts per class (--n-prompts; GLoRIA: 5).")
+    prompts: Literal["cmgl", "gloria"] = Field(
+        "cmgl", description="Zero-shot prompt vocabulary: cmgl (severity x finding x location as IU-RR reports "
+                            "phrase them) or gloria (GLoRIA's CHEXPERT_CLASS_PROMPTS).")
     n_figures: int = Field(4, ge=1, description="Reports drawn as attention-map figures.")
+    localisation_min_masks: int = Field(
+        30, ge=0, description="Localisation on phantom packs: a finding with fewer scorable lesion masks in the "
+                              "split gets more renderings of its positive reports (other seeds: other anatomy "
+                              "and lesion placement, the same report) until it has this many; 0: the split's "
+                              "own masks only.")
     workers: int = Field(0, ge=0, description="DataLoader worker processes of the evaluation loaders.")
     zero_shot_word_pooling: Literal["logsumexp", "max"] = Field(
         "max", description="Local score over a prompt's words in zero-shot: max (GLoRIA's zero-shot score, "
@@ -260,6 +296,10 @@ class EvalConfig(_Section):
     prompt_pooling: Literal["mean", "max"] = Field(
         "mean", description="A class's score over its prompts' scores: mean (cmgl) or max (GLoRIA's "
                             "zero_shot_classification).")
+    probe_model: Literal["logistic", "linear"] = Field(
+        "logistic", description="The probe: logistic (one L2 logistic regression per class, cmgl) or linear "
+                                "(GLoRIA's linear head: one nn.Linear over the classes, BCE, Adam lr 1e-4, early "
+                                "stopping on the val split's loss).")
     probe_features: Literal["backbone", "embedding"] = Field(
         "backbone", description="What the linear probe (probe, probe_cv) fits on: backbone (the image encoder's "
                                 "pooled features, GLoRIA's linear classification) or embedding (the projected "
@@ -301,8 +341,13 @@ class CMGLConfig(_Section):
         if self.schedule.warmup_steps >= self.train.steps:
             raise ValueError(
                 f"schedule.warmup_steps={self.schedule.warmup_steps} must be < train.steps={self.train.steps}")
-        if self.optimizer.name != "adamw" and self.zero.offload_optimizer:
+        if self.optimizer.name not in ("adamw", "adam") and self.zero.offload_optimizer:
             raise ValueError(f"optimizer.name={self.optimizer.name} cannot run with zero.offload_optimizer: use adamw")
+        if self.data.decode == "gpu" and (self.data.resize, self.data.normalisation, self.data.augmentation) != (
+                "bilinear", "imagenet", "affine"):
+            raise ValueError("data.decode=gpu resizes bilinearly, normalises with ImageNet's statistics and draws "
+                             "affine views: set data.decode=cpu for data.resize=area, data.normalisation=half or "
+                             "data.augmentation=random_crop")
         if self.optimizer.name == "fused_lamb" and self.zero.stage != 0:
             # LAMB's trust ratio needs each whole parameter; ZeRO hands the optimizer flat partitions.
             raise ValueError(f"optimizer.name=fused_lamb needs zero.stage=0 (got {self.zero.stage}): "

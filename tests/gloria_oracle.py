@@ -184,3 +184,278 @@ def sentence_embedding(hidden_states, caption_ids, idxtoword, last_n_layers=4):
     embeddings = aggregate_tokens(embeddings, caption_ids, idxtoword)
     sent_embeddings = embeddings.mean(axis=2)
     return sent_embeddings.sum(axis=1)
+
+
+# ---- the data pipeline and optimizer (gloria/datasets/pretraining_dataset.py, gloria/builder.py,
+# gloria/models/vision_model.py); nltk's RegexpTokenizer(r"\w+").tokenize is re.findall, and
+# cv2.resize(..., INTER_AREA) is `inter_area` below, a float64 transcription of its definition.
+
+def create_path_2_sent_mapping_one(captions, max_word_num):
+    """`MultimodalPretrainingDataset.create_path_2_sent_mapping`'s loop body for one report: study_sent."""
+    import re
+
+    captions = captions.replace("\n", " ")
+    splitter = re.compile("[0-9]+\\.")
+    captions = splitter.split(captions)
+    captions = [point.split(".") for point in captions]
+    captions = [sent for point in captions for sent in point]
+    cnt = 0
+    study_sent = []
+    for cap in captions:
+        if len(cap) == 0:
+            continue
+        cap = cap.replace("\ufffd\ufffd", " ")
+        tokens = re.findall(r"\w+", cap.lower())
+        if len(tokens) <= 1:
+            continue
+        included_tokens = []
+        for t in tokens:
+            t = t.encode("ascii", "ignore").decode("ascii")
+            if len(t) > 0:
+                included_tokens.append(t)
+        study_sent.append(" ".join(included_tokens))
+        cnt += len(included_tokens)
+        if cnt == max_word_num:
+            break
+    return study_sent
+
+
+def inter_area(img, dsize):
+    """cv2.resize(img, dsize=(width, height), interpolation=cv2.INTER_AREA) for a shrink, by its
+    definition, pixel by pixel in float64: each output pixel is the mean of the source rectangle
+    [x * sx, (x + 1) * sx) x [y * sy, (y + 1) * sy), source pixels weighted by the area they share
+    with it; rounded to the nearest level."""
+    import math
+
+    import numpy as np
+
+    height, width = img.shape
+    out_w, out_h = dsize
+    sx, sy = width / out_w, height / out_h
+    out = np.zeros((out_h, out_w))
+    for y in range(out_h):
+        for x in range(out_w):
+            total = 0.0
+            for j in range(math.floor(y * sy), min(height, math.ceil((y + 1) * sy))):
+                wy = min((y + 1) * sy, j + 1) - max(y * sy, j)
+                for i in range(math.floor(x * sx), min(width, math.ceil((x + 1) * sx))):
+                    wx = min((x + 1) * sx, i + 1) - max(x * sx, i)
+                    total += wy * wx * float(img[j, i])
+            out[y, x] = total / (sx * sy)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def resize_img(img, scale):
+    """`MultimodalPretrainingDataset._resize_img`, cv2.resize as `inter_area`."""
+    import numpy as np
+
+    size = img.shape
+    max_dim = max(size)
+    max_ind = size.index(max_dim)
+    if max_ind == 0:
+        wpercent = scale / float(size[0])
+        hsize = int((float(size[1]) * float(wpercent)))
+        desireable_size = (scale, hsize)
+    else:
+        hpercent = scale / float(size[1])
+        wsize = int((float(size[0]) * float(hpercent)))
+        desireable_size = (wsize, scale)
+    resized_img = inter_area(img, desireable_size[::-1])
+    if max_ind == 0:
+        pad_size = scale - resized_img.shape[1]
+        left = int(np.floor(pad_size / 2))
+        right = int(np.ceil(pad_size / 2))
+        top = int(0)
+        bottom = int(0)
+    else:
+        pad_size = scale - resized_img.shape[0]
+        top = int(np.floor(pad_size / 2))
+        bottom = int(np.ceil(pad_size / 2))
+        left = int(0)
+        right = int(0)
+    return np.pad(resized_img, [(top, bottom), (left, right)], "constant", constant_values=0)
+
+
+def train_transform(crop_size, top, left):
+    """`builder.build_transformation(cfg, 'train')` for GLoRIA's pretraining config (random_crop
+    only, norm 'half'), its RandomCrop's draw given as (top, left)."""
+    import torchvision.transforms as transforms
+    import torchvision.transforms.functional as TF
+
+    return transforms.Compose([
+        transforms.Lambda(lambda img: TF.crop(img, top, left, crop_size, crop_size)),
+        transforms.ToTensor(),
+        transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    ])
+
+
+def resnet_input(x):
+    """The first line of `ImageEncoder.resnet_forward`."""
+    return nn.Upsample(size=(299, 299), mode="bilinear", align_corners=True)(x)
+
+
+def adam_steps(params, grads_per_step, lr, weight_decay=1e-6, betas=(0.5, 0.999), eps=1e-8):
+    """`builder.build_optimizer`'s torch.optim.Adam(params, lr, weight_decay, betas=(0.5, 0.999)),
+    written out in float64: the weight decay is added to the gradient (L2), then Adam's update."""
+    params = [p.detach().double().clone() for p in params]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    for step, grads in enumerate(grads_per_step, start=1):
+        for k, (p, g) in enumerate(zip(params, grads)):
+            g = g.double() + weight_decay * p
+            m[k] = betas[0] * m[k] + (1 - betas[0]) * g
+            v[k] = betas[1] * v[k] + (1 - betas[1]) * g * g
+            m_hat, v_hat = m[k] / (1 - betas[0] ** step), v[k] / (1 - betas[1] ** step)
+            p -= lr * m_hat / (v_hat.sqrt() + eps)
+    return params
+
+
+CHEXPERT_CLASS_PROMPTS = {  # gloria/constants.py, verbatim
+    "Atelectasis": {
+        "severity": ["", "mild", "minimal"],
+        "subtype": [
+            "subsegmental atelectasis",
+            "linear atelectasis",
+            "trace atelectasis",
+            "bibasilar atelectasis",
+            "retrocardiac atelectasis",
+            "bandlike atelectasis",
+            "residual atelectasis",
+        ],
+        "location": [
+            "at the mid lung zone",
+            "at the upper lung zone",
+            "at the right lung zone",
+            "at the left lung zone",
+            "at the lung bases",
+            "at the right lung base",
+            "at the left lung base",
+            "at the bilateral lung bases",
+            "at the left lower lobe",
+            "at the right lower lobe",
+        ],
+    },
+    "Cardiomegaly": {
+        "severity": [""],
+        "subtype": [
+            "cardiac silhouette size is upper limits of normal",
+            "cardiomegaly which is unchanged",
+            "mildly prominent cardiac silhouette",
+            "portable view of the chest demonstrates stable cardiomegaly",
+            "portable view of the chest demonstrates mild cardiomegaly",
+            "persistent severe cardiomegaly",
+            "heart size is borderline enlarged",
+            "cardiomegaly unchanged",
+            "heart size is at the upper limits of normal",
+            "redemonstration of cardiomegaly",
+            "ap erect chest radiograph demonstrates the heart size is the upper limits of normal",
+            "cardiac silhouette size is mildly enlarged",
+            "mildly enlarged cardiac silhouette, likely left ventricular enlargement. other chambers are less prominent",
+            "heart size remains at mildly enlarged",
+            "persistent cardiomegaly with prominent upper lobe vessels",
+        ],
+        "location": [""],
+    },
+    "Consolidation": {
+        "severity": ["", "increased", "improved", "apperance of"],
+        "subtype": [
+            "bilateral consolidation",
+            "reticular consolidation",
+            "retrocardiac consolidation",
+            "patchy consolidation",
+            "airspace consolidation",
+            "partial consolidation",
+        ],
+        "location": [
+            "at the lower lung zone",
+            "at the upper lung zone",
+            "at the left lower lobe",
+            "at the right lower lobe",
+            "at the left upper lobe",
+            "at the right uppper lobe",
+            "at the right lung base",
+            "at the left lung base",
+        ],
+    },
+    "Edema": {
+        "severity": [
+            "",
+            "mild",
+            "improvement in",
+            "presistent",
+            "moderate",
+            "decreased",
+        ],
+        "subtype": [
+            "pulmonary edema",
+            "trace interstitial edema",
+            "pulmonary interstitial edema",
+        ],
+        "location": [""],
+    },
+    "Pleural Effusion": {
+        "severity": ["", "small", "stable", "large", "decreased", "increased"],
+        "location": ["left", "right", "tiny"],
+        "subtype": [
+            "bilateral pleural effusion",
+            "subpulmonic pleural effusion",
+            "bilateral pleural effusion",
+        ],
+    },
+}
+
+
+def generate_chexpert_class_prompts(n=5):
+    """`gloria.generate_chexpert_class_prompts` (n=None: every prompt, unsampled)."""
+    import random
+
+    prompts = {}
+    for k, v in CHEXPERT_CLASS_PROMPTS.items():
+        cls_prompts = []
+        keys = list(v.keys())
+        for k0 in v[keys[0]]:
+            for k1 in v[keys[1]]:
+                for k2 in v[keys[2]]:
+                    cls_prompts.append(f"{k0} {k1} {k2}")
+        prompts[k] = cls_prompts if n is None else random.sample(cls_prompts, n)
+    return prompts
+
+
+def linear_head_probe(train_x, train_y, val_x, val_y, test_x, generator):
+    """GLoRIA's linear classification (`configs/chexpert_classification/linear_head/*`,
+    `lightning/classification_model.py`) on frozen features: `nn.Linear` over the classes,
+    `nn.BCEWithLogitsLoss`, `build_optimizer`'s Adam (lr 1e-4, weight_decay 1e-6, betas (0.5, 0.999)),
+    batch_size 64, gradient_clip_val 0.25, max_epochs 50, EarlyStopping(monitor val_loss,
+    min_delta 0, patience 5), ModelCheckpoint(save_top_k 1) scoring the test set. The layer's
+    initial values and each epoch's order are drawn from `generator` (nn.Linear's uniform bounds)."""
+    import copy
+    import math
+
+    classifier = nn.Linear(train_x.shape[1], train_y.shape[1]).double()
+    bound = 1 / math.sqrt(train_x.shape[1])
+    with torch.no_grad():
+        classifier.weight.uniform_(-bound, bound, generator=generator)
+        classifier.bias.uniform_(-bound, bound, generator=generator)
+    loss = nn.BCEWithLogitsLoss()
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-4, weight_decay=1e-6, betas=(0.5, 0.999))
+    best_score, wait_count, best_state = None, 0, copy.deepcopy(classifier.state_dict())
+    for epoch in range(50):
+        for batch in torch.randperm(len(train_x), generator=generator).split(64):
+            logit = classifier(train_x[batch])
+            train_loss = loss(logit, train_y[batch])
+            train_loss.backward()
+            torch.nn.utils.clip_grad_norm_(classifier.parameters(), 0.25)
+            optimizer.step()
+            optimizer.zero_grad()
+        with torch.no_grad():  # val_loss logged on_epoch: batch means weighted by batch size
+            batches = torch.arange(len(val_x)).split(64)
+            val_loss = sum(loss(classifier(val_x[b]), val_y[b]).item() * len(b) for b in batches) / len(val_x)
+        if best_score is None or val_loss < best_score:
+            best_score, wait_count, best_state = val_loss, 0, copy.deepcopy(classifier.state_dict())
+        else:
+            wait_count += 1
+            if wait_count >= 5:
+                break
+    classifier.load_state_dict(best_state)
+    with torch.no_grad():
+        return torch.sigmoid(classifier(test_x)), epoch + 1

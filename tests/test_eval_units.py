@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from cmgl_dist.config import DataConfig
 from cmgl_dist.data import images
 from cmgl_dist.evaluate.localisation import attention_heatmap, mask_to_view, score_map
 from cmgl_dist.evaluate.probe import fit_predict, stratified_subset
@@ -60,7 +61,7 @@ def test_mask_follows_the_eval_image_transform():
     # a non-square stored image: the mask must land where the eval transform puts the pixels
     stored = np.zeros((60, 90), np.uint8)
     stored[10:30, 20:50] = 255
-    mask = mask_to_view(stored > 0, image_size=48, crop_size=40)
+    mask = mask_to_view(stored > 0, DataConfig(image_size=48, crop_size=40))
     view = images.eval_view(images.square_resize(Image.fromarray(stored), 48), 40)[0]
     assert mask.shape == (40, 40)
     assert torch.equal(mask, view > 0.5)
@@ -287,3 +288,38 @@ def test_finding_precision_leaves_out_samples_with_unknown_labels():
     assert (got["precision"], got["chance"]) == finding_set_precision(sim[keep][:, keep], sets, sets, 10)
     assert "21 test pairs whose finding set is known; 3 unindexed" in _finding_precision(got, n)
     assert _finding_precision(everyone, n).endswith(f"{everyone['precision']:.3f} ({everyone['chance']:.3f}).")
+
+
+def test_rendering_zero_is_the_packed_image_and_later_renderings_differ(small_shards, minilm_tokenizer):
+    from cmgl_dist.config import DataConfig
+    from cmgl_dist.data import make_loader, shard_urls
+    from cmgl_dist.data.images import eval_image
+    from cmgl_dist.evaluate.lesion_renderings import pack_rendering, phantom_reports
+    from cmgl_dist.shards.phantom import phantom_for_report
+
+    size, seed = pack_rendering(str(small_shards))
+    data = DataConfig(shards=str(small_shards), image_size=size, crop_size=size - 16, workers=0)
+    batch = next(iter(make_loader(shard_urls(str(small_shards), "test"), data, minilm_tokenizer, train=False,
+                                  batch_size=2, seed=0)))
+    reports = phantom_reports(str(small_shards), "test")
+    for key, packed in zip(batch["keys"], batch["images"]):
+        report = reports[key]
+        again = eval_image(Image.fromarray(
+            phantom_for_report(report.uid, report.labels, report.mesh_major, size, seed)[0]), data)
+        assert torch.equal(again, packed)
+        other = eval_image(Image.fromarray(
+            phantom_for_report(report.uid, report.labels, report.mesh_major, size, seed + 1)[0]), data)
+        assert (other - packed).abs().mean() > 0.05
+
+
+def test_localisation_bootstrap_resamples_reports_not_masks():
+    from cmgl_dist.evaluate.localisation import report_bootstrap
+
+    # 30 masks from one report that always hits and 30 from one that never does: two reports, so
+    # a resample holds 0, 1 or 2 copies of the hitting one (means 0, 0.5, 1), never 30 of 60 masks' spread
+    hits = np.array([1.0] * 30 + [0.0] * 30)
+    (low, high), = report_bootstrap(hits[None], ["a"] * 30 + ["b"] * 30, 2000)
+    assert (low, high) == (0.0, 1.0)
+    (low, high), = report_bootstrap(hits[None], [str(i) for i in range(60)], 2000)
+    assert 0.3 < low < 0.5 < high < 0.7
+    assert report_bootstrap(hits[None], ["a"] * 60, 0) == [None]

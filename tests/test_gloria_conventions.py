@@ -223,3 +223,23 @@ def test_gloria_config_sentence_feature_equals_gloria_bert_encoder(tokenizer):
     assert ours["input_ids"].shape[1] < cfg.data.max_length  # cmgl pads to the batch's longest text
     torch.testing.assert_close(sentence, wanted, rtol=1e-10, atol=1e-10)
     assert not torch.allclose(mean_pooled, wanted)  # the default (mean over the text's tokens) differs
+
+
+def test_evaluate_runs_the_linear_head_probe_on_train_val_and_test_features(tiny_export, tmp_path):
+    import json
+
+    from cmgl_dist.evaluate.features import load_features
+    from cmgl_dist.evaluate.linear_probe import fit_predict_linear
+    from cmgl_dist.evaluate.run import main as evaluate_main
+
+    assert evaluate_main(["--exports", str(tiny_export), "--out", str(tmp_path), "--tasks", "probe", "--fractions",
+                          "1.0", "--set", "eval.probe_model=linear"]) == 0
+    (record,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    got = np.load(tmp_path / record["scores_file"])["scores"]
+    files = {p.name.split("-")[0]: p for p in (tmp_path / "features").rglob("*.safetensors")}
+    train, val, test = (load_features(files[s]) for s in ("train", "val", "test"))
+    expected, epochs = fit_predict_linear(train.probe_inputs("backbone"), train.labels[:, :5].numpy() > 0.5,
+                                          val.probe_inputs("backbone"), val.labels[:, :5].numpy() > 0.5,
+                                          test.probe_inputs("backbone"), seed=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert record["epochs"] == epochs

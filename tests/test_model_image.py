@@ -96,7 +96,7 @@ def test_forward_gives_every_trainable_parameter_a_gradient():
     out = model(batch)
     assert {k: tuple(v.shape) for k, v in out.items()} == {
         "img_global": (2, 16), "regions": (2, 49, 16), "sentence": (2, 16),
-        "words": (2, 3, 16), "word_mask": (2, 3)}
+        "words": (2, 3, 16), "word_mask": (2, 3), "word_denied": (2, 3)}  # the last passed through for the loss
     loss = sum(out[key].square().mean() for key in ("img_global", "regions", "sentence", "words"))
     loss.backward()
     missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]

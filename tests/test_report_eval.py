@@ -77,10 +77,15 @@ def test_table_has_the_paper_shape(evaluated):
     assert prompts[0] == ["Finding", "Masks scored"] + LOCALISATION
     assert paired[-1][0] == prompts[-1][0] == "All"
     # every mask in the crop is scored by the prompts, and by its report or counted as not scored
-    assert int(paired[-1][1]) + int(paired[-1][2]) == int(prompts[-1][1]) > 0
+    assert int(paired[-1][1].split()[0]) + int(paired[-1][2]) == int(prompts[-1][1].split()[0]) > 0
+    for row in paired[2:] + prompts[2:]:  # mass, pointing and chance each beside their interval
+        assert all(_cell_ok(cell) for cell in row[-3:] if cell != "n/a"), row
     record = next(r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())
                   if r["task"] == "localisation")
     assert record["localisation"]["all"]["unscored"] == int(paired[-1][2])
+    # every finding with a scorable report reaches eval.localisation_min_masks through renderings
+    scored = {p: s for p, s in record["localisation"].items() if p != "all" and s["n"]}
+    assert scored and all(s["n"] >= 30 and s["reports"] < s["n"] for s in scored.values()), scored
     assert "unscored" not in record["localisation_prompts"]["all"]
 
 

@@ -4,9 +4,10 @@ Longest side resized to `image_size` (aspect kept), zero-padded to a centred squ
 of `crop_size`: random for training (plus a small affine and brightness/contrast jitter when
 `augment`), centred for evaluation. GLoRIA's pretraining config uses the random crop alone; the
 affine and the jitter are the optional steps of its `build_transformation`, here on with
-`data.augment` and off without it (a centred crop then). The grey image is normalised with each
-ImageNet channel's statistics (GLoRIA: 0.5/0.5), which repeats the one channel to the three an
-ImageNet backbone expects.
+`data.augment` and off without it (a centred crop then); `data.augmentation=random_crop` keeps the
+crop alone, as GLoRIA's pretraining config. The grey image is normalised with each ImageNet
+channel's statistics (GLoRIA: 0.5/0.5, `data.normalisation=half`), which repeats the one channel to
+the three an ImageNet backbone expects. `data.resize=area` resizes as GLoRIA (INTER_AREA).
 
 Every random choice is drawn from the `random.Random` passed in, which the caller seeds per
 sample; nothing here touches a global RNG, so a sample's view is reproducible on resume.
@@ -27,6 +28,7 @@ from cmgl_dist.shards.schema import IMAGE_FORMATS
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+HALF = 0.5  # GLoRIA's transforms.norm 'half': Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 # Small, anatomy-preserving perturbations (no flips: left/right matters in a chest X-ray).
 MAX_ROTATION_DEGREES = 10.0
@@ -51,8 +53,13 @@ def decode_grey(data: bytes, image_size: int | None = None) -> Image.Image:
     return open_grey(data, draft_size=image_size)
 
 
-def square_resize(image: Image.Image, image_size: int) -> Image.Image:
-    """Grey S x S image: longest side to S (aspect kept), centred on a zero square."""
+def square_resize(image: Image.Image, image_size: int, resize: str = "bilinear") -> Image.Image:
+    """Grey S x S image: longest side to S (aspect kept), centred on a zero square.
+
+    `resize` (data.resize): bilinear (PIL, the short side rounded) or area (GLoRIA's `_resize_img`:
+    OpenCV's INTER_AREA, the short side truncated, as `int(w * (S / h))`)."""
+    if resize == "area":
+        return _square_area(image, image_size)
     width, height = image.size
     scale = image_size / max(width, height)
     new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
@@ -61,11 +68,60 @@ def square_resize(image: Image.Image, image_size: int) -> Image.Image:
     return square
 
 
-def train_view(square: Image.Image, crop_size: int, rng: random.Random, augment: bool) -> torch.Tensor:
+def _square_area(image: Image.Image, image_size: int) -> Image.Image:
+    """GLoRIA's `_resize_img`: the taller side (height on a tie) to S by INTER_AREA, the other
+    `int(side * (S / taller))`, zero padding split floor before / ceil after."""
+    width, height = image.size
+    if height >= width:
+        new_h, new_w = image_size, int(width * (image_size / height))
+    else:
+        new_h, new_w = int(height * (image_size / width)), image_size
+    resized = area_resize(np.asarray(image.convert("L")), max(1, new_h), max(1, new_w))
+    square = np.zeros((image_size, image_size), np.uint8)
+    top, left = (image_size - resized.shape[0]) // 2, (image_size - resized.shape[1]) // 2
+    square[top:top + resized.shape[0], left:left + resized.shape[1]] = resized
+    return Image.fromarray(square, mode="L")
+
+
+def area_resize(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [H, W] -> [height, width] as OpenCV's INTER_AREA shrinks: each output pixel is the mean of
+    the source box it covers, source pixels weighted by their overlap with it (whole pixels for an
+    integer factor), rounded to the nearest level. An axis that grows is interpolated linearly
+    (pixel centres aligned) instead: OpenCV's own rule for enlarging under INTER_AREA is not
+    reproduced, and GLoRIA's images (CheXpert, 320 px and up, to 256) only shrink."""
+    rows = _axis_weights(pixels.shape[0], height)
+    columns = _axis_weights(pixels.shape[1], width)
+    out = rows @ pixels.astype(np.float64) @ columns.T
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _axis_weights(size: int, new_size: int) -> np.ndarray:
+    """[new_size, size]: the row-stochastic weights of one axis (box overlaps, or linear to grow)."""
+    if new_size <= size:
+        scale = size / new_size
+        start = np.arange(new_size)[:, None] * scale
+        source = np.arange(size)[None, :]
+        overlap = np.minimum(start + scale, source + 1) - np.maximum(start, source)
+        return np.clip(overlap, 0.0, None) / scale
+    centre = np.clip((np.arange(new_size) + 0.5) * size / new_size - 0.5, 0, size - 1)
+    low = np.floor(centre).astype(int)
+    high = np.minimum(low + 1, size - 1)
+    weights = np.zeros((new_size, size))
+    np.add.at(weights, (np.arange(new_size), low), 1 - (centre - low))
+    np.add.at(weights, (np.arange(new_size), high), centre - low)
+    return weights
+
+
+def train_view(square: Image.Image, crop_size: int, rng: random.Random, augment: bool,
+               augmentation: str = "affine") -> torch.Tensor:
     """float [1, C, C] in [0, 1]: random crop, small affine, brightness/contrast jitter
-    (a centred crop when `augment` is off)."""
+    (`augmentation` affine), the random crop alone (random_crop: GLoRIA's RandomCrop, origin
+    uniform over every position), or a centred crop when `augment` is off."""
     if not augment:
         return eval_view(square, crop_size)
+    if augmentation == "random_crop":
+        left, top = rng.randint(0, square.size[0] - crop_size), rng.randint(0, square.size[1] - crop_size)
+        return _to_unit_tensor(square.crop((left, top, left + crop_size, top + crop_size)))
     view = draw_view(rng, square.size[0], crop_size)
     image = affine_crop(square, crop_size, (view.left, view.top), view.angle, (view.shift_x, view.shift_y), view.scale)
     return jitter(_to_unit_tensor(image), view.brightness, view.contrast)
@@ -133,6 +189,16 @@ def _to_unit_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
 
 
-def normalise_to_rgb(view: torch.Tensor) -> torch.Tensor:
-    """[1, C, C] in [0, 1] -> [3, C, C], each channel normalised with its ImageNet statistics."""
+def normalise_to_rgb(view: torch.Tensor, normalisation: str = "imagenet") -> torch.Tensor:
+    """[1, C, C] in [0, 1] -> [3, C, C], each channel normalised with its ImageNet statistics, or
+    (`half`, GLoRIA's norm) with mean 0.5 and std 0.5."""
+    if normalisation == "half":
+        return ((view - HALF) / HALF).expand(3, -1, -1).clone()
     return (view - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def eval_image(grey: Image.Image, data_cfg) -> torch.Tensor:
+    """[3, crop, crop]: evaluation's view of one grey image under `data_cfg`'s resize, centre crop
+    and normalisation (the loader's, the API's and the localisation renderings' one path)."""
+    square = square_resize(grey, data_cfg.image_size, data_cfg.resize)
+    return normalise_to_rgb(eval_view(square, data_cfg.crop_size), data_cfg.normalisation)

@@ -18,6 +18,7 @@ import torch
 
 from cmgl_dist.data import images
 from cmgl_dist.data.device_decode import require_jpeg
+from cmgl_dist.data.text_cleaning import gloria_sentences
 from cmgl_dist.data.seeds import seed_of
 from cmgl_dist.shards.schema import FRONTAL_MEMBERS, LABEL_KEYS, LABELS, META, PATHOLOGIES, REPORT
 
@@ -121,13 +122,20 @@ def label_text(labels: tuple[float, ...]) -> str:
     return "No atelectasis, cardiomegaly, edema, pleural effusion or consolidation."
 
 
-def choose_text(record: Record, text_mode: str, seed: int, epoch: int, text_from_labels: bool = False) -> str:
+def choose_text(record: Record, text_mode: str, seed: int, epoch: int, text_from_labels: bool = False,
+                text_cleaning: str = "none", captions_per_image: int = 5) -> str:
     """The report (or one sampled sentence); without report text, the label sentence when
-    `text_from_labels`, else "" (evaluation of a label-only corpus never reads it)."""
+    `text_from_labels`, else "" (evaluation of a label-only corpus never reads it). With
+    `text_cleaning` gloria, the report is GLoRIA's cleaned sentences (`text_cleaning`)."""
     sentences = report_sentences(record.report)
     if not sentences:
         return label_text(record.labels) if text_from_labels else ""
-    if text_mode == "report":
+    if text_cleaning == "gloria":
+        # A report whose every sentence has one word (GLoRIA drops it from training) keeps its text.
+        sentences = gloria_sentences(report_text(record.report), captions_per_image) or sentences
+        if text_mode == "report":
+            return " ".join(sentences)
+    elif text_mode == "report":
         return report_text(record.report)
     rng = random.Random(seed_of("sentence", seed, epoch, record.key, record.pass_index))
     return sentences[rng.randrange(len(sentences))]
@@ -141,15 +149,17 @@ def to_example(record: Record, data_cfg, *, train: bool, seed: int, epoch: int,
     if data_cfg.decode == "gpu":
         return _encoded_example(record, data_cfg, train=train, seed=seed, epoch=epoch)
     try:
-        square = images.square_resize(images.decode_grey(record.frontal, data_cfg.image_size), data_cfg.image_size)
+        square = images.square_resize(images.decode_grey(record.frontal, data_cfg.image_size), data_cfg.image_size,
+                                      data_cfg.resize)
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a broken image
         counter.skip("undecodable_image", record.key, e)
         return None
     if train:
-        view = images.train_view(square, data_cfg.crop_size, _view_rng(record, seed, epoch), data_cfg.augment)
+        view = images.train_view(square, data_cfg.crop_size, _view_rng(record, seed, epoch), data_cfg.augment,
+                                 data_cfg.augmentation)
     else:
         view = images.eval_view(square, data_cfg.crop_size)
-    return {"key": record.key, "image": images.normalise_to_rgb(view), **_text_and_labels(record, data_cfg, seed, epoch)}
+    return {"key": record.key, "image": images.normalise_to_rgb(view, data_cfg.normalisation), **_text_and_labels(record, data_cfg, seed, epoch)}
 
 
 def _view_rng(record: Record, seed: int, epoch: int) -> random.Random:
@@ -157,7 +167,8 @@ def _view_rng(record: Record, seed: int, epoch: int) -> random.Random:
 
 
 def _text_and_labels(record: Record, data_cfg, seed: int, epoch: int) -> dict:
-    return {"text": choose_text(record, data_cfg.text_mode, seed, epoch, data_cfg.text_from_labels),
+    return {"text": choose_text(record, data_cfg.text_mode, seed, epoch, data_cfg.text_from_labels,
+                                data_cfg.text_cleaning, data_cfg.captions_per_image),
             "labels": torch.tensor(record.labels, dtype=torch.float32)}
 
 

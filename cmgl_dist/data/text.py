@@ -28,6 +28,8 @@ from typing import Sequence
 
 import torch
 
+from cmgl_dist.data.negation import denied_word_flags
+
 _WORD_CHARACTER = re.compile(r"\w")
 
 
@@ -39,7 +41,9 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int, special_wor
 
     Returns input_ids, attention_mask, word_ids (long [B, L]: the index of the word each
     token belongs to, -1 for special tokens, punctuation and padding), word_mask (bool
-    [B, W], W = most words in the batch, at least 1) and words (list of word strings per text).
+    [B, W], W = most words in the batch, at least 1), word_denied (bool [B, W]: the word lies in
+    a negation scope of its text, `cmgl_dist.data.negation`; special words never do) and words
+    (list of word strings per text).
     """
     if not getattr(tokenizer, "is_fast", False):
         raise TypeError(
@@ -56,28 +60,38 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int, special_wor
 
     word_ids = torch.full_like(encoding["input_ids"], -1)
     words: list[list[str]] = []
+    denied: list[list[bool]] = []
     for row, text in enumerate(texts):
-        row_words = _assign_words(text, encoding.word_ids(row), encoding["offset_mapping"][row].tolist(),
-                                  word_ids[row])
+        row_words, spans = _assign_words(text, encoding.word_ids(row), encoding["offset_mapping"][row].tolist(),
+                                         word_ids[row])
+        row_denied = denied_word_flags(text, spans)
         if special_words != "none":
+            row_denied = [False] * ("cls" in special_words) + row_denied + [False] * ("sep" in special_words)
             row_words = _add_special_words(row_words, encoding["input_ids"][row], word_ids[row], tokenizer,
                                            with_cls="cls" in special_words, with_sep="sep" in special_words)
         words.append(row_words)
+        denied.append(row_denied)
 
     most_words = max(1, max(len(row_words) for row_words in words))
     counts = torch.tensor([len(row_words) for row_words in words])
     word_mask = torch.arange(most_words)[None, :] < counts[:, None]
+    word_denied = torch.zeros_like(word_mask)
+    for row, row_denied in enumerate(denied):
+        word_denied[row, :len(row_denied)] = torch.tensor(row_denied, dtype=torch.bool)
     return {
         "input_ids": encoding["input_ids"],
         "attention_mask": encoding["attention_mask"],
         "word_ids": word_ids,
         "word_mask": word_mask,
+        "word_denied": word_denied,
         "words": words,
     }
 
 
-def _assign_words(text: str, token_words: list, offsets: list, row_word_ids: torch.Tensor) -> list[str]:
-    """Fill `row_word_ids` in place with consecutive word indices; return the word strings."""
+def _assign_words(text: str, token_words: list, offsets: list,
+                  row_word_ids: torch.Tensor) -> tuple[list[str], list[tuple[int, int]]]:
+    """Fill `row_word_ids` in place with consecutive word indices; return the word strings and
+    their character spans in `text`."""
     spans: dict[int, list[int]] = {}
     for (start, end), word in zip(offsets, token_words):
         if word is None:
@@ -91,7 +105,7 @@ def _assign_words(text: str, token_words: list, offsets: list, row_word_ids: tor
     for position, word in enumerate(token_words):
         if word in index_of:
             row_word_ids[position] = index_of[word]
-    return [text[spans[word][0]:spans[word][1]] for word in kept]
+    return [text[spans[word][0]:spans[word][1]] for word in kept], [tuple(spans[word]) for word in kept]
 
 
 def _add_special_words(words: list[str], input_ids: torch.Tensor, row_word_ids: torch.Tensor, tokenizer,

@@ -27,14 +27,16 @@ def deepspeed_config(cfg: CMGLConfig, *, world_size: int, cuda: bool) -> dict:
         # fp32, matmuls and convolutions run in 16 bits (GLoRIA's AMP). DeepSpeed's "bf16"/"fp16"
         # modes instead cast the whole module, which breaks batch norm in the image backbones.
         ds["torch_autocast"] = {"enabled": True, "dtype": _AUTOCAST_DTYPE[train.precision]}
-    if cfg.optimizer.name == "adamw":
+    if cfg.optimizer.name in ("adamw", "adam"):
         opt = cfg.optimizer
-        ds["optimizer"] = {"type": "AdamW", "params": {
+        ds["optimizer"] = {"type": "AdamW" if opt.name == "adamw" else "Adam", "params": {
             "lr": opt.lr, "betas": list(opt.betas), "eps": opt.eps, "weight_decay": opt.weight_decay,
-            # torch.optim.AdamW instead of DeepSpeed's JIT-built FusedAdam (its build fails on some
-            # CUDA setups); torch's own fused kernel on CUDA, the foreach path on CPU.
+            # torch.optim.AdamW / Adam instead of DeepSpeed's JIT-built FusedAdam (its build fails on
+            # some CUDA setups); torch's own fused kernel on CUDA, the foreach path on CPU.
             "torch_adam": True, "fused": cuda,
         }}
+        if opt.name == "adam":  # torch.optim.Adam: weight decay added to the gradient (coupled L2), as GLoRIA
+            ds["optimizer"]["params"]["adam_w_mode"] = False
     else:
         # apex's optimizers are built in optim.py and handed to deepspeed.initialize.
         ds["zero_allow_untested_optimizer"] = True

@@ -1,6 +1,6 @@
-"""Optimizer choice: torch AdamW through DeepSpeed's config, or apex's FusedAdam / FusedLAMB.
+"""Optimizer choice: torch AdamW or Adam through DeepSpeed's config, or apex's FusedAdam / FusedLAMB.
 
-`adamw` is built by DeepSpeed from the derived JSON (see deepspeed_config.py). The apex optimizers
+`adamw` and `adam` are built by DeepSpeed from the derived JSON (see deepspeed_config.py). The apex optimizers
 are built here and handed to `deepspeed.initialize`; asking for one without apex fails up front.
 """
 from __future__ import annotations
@@ -11,10 +11,12 @@ import torch
 
 from cmgl_dist.config import ConfigError, OptimizerConfig
 
+DEEPSPEED_BUILT = ("adamw", "adam")  # torch's optimizers, named in DeepSpeed's JSON
+
 
 def require_apex(cfg: OptimizerConfig) -> None:
     """Fail before any work when the config names an apex optimizer that cannot be imported."""
-    if cfg.name == "adamw":
+    if cfg.name in DEEPSPEED_BUILT:
         return
     try:
         import apex.optimizers  # noqa: F401
@@ -27,8 +29,8 @@ def require_apex(cfg: OptimizerConfig) -> None:
 
 
 def build_client_optimizer(cfg: OptimizerConfig, params: Iterable[torch.nn.Parameter]) -> Optional[torch.optim.Optimizer]:
-    """The apex optimizer for `deepspeed.initialize(optimizer=...)`, or None when DeepSpeed builds AdamW."""
-    if cfg.name == "adamw":
+    """The apex optimizer for `deepspeed.initialize(optimizer=...)`, or None when DeepSpeed builds it."""
+    if cfg.name in DEEPSPEED_BUILT:
         return None
     from apex.optimizers import FusedAdam, FusedLAMB
 

@@ -30,8 +30,9 @@ from cmgl_dist.evaluate.features import (FEATURES_FORMAT, Export, SplitFeatures,
 JOB_LIST_FIELDS = ("probe_fractions", "seeds", "finetune")
 # Raised whenever a job computes something else from the same inputs, so that records made by
 # older code are not served as answers: 2 = localisation scores the paired reports' words;
-# 3 = finding-aware precision leaves out samples whose labels are unknown.
-RESULTS_VERSION = 3
+# 3 = finding-aware precision leaves out samples whose labels are unknown; 4 = localisation
+# renders more phantoms of short findings and bootstraps its figures over reports.
+RESULTS_VERSION = 4
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ def run_zero_shot(job: Job, ctx: EvalContext) -> dict:
     from cmgl_dist.evaluate.zero_shot import class_scores, zero_shot_settings
 
     feats = ctx.features(with_text=True)
-    scores = class_scores(ctx.model, feats, class_prompts(ctx.settings.n_prompts, seed=job.seed),
+    scores = class_scores(ctx.model, feats, class_prompts(ctx.settings.n_prompts, seed=job.seed, vocabulary=ctx.settings.prompts),
                           negatives=NEGATIVE_PROMPTS if job.task == "zero_shot_negated" else None,
                           **zero_shot_settings(ctx.cfg, ctx.settings))
     return _auc_result(ctx, job, _finding_labels(feats), scores, feats.keys)
@@ -112,6 +112,16 @@ def run_probe(job: Job, ctx: EvalContext) -> dict:
     train_y = _finding_labels(train)
     subset = stratified_subset(train_y, job.fraction, job.seed)
     choice = ctx.settings.probe_features
+    if ctx.settings.probe_model == "linear":
+        from cmgl_dist.evaluate.linear_probe import fit_predict_linear
+
+        val = ctx.features("val", with_text=False)
+        scores, epochs = fit_predict_linear(train.probe_inputs(choice)[subset], train_y[subset],
+                                            val.probe_inputs(choice), _finding_labels(val),
+                                            test.probe_inputs(choice), seed=job.seed)
+        result = _auc_result(ctx, job, _finding_labels(test), scores, test.keys)
+        result.update(n_train=int(subset.size), epochs=epochs, unfittable=[])
+        return result
     scores, unfittable = fit_predict(train.probe_inputs(choice)[subset], train_y[subset],
                                      test.probe_inputs(choice), seed=job.seed)
     result = _auc_result(ctx, job, _finding_labels(test), scores, test.keys)

@@ -82,18 +82,68 @@ NEGATIVE_PROMPTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def all_prompts(pathology: str) -> list[str]:
-    """Every severity x subtype x location combination for one pathology."""
-    severities, subtypes, locations = PROMPT_PARTS[pathology]
-    return [" ".join(part for part in combo if part)
-            for combo in itertools.product(severities, subtypes, locations)]
+# GLoRIA's own vocabulary (`constants.CHEXPERT_CLASS_PROMPTS`, `eval.prompts=gloria`), its three
+# lists per class in its dict's order: for pleural effusion that is severity, location, subtype, so
+# its prompts read "small left bilateral pleural effusion". Its spellings are kept ("presistent").
+GLORIA_PROMPT_PARTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    "atelectasis": (
+        ("", "mild", "minimal"),
+        ("subsegmental atelectasis", "linear atelectasis", "trace atelectasis", "bibasilar atelectasis",
+         "retrocardiac atelectasis", "bandlike atelectasis", "residual atelectasis"),
+        ("at the mid lung zone", "at the upper lung zone", "at the right lung zone", "at the left lung zone",
+         "at the lung bases", "at the right lung base", "at the left lung base", "at the bilateral lung bases",
+         "at the left lower lobe", "at the right lower lobe"),
+    ),
+    "cardiomegaly": (
+        ("",),
+        ("cardiac silhouette size is upper limits of normal", "cardiomegaly which is unchanged",
+         "mildly prominent cardiac silhouette", "portable view of the chest demonstrates stable cardiomegaly",
+         "portable view of the chest demonstrates mild cardiomegaly", "persistent severe cardiomegaly",
+         "heart size is borderline enlarged", "cardiomegaly unchanged", "heart size is at the upper limits of normal",
+         "redemonstration of cardiomegaly",
+         "ap erect chest radiograph demonstrates the heart size is the upper limits of normal",
+         "cardiac silhouette size is mildly enlarged",
+         "mildly enlarged cardiac silhouette, likely left ventricular enlargement. other chambers are less prominent",
+         "heart size remains at mildly enlarged", "persistent cardiomegaly with prominent upper lobe vessels"),
+        ("",),
+    ),
+    "edema": (
+        ("", "mild", "improvement in", "presistent", "moderate", "decreased"),
+        ("pulmonary edema", "trace interstitial edema", "pulmonary interstitial edema"),
+        ("",),
+    ),
+    "pleural_effusion": (
+        ("", "small", "stable", "large", "decreased", "increased"),
+        ("left", "right", "tiny"),
+        ("bilateral pleural effusion", "subpulmonic pleural effusion", "bilateral pleural effusion"),
+    ),
+    "consolidation": (
+        ("", "increased", "improved", "apperance of"),
+        ("bilateral consolidation", "reticular consolidation", "retrocardiac consolidation", "patchy consolidation",
+         "airspace consolidation", "partial consolidation"),
+        ("at the lower lung zone", "at the upper lung zone", "at the left lower lobe", "at the right lower lobe",
+         "at the left upper lobe", "at the right uppper lobe", "at the right lung base", "at the left lung base"),
+    ),
+}
+PROMPT_VOCABULARIES = {"cmgl": PROMPT_PARTS, "gloria": GLORIA_PROMPT_PARTS}
 
 
-def class_prompts(n: int | None = 20, seed: int = 0) -> dict[str, list[str]]:
-    """pathology -> `n` prompts (seeded sample; all of them when n is None), PATHOLOGIES order."""
+def all_prompts(pathology: str, vocabulary: str = "cmgl") -> list[str]:
+    """Every severity x subtype x location combination for one pathology. GLoRIA's vocabulary is
+    joined as its `generate_chexpert_class_prompts` joins it, f"{a} {b} {c}" (an empty slot leaves
+    two spaces, which no tokenizer sees), its repeated effusion subtype included."""
+    first, second, third = PROMPT_VOCABULARIES[vocabulary][pathology]
+    if vocabulary == "gloria":
+        return [f"{a} {b} {c}" for a in first for b in second for c in third]
+    return [" ".join(part for part in combo if part) for combo in itertools.product(first, second, third)]
+
+
+def class_prompts(n: int | None = 20, seed: int = 0, vocabulary: str = "cmgl") -> dict[str, list[str]]:
+    """pathology -> `n` prompts (seeded sample; all of them when n is None), PATHOLOGIES order;
+    `vocabulary` (eval.prompts): cmgl's IU-RR phrasing or GLoRIA's CheXpert one."""
     rng = random.Random(seed)
     out = {}
     for pathology in PATHOLOGIES:
-        prompts = all_prompts(pathology)
+        prompts = all_prompts(pathology, vocabulary)
         out[pathology] = prompts if n is None or n >= len(prompts) else sorted(rng.sample(prompts, n))
     return out

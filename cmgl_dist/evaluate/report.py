@@ -121,19 +121,30 @@ def localisation_tables(record: dict) -> list[str]:
         lines += ["", "Class-prompt protocol: the finding words of the zero-shot class prompts.", ""]
         lines += _localisation_rows(prompts, unscored=False)
     return lines + ["", "Chance is the same for mass and pointing: a uniform map's mass in the mask, and the "
-                        "hit rate of a peak placed at random."]
+                        "hit rate of a peak placed at random. Bootstrap 95% intervals in brackets, resampling "
+                        "reports (a report's phantom renderings together); findings short of masks in the "
+                        "split are scored on more renderings of their positive reports (eval.localisation_min_masks)."]
 
 
 def _localisation_rows(scores: dict, unscored: bool) -> list[str]:
     header = ["Finding", "Masks scored"] + (["Not scored (no finding word in the report)"] if unscored else [])
-    rows = [[TITLES.get(name, "All"), str(s["n"])] + ([str(s.get("unscored", 0))] if unscored else [])
-            + [_fraction(s.get(k)) for k in ("mass", "pointing", "mask_share")]
+    rows = [[TITLES.get(name, "All"), _masks(s)] + ([str(s.get("unscored", 0))] if unscored else [])
+            + [_fraction(s.get(k), s.get(f"{k}_ci")) for k in ("mass", "pointing", "mask_share")]
             for name, s in ((n, scores[n]) for n in PATHOLOGIES + ("all",) if n in scores)]
     return _markdown(header + LOCALISATION_COLUMNS, rows)
 
 
-def _fraction(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def _masks(scores: dict) -> str:
+    """Masks scored, and the reports they come from where renderings made them differ."""
+    n, reports = scores["n"], scores.get("reports")
+    return str(n) if reports is None or reports == n else f"{n} ({reports} reports)"
+
+
+def _fraction(value: Optional[float], interval: Optional[list] = None) -> str:
+    """0.544 [0.412, 0.671]: the figure and its bootstrap 95% interval, where recorded."""
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
 def build_table(records: list[dict]) -> str:

@@ -51,7 +51,8 @@ class CMGLLoss(nn.Module):
     def forward(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         img, regions, sentence = out["img_global"], out["regions"], out["sentence"]
-        words, word_mask = out["words"], out["word_mask"]
+        words = out["words"]
+        word_mask = local_word_mask(out["word_mask"], out.get("word_denied"), cfg.denied_words)
         batch = img.shape[0]
         if not (regions.shape[0] == sentence.shape[0] == words.shape[0] == word_mask.shape[0] == batch):
             raise ValueError(f"batch sizes differ: img_global {batch}, regions {regions.shape[0]}, "
@@ -157,3 +158,18 @@ class CMGLLoss(nn.Module):
             all_image_rows = gather_with_grad(image_rows) if world_size > 1 else image_rows
         text_rows = all_image_rows[:, offset:offset + batch].T
         return symmetric_cross_entropy(cfg.gamma3 * image_rows, cfg.gamma3 * text_rows, offset)
+
+
+def local_word_mask(word_mask: torch.Tensor, word_denied, denied_words: str) -> torch.Tensor:
+    """The words the local loss aligns with regions [B, W]: all of them (`keep`, GLoRIA), or
+    (`drop`) those outside a negation scope. A denied word's attention would otherwise be trained
+    on images without its finding ("No pleural effusion"): most IU-RR mentions of effusion and
+    consolidation are denied. A text whose words would all be denied keeps them all: a text without
+    words has S = -inf (a safeguard: trigger words such as "No" are never denied themselves).
+    Tensor ops only (no host read in a micro step)."""
+    if denied_words == "keep" or word_denied is None:
+        return word_mask
+    if denied_words != "drop":
+        raise ValueError(f"loss.denied_words={denied_words!r} is not keep or drop")
+    kept = word_mask & ~word_denied
+    return torch.where(kept.any(dim=1, keepdim=True), kept, word_mask)

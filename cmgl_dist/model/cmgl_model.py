@@ -38,9 +38,10 @@ class MaxPooledDetector(nn.Module):
 class CMGLModel(nn.Module):
     def __init__(self, image_backbone: nn.Module, text_backbone: TextBackbone, tokenizer, embed_dim: int,
                  freeze_image: bool = False, local_init_gain: float = 1.0, local_scale: float | None = None,
-                 center_regions: bool = False, global_region_detector: int = 0):
+                 center_regions: bool = False, global_region_detector: int = 0, image_upsample: int | None = None):
         super().__init__()
         self.local_scale = local_scale
+        self.image_upsample = image_upsample
         self.center_regions = center_regions
         self.image_backbone = image_backbone
         self.text_backbone = text_backbone
@@ -69,7 +70,11 @@ class CMGLModel(nn.Module):
 
     def encode_image(self, images: torch.Tensor, with_pooled: bool = False) -> tuple[torch.Tensor, ...]:
         """images [B, 3, H, W] -> (global [B, D], regions [B, R, D]), then the backbone's pooled features
-        [B, C] (`with_pooled`: what GLoRIA's linear classification fits on)."""
+        [B, C] (`with_pooled`: what GLoRIA's linear classification fits on). With `image_upsample`
+        N the images are first upsampled to N x N (GLoRIA's resnet_forward: 299, align_corners)."""
+        if self.image_upsample is not None:
+            images = F.interpolate(images, size=(self.image_upsample, self.image_upsample), mode="bilinear",
+                                   align_corners=True)
         pooled, region_map = self.image_backbone(images)
         regions = self.image_region_head(region_map).flatten(2).transpose(1, 2)
         if self.center_regions:
@@ -109,8 +114,11 @@ class CMGLModel(nn.Module):
             img_global, regions = self.encode_image(batch["images"])
         with phase("text_encoder_fwd"):
             sentence, words, word_mask = self.encode_text(batch)
-        return {"img_global": img_global, "regions": regions, "sentence": sentence, "words": words,
-                "word_mask": word_mask}
+        out = {"img_global": img_global, "regions": regions, "sentence": sentence, "words": words,
+               "word_mask": word_mask}
+        if "word_denied" in batch:  # for the loss (loss.denied_words); the model itself does not use it
+            out["word_denied"] = batch["word_denied"]
+        return out
 
 
 def build_model(model_cfg: ModelConfig) -> CMGLModel:
@@ -122,4 +130,5 @@ def build_model(model_cfg: ModelConfig) -> CMGLModel:
     return CMGLModel(image_backbone, text_backbone, tokenizer, model_cfg.embed_dim,
                      freeze_image=model_cfg.freeze_image, local_init_gain=model_cfg.local_init_gain,
                      local_scale=model_cfg.local_scale, center_regions=model_cfg.center_regions,
-                     global_region_detector=model_cfg.global_region_detector)
+                     global_region_detector=model_cfg.global_region_detector,
+                     image_upsample=model_cfg.image_upsample)
