@@ -47,13 +47,13 @@ else
   esac
   if [ -n "$conf" ]; then args+=(--rdzv-conf "$conf"); fi
 fi
-# Training's own checks (config, data, resume) once before any rank starts: a refusal is
-# `cmgl train`'s one line and exit 2, not a launcher traceback around it. An elastic job is checked
-# at its largest size.
-train=("$@")
-WORLD_SIZE=$(( ${NNODES##*:} * NPROC_PER_NODE )) RANK=0 "$PYTHON" -m cmgl_dist.cli train --preflight "${train[@]}"
 # Workers restarted at another world size continue from the last complete checkpoint.
+train=("$@")
 if { [ "$elastic" = 1 ] || [ "$MAX_RESTARTS" != 0 ]; } && [[ " $* " != *" --resume"* ]]; then
   train+=(--resume auto)
 fi
+# Training's own checks (config, data, resume) once before any rank starts: a refusal is
+# `cmgl train`'s one line and exit 2, not a launcher traceback around it. An elastic job is checked
+# at its largest size.
+WORLD_SIZE=$(( ${NNODES##*:} * NPROC_PER_NODE )) RANK=0 "$PYTHON" -m cmgl_dist.cli train --preflight "${train[@]}"
 exec "$PYTHON" -m torch.distributed.run "${args[@]}" -m cmgl_dist.cli train "${train[@]}"

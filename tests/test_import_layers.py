@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"cmgl_dist": ROOT / "cmgl_dist", "cmgl_dist.kernels": ROOT / "kernels",
             "cmgl_dist.shards": ROOT / "shards", "cmgl_dist.configs": ROOT / "configs"}
 # Imported from anywhere, importing no stage.
-LEAVES = {"atomic", "logs", "phases", "kernel_limits", "untrusted", "locks", "host_reads"}
+LEAVES = {"atomic", "logs", "phases", "kernel_limits", "untrusted", "locks", "host_reads", "redact"}
 # stage -> the stages it may import (docs/ARCHITECTURE.md); leaves and config are open to every stage.
 ARROWS = {
     "cli": None,  # each command's module, imported on use
@@ -21,7 +21,7 @@ ARROWS = {
     "api": {"evaluate", "engine", "data", "shards"},
     "predict": {"api", "evaluate", "shards"},
     "pipeline": {"shards"},
-    "bench": {"pipeline", "engine", "data", "losses", "shards"},
+    "bench": {"pipeline", "engine", "model", "data", "losses", "shards"},
     "engine": {"model", "losses", "data"},
     "evaluate": {"engine", "data", "losses", "kernels", "shards"},
     "model": set(),

@@ -182,13 +182,15 @@ def test_credentials_in_a_url_are_never_recorded(export, tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["data"]["shards"] == "http://***@127.0.0.1:9/pack"
     # checkpoints record the same redacted config (client.json), and a resume compares like with like
     from cmgl_dist.config import recorded
-    from cmgl_dist.engine import train
+    from cmgl_dist.engine.checkpoint import COMPLETE
+    from cmgl_dist.engine.resume import check_resumable_config
 
     folder = tmp_path / "checkpoints" / "step_00000002"
     folder.mkdir(parents=True)
     (folder / "client.json").write_text(json.dumps({"state": {}, "config": recorded(cfg)}))
+    (folder / COMPLETE).write_text("1")  # a one-rank checkpoint
     assert "s3cret" not in (folder / "client.json").read_text()
-    train.check_resumable_config((tmp_path / "checkpoints", "step_00000002"), cfg)  # no field reads as changed
+    check_resumable_config((tmp_path / "checkpoints", "step_00000002"), cfg)  # no field reads as changed
 
 
 # --- the API's input contract

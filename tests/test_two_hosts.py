@@ -132,7 +132,8 @@ def test_a_host_leaves_and_comes_back_and_every_sample_is_trained_once(small_sha
     epoch_steps = train_samples // GLOBAL_BATCH
     run_dir = tmp_path / "run"
     sets = [f"data.shards={small_shards}", f"train.run_dir={run_dir}", f"train.global_batch={GLOBAL_BATCH}",
-            "train.micro_batch=4", f"train.steps={2 * epoch_steps}", "train.ckpt_every=2", "train.keep_last=2",
+            # more steps than the test waits for: host 0 alone must not finish the run before host 1 is back
+            "train.micro_batch=4", f"train.steps={50 * epoch_steps}", "train.ckpt_every=2", "train.keep_last=2",
             "train.log_every=1", "train.record_samples=true", "train.export=false", "train.tensorboard=false",
             "train.dist_timeout_s=60"]
     args = ["--config", "debug", *[a for item in sets for a in ("--set", item)]]
@@ -152,7 +153,8 @@ def test_a_host_leaves_and_comes_back_and_every_sample_is_trained_once(small_sha
             rejoined_at = max(world_by_step(run_dir))
             agents[1] = start_agent(ns1, "host1", args, tmp_path / "host1.log")
             wait_for("the group back at 2", lambda: 2 in checkpoint_worlds(run_dir, after=rejoined_at), deadline, agents)
-            agents[0].wait(timeout=max(1.0, deadline - time.monotonic()))
+            wait_for("the epoch's last step", lambda: max(world_by_step(run_dir)) >= epoch_steps, deadline, agents)
+            assert agents[0].poll() is None and agents[1].poll() is None, "an agent ended on its own"
         except BaseException:
             logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in tmp_path.glob("*.log"))
             print(logs)
@@ -160,12 +162,14 @@ def test_a_host_leaves_and_comes_back_and_every_sample_is_trained_once(small_sha
         finally:
             for namespace, agent in zip((ns0, ns1), agents):
                 kill_host(namespace, agent)
-    assert agents[0].returncode == 0, (tmp_path / "host0.log").read_text(errors="replace")[-4000:]
-    lines = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     steps: dict[int, list[str]] = {}
-    for line in lines:
+    for text in (run_dir / "samples.jsonl").read_text().splitlines():
+        try:
+            line = json.loads(text)
+        except ValueError:
+            continue  # the line being written when the hosts were killed
         steps.setdefault(line["step"], []).extend(line["keys"])
-    assert sorted(steps) == list(range(1, 2 * epoch_steps + 1))  # each step once: resumes cut the file back
+    assert sorted(steps) == list(range(1, max(steps) + 1))  # each step once: resumes cut the file back
     worlds = [world_by_step(run_dir)[s] for s in sorted(steps)]
     alone = [i for i, w in enumerate(worlds) if w == 1 and 2 in worlds[:i]]
     assert alone and 2 in worlds[alone[0]:], worlds  # 2, then 1, then 2 again

@@ -46,26 +46,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from cmgl_dist.config import DataConfig
 from cmgl_dist.data.device_decode import views_on_device
 from cmgl_dist.data.order import EpochPosition, OrderedBatches, index_mixture, uses_global_order
-from cmgl_dist.data.samples import SkipCounter, to_example
+from cmgl_dist.data.samples import SkipCounter, collate, to_example
 from cmgl_dist.data.shardlist import Mixture, shard_sample_counts
 from cmgl_dist.data.streams import StreamSpec, mixed_records, stream_sample_counts
-from cmgl_dist.data.text import tokenize_texts
-
-
-def collate(examples: list[dict], tokenizer, max_length: int, skipped: int, special_words: str = "none") -> dict:
-    texts = [e["text"] for e in examples]
-    if "jpeg" in examples[0]:  # data.decode=gpu: decoded by ShardLoader on the device
-        pixels = {"jpeg": [e["jpeg"] for e in examples], "views": [e["view"] for e in examples]}
-    else:
-        pixels = {"images": torch.stack([e["image"] for e in examples])}
-    return {
-        **pixels,
-        **tokenize_texts(tokenizer, texts, max_length, special_words),
-        "labels": torch.stack([e["labels"] for e in examples]),
-        "keys": [e["key"] for e in examples],
-        "texts": texts,
-        "skipped": skipped,
-    }
 
 
 class ShardBatches(EpochPosition, IterableDataset):

@@ -36,7 +36,7 @@ from typing import Iterator, Optional, Sequence
 from torch.utils.data import IterableDataset, get_worker_info
 
 from cmgl_dist.config import DataConfig
-from cmgl_dist.data.samples import SkipCounter, parse, to_example
+from cmgl_dist.data.samples import SkipCounter, collate, parse, to_example
 from cmgl_dist.data.seeds import seed_of
 from cmgl_dist.data.shardlist import Mixture, is_passthrough
 from cmgl_dist.data.streams import ShardMissingError
@@ -160,7 +160,6 @@ class OrderedBatches(EpochPosition, IterableDataset):
         return epoch_order([len(c) for c in self.corpora], self.weights, self.seed, self.epoch, length)
 
     def __iter__(self) -> Iterator[dict]:
-        from cmgl_dist.data.loader import collate  # the one collate; loader imports this module
 
         info = get_worker_info()
         worker = info.id if info is not None else 0

@@ -20,6 +20,7 @@ from cmgl_dist.data import images
 from cmgl_dist.data.device_decode import require_jpeg
 from cmgl_dist.data.text_cleaning import gloria_sentences
 from cmgl_dist.data.seeds import seed_of
+from cmgl_dist.data.text import tokenize_texts
 from cmgl_dist.shards.schema import FRONTAL_MEMBERS, LABEL_KEYS, LABELS, META, PATHOLOGIES, REPORT
 
 log = logging.getLogger(__name__)
@@ -177,3 +178,20 @@ def _encoded_example(record: Record, data_cfg, *, train: bool, seed: int, epoch:
     view = (images.draw_view(_view_rng(record, seed, epoch), data_cfg.image_size, data_cfg.crop_size)
             if train and data_cfg.augment else None)
     return {"key": record.key, "jpeg": record.frontal, "view": view, **_text_and_labels(record, data_cfg, seed, epoch)}
+
+
+def collate(examples: list[dict], tokenizer, max_length: int, skipped: int, special_words: str = "none") -> dict:
+    """A batch of examples: images stacked (or JPEG bytes for the device decoder), texts tokenized."""
+    texts = [e["text"] for e in examples]
+    if "jpeg" in examples[0]:  # data.decode=gpu: decoded by ShardLoader on the device
+        pixels = {"jpeg": [e["jpeg"] for e in examples], "views": [e["view"] for e in examples]}
+    else:
+        pixels = {"images": torch.stack([e["image"] for e in examples])}
+    return {
+        **pixels,
+        **tokenize_texts(tokenizer, texts, max_length, special_words),
+        "labels": torch.stack([e["labels"] for e in examples]),
+        "keys": [e["key"] for e in examples],
+        "texts": texts,
+        "skipped": skipped,
+    }

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -46,34 +45,6 @@ RECORD_FORMAT = 1
 
 class ExportError(ValueError):
     """An export that must not be used: the message names the file and what is wrong with it."""
-
-
-def full_fp32_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The module's state dict in fp32 on CPU, whatever ZeRO stage and precision trained it.
-
-    Collective under ZeRO: every rank must call it. Trainable parameters come from DeepSpeed's fp32
-    master copy (exact even for bf16/fp16 runs); frozen ones from the module, gathered under ZeRO-3.
-    """
-    from deepspeed import zero
-    from deepspeed.utils import safe_get_full_fp32_param
-
-    keys = set(module.state_dict().keys())
-    state = {}
-    for name, param in module.named_parameters(remove_duplicate=False):
-        full = safe_get_full_fp32_param(param) if param.requires_grad else None
-        if full is None:
-            gathered = zero.GatheredParameters([param]) if hasattr(param, "ds_id") else nullcontext()
-            with gathered:
-                full = param.data.detach().clone()
-        if name in keys:
-            state[name] = full.float().cpu().contiguous()
-    for name, buffer in module.named_buffers(remove_duplicate=False):
-        if name in keys:
-            state[name] = buffer.detach().cpu().clone().contiguous()
-    missing = keys - state.keys()
-    if missing:
-        raise RuntimeError(f"export: no value for {sorted(missing)[:5]}")
-    return state
 
 
 def export_model(state: dict[str, torch.Tensor], cfg: CMGLConfig, export_dir: str | os.PathLike) -> Path:

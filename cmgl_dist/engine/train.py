@@ -164,7 +164,8 @@ def dry_run(cfg: CMGLConfig) -> None:
 
 def fit(cfg: CMGLConfig, world: World, urls: Mixture, source: Optional[tuple[Path, str]]) -> TrainState:
     """Build the engine and the trainer, train, export; the telemetry is closed however it ends."""
-    from cmgl_dist.engine.export import export_model, full_fp32_state_dict
+    from cmgl_dist.engine.export import export_model
+    from cmgl_dist.engine.universal import full_fp32_state_dict
 
     run_dir = Path(cfg.train.run_dir)
     checkpointer = Checkpointer(run_dir / "checkpoints", cfg.train.keep_last, world.rank, data_fingerprint(cfg.data))

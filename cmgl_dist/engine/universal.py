@@ -31,6 +31,34 @@ META = "universal.json"
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
+def full_fp32_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's state dict in fp32 on CPU, whatever ZeRO stage and precision trained it.
+
+    Collective under ZeRO: every rank must call it. Trainable parameters come from DeepSpeed's fp32
+    master copy (exact even for bf16/fp16 runs); frozen ones from the module, gathered under ZeRO-3.
+    """
+    from deepspeed import zero
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    keys = set(module.state_dict().keys())
+    state = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        full = safe_get_full_fp32_param(param) if param.requires_grad else None
+        if full is None:
+            gathered = zero.GatheredParameters([param]) if hasattr(param, "ds_id") else nullcontext()
+            with gathered:
+                full = param.data.detach().clone()
+        if name in keys:
+            state[name] = full.float().cpu().contiguous()
+    for name, buffer in module.named_buffers(remove_duplicate=False):
+        if name in keys:
+            state[name] = buffer.detach().cpu().clone().contiguous()
+    missing = keys - state.keys()
+    if missing:
+        raise RuntimeError(f"export: no value for {sorted(missing)[:5]}")
+    return state
+
+
 def trainable(engine) -> list[tuple[str, torch.nn.Parameter]]:
     return [(name, p) for name, p in engine.module.named_parameters() if p.requires_grad]
 
@@ -51,7 +79,6 @@ def consolidated_tensors(engine) -> dict[str, torch.Tensor]:
     """The module (fp32 masters for trainable parameters) and Adam's moments, each full size, on CPU."""
     from deepspeed.utils import safe_get_full_optimizer_state
 
-    from cmgl_dist.engine.export import full_fp32_state_dict
 
     tensors = {f"module/{name}": value for name, value in full_fp32_state_dict(engine.module).items()}
     for name, param in trainable(engine):
