@@ -183,3 +183,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def write_train_pack(folder: Path, shards: int, per_shard: int, members) -> list[str]:
+    """`shards` train shards of `per_shard` samples keyed CXR<i>, each `members(i)` (a member whose
+    value is None is left out), plus manifest.json; returns the shard URLs."""
+    import webdataset as wds
+
+    from cmgl_dist.data import shard_urls
+    from cmgl_dist.shards.schema import MANIFEST, shard_name
+
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for shard in range(shards):
+        name = shard_name("train", shard)
+        with wds.TarWriter(str(folder / name)) as sink:
+            for i in range(shard * per_shard, (shard + 1) * per_shard):
+                sink.write({"__key__": f"CXR{i}", **{k: v for k, v in members(i).items() if v is not None}})
+        entries.append({"name": name, "split": "train", "samples": per_shard, "sha256": "-"})
+    (folder / MANIFEST).write_text(json.dumps({"shards": entries}))
+    return shard_urls(str(folder), "train")

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 from PIL import Image
 
 from cmgl_dist.config import DataConfig
 from cmgl_dist.data import make_loader, shard_urls
-from cmgl_dist.shards.schema import LABEL_KEYS, MANIFEST, shard_name
+from cmgl_dist.shards.schema import LABEL_KEYS, MANIFEST
+from helpers import write_train_pack
 
 SAMPLES_PER_SHARD = 6
 
@@ -38,17 +38,8 @@ def write_pack(folder: Path, shards: int, corrupt: dict[int, dict] | None = None
 
     `corrupt` maps a sample index to member overrides (a value None drops that member).
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for shard in range(shards):
-        name = shard_name("train", shard)
-        with wds.TarWriter(str(folder / name)) as sink:
-            for i in range(shard * SAMPLES_PER_SHARD, (shard + 1) * SAMPLES_PER_SHARD):
-                members = {**sample_members(i), **(corrupt or {}).get(i, {})}
-                sink.write({"__key__": f"CXR{i}", **{k: v for k, v in members.items() if v is not None}})
-        entries.append({"name": name, "split": "train", "samples": SAMPLES_PER_SHARD, "sha256": "-"})
-    (folder / MANIFEST).write_text(json.dumps({"shards": entries}))
-    return shard_urls(str(folder), "train")
+    return write_train_pack(folder, shards, SAMPLES_PER_SHARD,
+                            lambda i: {**sample_members(i), **(corrupt or {}).get(i, {})})
 
 
 @pytest.fixture(scope="module")

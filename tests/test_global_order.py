@@ -10,29 +10,22 @@ import torch
 import webdataset as wds
 
 from cmgl_dist.config import DataConfig
-from cmgl_dist.data import make_loader, shard_urls
+from cmgl_dist.data import make_loader
 from cmgl_dist.data.order import epoch_order
 from cmgl_dist.data.tar_index import index_shard
-from cmgl_dist.shards.schema import LABEL_KEYS, MANIFEST, shard_name
-from helpers import grey_png
+from cmgl_dist.shards.schema import LABEL_KEYS
+from helpers import grey_png, write_train_pack
 
 SHARDS, PER_SHARD, GLOBAL_BATCH = 3, 7, 8  # 21 samples: 2 steps of 8, 5 left out of the epoch
 
 
 def write_pack(folder: Path, corrupt: frozenset = frozenset()) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for shard in range(SHARDS):
-        name = shard_name("train", shard)
-        with wds.TarWriter(str(folder / name)) as sink:
-            for i in range(shard * PER_SHARD, (shard + 1) * PER_SHARD):
-                report = {"findings": f"Finding number {i}.", "impression": f"Impression {i}."}
-                sink.write({"__key__": f"CXR{i}", "frontal.png": b"not a png" if i in corrupt else grey_png(i),
-                            "report.json": json.dumps(report).encode(), "meta.json": b"{}",
-                            "labels.json": json.dumps({k: i % 2 for k in LABEL_KEYS}).encode()})
-        entries.append({"name": name, "split": "train", "samples": PER_SHARD, "sha256": "-"})
-    (folder / MANIFEST).write_text(json.dumps({"shards": entries}))
-    return shard_urls(str(folder), "train")
+    def members(i: int) -> dict:
+        report = {"findings": f"Finding number {i}.", "impression": f"Impression {i}."}
+        return {"frontal.png": b"not a png" if i in corrupt else grey_png(i), "report.json": json.dumps(report).encode(),
+                "meta.json": b"{}", "labels.json": json.dumps({k: i % 2 for k in LABEL_KEYS}).encode()}
+
+    return write_train_pack(folder, SHARDS, PER_SHARD, members)
 
 
 @pytest.fixture(scope="module")
