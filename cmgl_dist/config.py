@@ -163,11 +163,14 @@ class LossConfig(_Section):
         None, ge=1, description="Cap on the gathered texts each rank's images are scored against in the local loss "
                                 "(a window from the rank's own texts on; None: all N x B). Its cost grows with the "
                                 "global batch; the cap keeps it flat. Must be >= train.micro_batch.")
-    denied_words: Literal["keep", "drop"] = Field(
+    denied_words: Literal["keep", "drop", "absent"] = Field(
         "keep", description="Words a report denies (\"No [pleural effusion]\", cmgl_dist.data.negation) in the "
-                            "local loss: keep (GLoRIA: every word is aligned with its image's regions) or drop "
+                            "local loss: keep (GLoRIA: every word is aligned with its image's regions), drop "
                             "(denied words leave the word-region loss; a text whose words are all denied keeps "
-                            "them). The global loss and evaluation always see every word.")
+                            "them) or absent (a denied word is evidence that its finding is absent: it scores "
+                            "-gamma2 x its cosine, attending among the text's other denied words; "
+                            "losses.cmgl_loss.absence_score; two local-similarity calls per step). The global "
+                            "loss and evaluation always see every word as it is.")
     local_exchange: Literal["ring", "gather"] = Field(
         "ring", description="How the local loss reaches other ranks' words: ring (word blocks pass rank to rank, "
                             "overlapped with scoring; memory flat in N) or gather (all-gather every rank's words "

@@ -459,3 +459,17 @@ def linear_head_probe(train_x, train_y, val_x, val_y, test_x, generator):
     classifier.load_state_dict(best_state)
     with torch.no_grad():
         return torch.sigmoid(classifier(test_x)), epoch + 1
+
+
+def absent_local_similarities(words, word_mask, word_denied, regions, gamma1=4.0, gamma2=5.0):
+    """Not GLoRIA's: cmgl's loss.denied_words=absent built from `masked_local_similarities` alone,
+    one text at a time: S = log(sum over the affirmed words of exp(gamma2 cos) + sum over the
+    denied words of exp(-gamma2 cos)), each group attending over the regions by itself."""
+    rows = []
+    for t in range(words.shape[0]):
+        denied = word_mask[t:t + 1] & word_denied[t:t + 1]
+        affirmed = word_mask[t:t + 1] & ~denied
+        groups = [masked_local_similarities(words[t:t + 1], mask, regions, gamma1, sign * gamma2).view(1, -1)
+                  for mask, sign in ((affirmed, 1.0), (denied, -1.0)) if mask.any()]
+        rows.append(torch.logsumexp(torch.cat(groups), dim=0))
+    return torch.stack(rows)

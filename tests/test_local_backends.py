@@ -24,16 +24,18 @@ COMPILED_BF16_TOLERANCE = 6e-2
 TRITON_FP32_GRAD_TOLERANCE = 2e-4
 
 
+# gamma2 < 0: the denied words' group of loss.denied_words=absent (`cmgl_loss.absence_score`).
+@pytest.mark.parametrize("gamma2", [5.0, -5.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("backend", ["reference", "compiled", "triton"])
-def test_backend_matches_float64_gloria_loop(backend, dtype):
+def test_backend_matches_float64_gloria_loop(backend, dtype, gamma2):
     T, I, W, R, D, counts = SHAPE
     words, word_mask, regions = make_inputs(T, I, W, R, D, counts, dtype, holes=True, seed=7)
     grad = torch.randn(T, I, generator=torch.Generator().manual_seed(11)).to(DEVICE)  # seeded: a fixed case
     w, r = words.detach().requires_grad_(True), regions.detach().requires_grad_(True)
-    S = local_similarity(w, word_mask, r, 4.0, 5.0, backend=backend)
+    S = local_similarity(w, word_mask, r, 4.0, gamma2, backend=backend)
     S.backward(grad)
-    S_ref, g_words_ref, g_regions_ref = local_similarities_with_grads(words, word_mask, regions, grad, 4.0, 5.0)
+    S_ref, g_words_ref, g_regions_ref = local_similarities_with_grads(words, word_mask, regions, grad, 4.0, gamma2)
     tol = {("compiled", torch.bfloat16): COMPILED_BF16_TOLERANCE,
            ("triton", torch.float32): TRITON_FP32_GRAD_TOLERANCE}.get((backend, dtype), TOLERANCE[dtype])
     assert S.dtype == torch.float32 and w.grad.dtype == dtype and r.grad.dtype == dtype

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from gloria_oracle import absent_local_similarities
 from helpers import free_port, random_model_outputs
 
 from cmgl_dist.bench.scaling_model import Workload, exchange_bytes
@@ -32,6 +33,16 @@ TRITON = importlib.util.find_spec("triton") is not None  # float32 only: run und
 
 def _rank_batch(rank):
     return random_model_outputs(PER_RANK, WORDS_PER_RANK[rank], N_REGIONS, DIM, seed=300 + rank)
+
+
+def _denied_batch(rank):
+    """`_rank_batch` with denied words (loss.denied_words=absent): text 0 has none, text 1 only
+    denied ones, the rest at random; the words' roles cross the wire with them."""
+    batch = _rank_batch(rank)
+    g = torch.Generator().manual_seed(500 + rank)
+    denied = (torch.rand(batch["word_mask"].shape, generator=g) < 0.5) & batch["word_mask"]
+    denied[0], denied[1] = False, batch["word_mask"][1]
+    return {**batch, "word_denied": denied}
 
 
 def _projection():
@@ -66,6 +77,10 @@ def _rank_main(rank, world, port, out_dir):
             for exchange in ("gather", "ring"):
                 cfg = CFG.model_copy(update={"local_backend": "triton", "local_negatives": 4, "local_exchange": exchange})
                 results["triton", 4, exchange] = _run(single, cfg)
+        for cap in CAPS[world]:
+            for exchange in ("gather", "ring"):
+                cfg = CFG.model_copy(update={"denied_words": "absent", "local_negatives": cap, "local_exchange": exchange})
+                results["absent", cap, exchange] = _run(_denied_batch(rank), cfg)
         uniform = random_model_outputs(PER_RANK, 4, N_REGIONS, DIM, seed=400 + rank)
         for cap in CAPS[world]:
             for exchange in ("gather", "ring"):
@@ -111,21 +126,23 @@ def _backward_order(batch):
     return events
 
 
-def _single_process(world, cap):
+def _single_process(world, cap, denied=False):
     """Loss and gradients of one process on the concatenated batch, without CMGLLoss: the full
-    S once, each image scored against its rank's window of texts (all of them without a cap)."""
-    batches = [_rank_batch(rank) for rank in range(world)]
+    S once, each image scored against its rank's window of texts (all of them without a cap).
+    With `denied`, S is the float64 GLoRIA loop's over each text's affirmed words plus its denied
+    words' with -gamma2 (loss.denied_words=absent)."""
+    batches = [(_denied_batch if denied else _rank_batch)(rank) for rank in range(world)]
     n_words = max(WORDS_PER_RANK[:world])
     for batch in batches:
         pad = n_words - batch["words"].shape[1]
         batch["words"] = F.pad(batch["words"], (0, 0, 0, pad))
-        batch["word_mask"] = F.pad(batch["word_mask"], (0, pad), value=False)
+        for key in ("word_mask", "word_denied")[:1 + denied]:
+            batch[key] = F.pad(batch[key], (0, pad), value=False)
     full = {key: torch.cat([b[key] for b in batches]) for key in batches[0]}
-    result = _run_single(full, cap, world)
-    return result
+    return _run_single(full, cap, world, denied)
 
 
-def _run_single(full, cap, world):
+def _run_single(full, cap, world, denied=False):
     leaves = {key: value.clone().requires_grad_() if key in INPUTS else value for key, value in full.items()}
     projection = _projection().requires_grad_()
     out = {key: value @ projection if key in INPUTS else value for key, value in leaves.items()}
@@ -133,8 +150,10 @@ def _run_single(full, cap, world):
     labels = torch.arange(total)
     logits = global_logits(out["img_global"], out["sentence"], CFG.global_temperature)
     loss_global = F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)
-    image_rows = CFG.gamma3 * local_similarity_reference(
-        out["words"], out["word_mask"], out["regions"], CFG.gamma1, CFG.gamma2).T  # [images, texts]
+    S = (absent_local_similarities(out["words"], full["word_mask"], full["word_denied"], out["regions"],
+                                   CFG.gamma1, CFG.gamma2) if denied else
+         local_similarity_reference(out["words"], out["word_mask"], out["regions"], CFG.gamma1, CFG.gamma2))
+    image_rows = CFG.gamma3 * S.T  # [images, texts]
     if cap is not None:
         shift = (torch.arange(total)[None, :] - (labels // PER_RANK * PER_RANK)[:, None]) % total
         image_rows = image_rows.masked_fill(shift >= cap, float("-inf"))
@@ -183,6 +202,26 @@ def test_ring_equals_gather_equals_one_process(ranks):
                         if key == "words":
                             want = want[:, :WORDS_PER_RANK[rank]]
                         _close(g["grads"][key] / world, want)
+
+
+def test_denied_words_scored_as_absence_equal_the_float64_loop_over_ranks(ranks):
+    """loss.denied_words=absent: the word roles travel with the words (ring and gather) and the
+    loss and gradients equal one process's on the float64 GLoRIA loop, texts without denied words
+    and texts of denied words only included."""
+    world, results = ranks
+    for cap in CAPS[world]:
+        single = _single_process(world, cap, denied=True)
+        for exchange in ("gather", "ring"):
+            got = [r["absent", cap, exchange] for r in results]
+            for key, want in single["losses"].items():
+                _close(sum(g["losses"][key] for g in got) / world, want)
+            _close(sum(g["projection"] for g in got) / world, single["projection"])
+            for rank, g in enumerate(got):
+                rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+                _close(g["grads"]["words"] / world, single["grads"]["words"][rows, :WORDS_PER_RANK[rank]])
+                _close(g["grads"]["regions"] / world, single["grads"]["regions"][rows])
+    absent = _single_process(world, None, denied=True)["losses"]["loss_local"]
+    assert not torch.allclose(absent, _single_process(world, None)["losses"]["loss_local"])
 
 
 def test_ring_and_gather_give_each_rank_the_same_loss(ranks):

@@ -112,3 +112,36 @@ def test_drop_takes_denied_words_out_of_the_local_loss_and_keeps_all_denied_text
     assert torch.equal(dropped["loss_local"], stripped["loss_local"])
     assert not torch.equal(dropped["loss_local"], kept["loss_local"])
     assert torch.equal(dropped["loss_global"], kept["loss_global"])
+
+
+def test_absent_scores_denied_words_as_absence_against_the_float64_loop():
+    """loss.denied_words=absent: the word roles, and S from CMGLLoss's scorer with its values and
+    gradients equal to the float64 GLoRIA loop run on each text's affirmed words (gamma2) and
+    denied words (-gamma2) apart; texts with no denied words and with only denied ones included."""
+    import torch
+    from gloria_oracle import absent_local_similarities
+    from helpers import assert_close
+
+    from cmgl_dist.losses.cmgl_loss import DENIED, absence_score, local_word_mask
+    from cmgl_dist.losses.similarity import local_similarity
+
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False], [True, True, True, True]])
+    denied = torch.tensor([[False, True, True, False], [False, False, False, False], [True, True, True, True]])
+    roles = local_word_mask(mask, denied, "absent")
+    assert roles.tolist() == [[1, 2, 2, 0], [1, 1, 0, 0], [2, 2, 2, 2]] and DENIED == 2
+
+    g = torch.Generator().manual_seed(3)
+    words = torch.randn(3, 4, 8, generator=g, dtype=torch.float64).requires_grad_()
+    regions = torch.randn(5, 6, 8, generator=g, dtype=torch.float64).requires_grad_()
+    grad = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    score = absence_score(lambda w, m, r, gamma2: local_similarity(w, m, r, 4.0, gamma2, backend="reference"), 5.0)
+    S = score(words, roles, regions)
+    got = torch.autograd.grad(S, (words, regions), grad)
+    want_S = absent_local_similarities(words, mask, denied, regions, 4.0, 5.0)
+    want = torch.autograd.grad(want_S, (words, regions), grad)
+    assert_close(S, want_S, 1e-12, "S")
+    assert_close(got[0], want[0], 1e-10, "dS/dwords")
+    assert_close(got[1], want[1], 1e-10, "dS/dregions")
+    # denied words count against an image where their context matches them
+    keep = local_similarity(words, mask, regions, 4.0, 5.0, backend="reference")
+    assert torch.equal(S[1], keep[1]) and not torch.allclose(S[0], keep[0])

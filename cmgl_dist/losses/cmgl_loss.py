@@ -81,7 +81,9 @@ class CMGLLoss(nn.Module):
         if cfg.local_weight > 0:
             with phase("local_loss"):
                 texts = batch if ring else min(cfg.local_negatives or world_size * batch, world_size * batch)
-                score = self._scorer(words, word_mask, regions, texts)
+                score = self._scorer(words, word_mask != 0, regions, texts)
+                if word_mask.dtype != torch.bool:  # word roles (denied_words=absent)
+                    score = absence_score(score, cfg.gamma2)
                 if ring:
                     loss_local = ring_local_loss(words, word_mask, regions, plan.with_words(words_of), score, cfg.gamma3)
                 else:
@@ -110,14 +112,15 @@ class CMGLLoss(nn.Module):
         return {rank: n_words, **{r: w for r, (_, w) in sizes.items()}}
 
     def _scorer(self, words, word_mask, regions, texts: int) -> Callable[..., torch.Tensor]:
-        """score(words, mask, regions) -> S [texts, images] by the configured backend; for `auto`
-        with several candidates, by the backend every rank agreed for the words' bucket."""
+        """score(words, mask, regions, gamma2=loss.gamma2) -> S [texts, images] by the configured
+        backend; for `auto` with several candidates, by the backend every rank agreed for the
+        words' bucket."""
         cfg = self.cfg
         gammas = (cfg.gamma1, cfg.gamma2)
         words, regions = common_dtype(words, regions)
         name = resolve_backend(cfg.local_backend, words.device, words.dtype, cfg.auto_candidates)
         if name != "auto":
-            return lambda w, m, r: local_similarity(w, m, r, *gammas, backend=name)
+            return lambda w, m, r, gamma2=cfg.gamma2: local_similarity(w, m, r, cfg.gamma1, gamma2, backend=name)
         if self.max_words is None and rank_and_world_size()[1] > 1:
             raise ValueError("loss.local_backend=auto with several candidates over ranks needs CMGLLoss(max_words=) "
                              "(data.max_length), so that every rank agrees one backend per word bucket up front")
@@ -128,12 +131,12 @@ class CMGLLoss(nn.Module):
         table = agree_backends(candidates, "reference", words, word_mask, regions, gammas, texts,
                                range(WORD_BUCKET, top + 1, WORD_BUCKET), with_grad)
 
-        def score(w, m, r):
+        def score(w, m, r, gamma2=cfg.gamma2):
             slots = word_bucket(w.shape[1])
             if slots not in table:
                 raise ValueError(f"texts of {w.shape[1]} word slots exceed the backend table's {top} "
                                  f"(CMGLLoss max_words={self.max_words}): raise data.max_length's share of it")
-            return local_similarity(w, m, r, *gammas, backend=table[slots])
+            return local_similarity(w, m, r, cfg.gamma1, gamma2, backend=table[slots])
         return score
 
     def _local_loss_gathered(self, words, word_mask, regions, offset, words_of, score):
@@ -160,16 +163,44 @@ class CMGLLoss(nn.Module):
         return symmetric_cross_entropy(cfg.gamma3 * image_rows, cfg.gamma3 * text_rows, offset)
 
 
+# Word roles, the mask the local loss carries with denied_words=absent: uint8 [B, W].
+PAD, AFFIRMED, DENIED = 0, 1, 2
+
+
 def local_word_mask(word_mask: torch.Tensor, word_denied, denied_words: str) -> torch.Tensor:
-    """The words the local loss aligns with regions [B, W]: all of them (`keep`, GLoRIA), or
-    (`drop`) those outside a negation scope. A denied word's attention would otherwise be trained
-    on images without its finding ("No pleural effusion"): most IU-RR mentions of effusion and
-    consolidation are denied. A text whose words would all be denied keeps them all: a text without
-    words has S = -inf (a safeguard: trigger words such as "No" are never denied themselves).
+    """What the local loss knows of each word slot [B, W], by `loss.denied_words`:
+    keep    the word mask (GLoRIA: every word is aligned with its image's regions);
+    drop    the words outside a negation scope (a text whose words would all be denied keeps them
+            all: a text without words has S = -inf; trigger words such as "No" are never denied);
+    absent  word roles (PAD, AFFIRMED, DENIED) for `absence_score`.
+    A denied word's attention would otherwise be trained on images without its finding ("No
+    pleural effusion"): most IU-RR mentions of effusion and consolidation are denied.
     Tensor ops only (no host read in a micro step)."""
     if denied_words == "keep" or word_denied is None:
         return word_mask
+    denied = word_mask & word_denied
+    if denied_words == "absent":
+        return word_mask.to(torch.uint8) + denied.to(torch.uint8)
     if denied_words != "drop":
-        raise ValueError(f"loss.denied_words={denied_words!r} is not keep or drop")
-    kept = word_mask & ~word_denied
+        raise ValueError(f"loss.denied_words={denied_words!r} is not keep, drop or absent")
+    kept = word_mask & ~denied
     return torch.where(kept.any(dim=1, keepdim=True), kept, word_mask)
+
+
+def absence_score(score: Callable[..., torch.Tensor], gamma2: float) -> Callable[..., torch.Tensor]:
+    """score(words, roles, regions) -> S [texts, images] where a denied word is evidence of its
+    finding's absence: S = log( sum_affirmed exp(gamma2 cos_w) + sum_denied exp(-gamma2 cos_w) ),
+    so "No [effusion]" matches an image best where the word's context is least like it, and the
+    images with an effusion are its negatives. Each group attends over the regions by itself (its
+    own softmax over words): one call of `score` per group, the denied one with -gamma2 (every
+    backend takes a negative gamma2). A text without denied (or without affirmed) words keeps its
+    other group's score alone, through `torch.where`, so the empty group's -inf never meets a
+    gradient. Tensor ops only."""
+    def scored(words, roles, regions):
+        real, affirmed, denied = roles != PAD, roles == AFFIRMED, roles == DENIED
+        has_affirmed, has_denied = affirmed.any(dim=1, keepdim=True), denied.any(dim=1, keepdim=True)
+        s_affirmed = score(words, torch.where(has_affirmed, affirmed, real), regions, gamma2)
+        s_denied = score(words, torch.where(has_denied, denied, real), regions, -gamma2)
+        both = torch.logaddexp(s_affirmed, s_denied)
+        return torch.where(has_denied, torch.where(has_affirmed, both, s_denied), s_affirmed)
+    return scored

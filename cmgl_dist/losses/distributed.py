@@ -56,9 +56,10 @@ def gather_features(*features: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def gather_words(words: torch.Tensor, word_mask: torch.Tensor, n_words: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every rank's words [B, W, D] and mask [B, W], padded to n_words (>= every rank's W)."""
+    """Every rank's words [B, W, D] and mask [B, W] (bool, or uint8 word roles), padded to n_words
+    (>= every rank's W) with empty slots."""
     pad = n_words - words.shape[1]
     words = F.pad(words, (0, 0, 0, pad))
-    word_mask = F.pad(word_mask, (0, pad), value=False)
+    word_mask = F.pad(word_mask, (0, pad), value=0)
     # uint8 because not every backend (gloo) all-gathers bool tensors; the mask needs no gradient.
-    return gather_with_grad(words), comm.all_gather(word_mask.to(torch.uint8)).bool()
+    return gather_with_grad(words), comm.all_gather(word_mask.to(torch.uint8)).to(word_mask.dtype)

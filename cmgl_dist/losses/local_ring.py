@@ -123,7 +123,7 @@ class RingLocalLoss(torch.autograd.Function):
                 comm.wait(works)
             sums = text_part if step == 0 else torch.logaddexp(sums_in, text_part)
             if nxt is not None:
-                blk_words, blk_mask = nxt[0], nxt[1].view(torch.bool)
+                blk_words, blk_mask = nxt[0], nxt[1].view(word_mask.dtype)
         text_lse = _send_home(sums, plan)
         ctx.save_for_backward(words, regions, word_mask, blk_words, blk_mask, image_lse, text_lse)
         ctx.plan, ctx.score, ctx.gamma3, ctx.kept = plan, score, gamma3, kept
@@ -168,7 +168,7 @@ class RingLocalLoss(torch.autograd.Function):
             if nxt is not None:
                 stats = nxt[0]
                 if not plan.keep:
-                    blk_words, blk_mask = nxt[1], nxt[2].view(torch.bool)
+                    blk_words, blk_mask = nxt[1], nxt[2].view(word_mask.dtype)
         return grad_words.to(words.dtype), grad_regions.to(regions.dtype), None, None, None, None
 
 
