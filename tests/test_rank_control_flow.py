@@ -85,6 +85,8 @@ CASES = {  # name: (config overrides, grad_accum)
                                                                                       AUTO.items()}}, 2),
     "gather-cap6-auto-zero2": ({"loss.local_exchange": "gather", "loss.local_negatives": 6, "zero.stage": 2,
                                 **{f"loss.{k}": v for k, v in AUTO.items()}}, 2),
+    "ring-auto-absent-zero1": ({"loss.local_exchange": "ring", "loss.denied_words": "absent", "zero.stage": 1,
+                                **{f"loss.{k}": v for k, v in AUTO.items()}}, 2),
     "ring-cap4-zero3": ({"loss.local_exchange": "ring", "loss.local_negatives": 4, "zero.stage": 3,
                          "loss.local_backend": "reference"}, 2),
     "ring-cap6-zero2-noaccum": ({"loss.local_exchange": "ring", "loss.local_negatives": 6, "zero.stage": 2,
